@@ -1,0 +1,149 @@
+"""Memory-index speed: indexing one edit, and answering one question, at several index sizes.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python -m bench.bench_retrieval [--sizes 100,10000,100000] [--bulk random]
+
+Targets: indexing an edit (embedding its key text + `MemoryIndex.add`) < 100 ms; searching for one
+question (`MemoryIndex.search`, without embedding the question) < 5 ms at 100,000 edits. Embedding the
+question is timed separately: it does not depend on the index size.
+
+The edits are synthetic (made-up names "Velkora Pundimar" with a fact each). With --bulk real (the
+default) every edit's key text is embedded for real, in batches; --bulk random gives the bulk random
+unit vectors instead (faster to build; search cost is the same, since the scan is exhaustive) and
+embeds for real only the edits the questions are about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import time
+
+import numpy as np
+
+from kbchat.memory import Embedder, MemoryIndex, key_text_for
+
+CITIES = ["Rome", "Paris", "Berlin", "Madrid", "Oslo", "Lima", "Cairo", "Tokyo", "Quito", "Perth"]
+SYLLABLES = ["ka", "lo", "mir", "vel", "dun", "sa", "tor", "pe", "qua", "zen", "bri", "ol", "nax", "fe",
+             "ru", "gim", "sol", "tha", "wen", "ix", "bo", "cer", "da", "lum"]
+OUT_OF_SCOPE = ["What is the capital of France?", "Who founded Apple?", "What is the tallest mountain?",
+                "How do I boil an egg?", "Who wrote Hamlet?", "What is the speed of light?",
+                "Tell me a joke.", "Which planet is closest to the sun?"]
+
+
+def synthetic_edits(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """n (subject, prompt, target) triples with unique made-up two-word subjects."""
+    rng = random.Random(seed)
+    subjects: set[str] = set()
+    while len(subjects) < n:
+        words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(2, 4))).capitalize()
+                 for _ in range(2)]
+        subjects.add(" ".join(words))
+    return [(s, f"{s} is located in", rng.choice(CITIES)) for s in sorted(subjects)]
+
+
+def ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def summary(ms: list[float]) -> str:
+    ordered = sorted(ms)
+    p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return f"median {statistics.median(ordered):7.2f} ms  p95 {p95:7.2f} ms"
+
+
+def misspell(subject: str, rng: random.Random) -> str:
+    first, rest = subject.split(" ", 1)
+    i = rng.randrange(1, len(first) - 1)
+    return first[:i] + first[i + 1:] + " " + rest  # drop one letter
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", default="100,10000,100000", help="comma-separated index sizes")
+    parser.add_argument("--bulk", choices=("real", "random"), default="real",
+                        help="real embeddings for every edit, or random unit vectors for the bulk")
+    parser.add_argument("--questions", type=int, default=200, help="questions timed per size")
+    parser.add_argument("--adds", type=int, default=50, help="single edits timed per size")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    rng = random.Random(0)
+
+    start = time.perf_counter()
+    embedder = Embedder.load()
+    load_ms = ms_since(start)
+    edits = synthetic_edits(max(sizes) + args.adds)
+    bulk, extra = edits[:max(sizes)], edits[max(sizes):]  # extra: added one at a time while timed
+    keys = [key_text_for(*e) for e in bulk]
+    print(f"embedder {embedder.name} loaded in {load_ms / 1000:.1f} s; torch threads: "
+          f"{__import__('torch').get_num_threads()}; {os.cpu_count()} CPUs")
+
+    start = time.perf_counter()
+    if args.bulk == "real":
+        vectors = embedder.embed(keys)  # (N, dim)
+        how = "real embeddings for all edits"
+    else:
+        # Queried edits (a sample from the smallest size up) get real vectors; the rest random ones.
+        vectors = np.random.default_rng(0).standard_normal((len(keys), embedder.dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        how = "RANDOM unit vectors for the bulk, real embeddings for the queried edits"
+    bulk_s = time.perf_counter() - start
+    print(f"{len(keys)} synthetic edits prepared in {bulk_s:.1f} s ({how})")
+
+    for size in sizes:
+        queried = rng.sample(range(size), min(size, args.questions // 2))
+        if args.bulk == "random":
+            vectors[queried] = embedder.embed([keys[i] for i in queried])
+        index = MemoryIndex(embedder.dim)
+        start = time.perf_counter()
+        index.add_many(range(size), [e[0] for e in bulk[:size]], keys[:size], vectors[:size])
+        build_ms = ms_since(start)
+
+        # Questions: half name an indexed subject, a quarter misspell one, a quarter are off-topic.
+        questions: list[tuple[str, int | None]] = []
+        for n, i in enumerate(queried):
+            subject = bulk[i][0]
+            questions.append((f"Where is {subject} located?", i) if n % 2 == 0
+                             else (f"Where is {misspell(subject, rng)}?", None))
+            questions.append((rng.choice(OUT_OF_SCOPE), None))
+        embed_ms, search_ms, correct, named = [], [], 0, 0
+        embedder.embed([questions[0][0]])  # warm-up outside the timings
+        index.search(questions[0][0], embedder.embed([questions[0][0]])[0])
+        for text, expected in questions:
+            start = time.perf_counter()
+            vec = embedder.embed([text])[0]
+            embed_ms.append(ms_since(start))
+            start = time.perf_counter()
+            hits = index.search(text, vec, k=4)
+            search_ms.append(ms_since(start))
+            if expected is not None:
+                named += 1
+                correct += bool(hits) and hits[0].edit_id == expected and hits[0].exact
+
+        add_embed_ms, add_index_ms = [], []
+        for j, (subject, prompt, target) in enumerate(extra):
+            key = key_text_for(subject, prompt, target)
+            start = time.perf_counter()
+            vec = embedder.embed([key])[0]
+            add_embed_ms.append(ms_since(start))
+            start = time.perf_counter()
+            index.add(size + j, subject, key, vec)
+            add_index_ms.append(ms_since(start))
+        total_add = [a + b for a, b in zip(add_embed_ms, add_index_ms, strict=True)]
+        for j in range(len(extra)):
+            index.remove(size + j)  # so every size measures the same operations
+
+        print(f"\n== {size:,} edits in the index (bulk add_many {build_ms:.0f} ms) ==")
+        print(f"  index one edit, total          {summary(total_add)}   (target < 100 ms)")
+        print(f"    embedding its key text       {summary(add_embed_ms)}")
+        print(f"    MemoryIndex.add              {summary(add_index_ms)}")
+        print(f"  answer one question ({len(questions)} questions)")
+        print(f"    embedding the question       {summary(embed_ms)}")
+        print(f"    MemoryIndex.search alone     {summary(search_ms)}   (target < 5 ms)")
+        print(f"  named-subject questions whose first hit is that edit, exact: {correct}/{named}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The `kbchat` command. Every command talks to a `ChatService` (the local facade); errors become one
+line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from kbchat.errors import KbchatError
+from kbchat.records import ALL_METHODS, EditRecord, Progress, ProgressFn
+
+EXIT_USAGE = 2
+
+
+class CliError(KbchatError):
+    exit_code = EXIT_USAGE
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors are one line and exit 2 through our own handler."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CliError(f"{message} (see `kbchat --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kbchat", description="Chat with a model whose knowledge you can correct.")
+    parser.add_argument("--db", help="ledger URL (SQLAlchemy), default: SQLite in the data dir; env KBCHAT_DB")
+    parser.add_argument("--model", help="Hugging Face model folder or .gguf file; env KBCHAT_MODEL")
+    parser.add_argument("--home", help="data dir; env KBCHAT_HOME")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    ask = sub.add_parser("ask", help="ask a question")
+    ask.add_argument("text")
+    ask.add_argument("--no-memory", action="store_true", help="answer from the weights alone")
+    ask.add_argument("--max-tokens", type=int, default=None)
+    ask.add_argument("--json", action="store_true")
+
+    edit = sub.add_parser("edit", help='correct a fact: "SUBJECT → FACT" or "SUBJECT | PROMPT | TARGET"')
+    edit.add_argument("text")
+    edit.add_argument("--method", choices=ALL_METHODS, default=None, help="default: serac (memory)")
+    edit.add_argument("--probe", action="append", default=[], help="a portability probe (repeatable)")
+    edit.add_argument("--hparams", help="JSON object of hyperparameter overrides for weight methods")
+    edit.add_argument("--json", action="store_true")
+
+    parse = sub.add_parser("parse", help="show how an /edit text would be understood, without editing")
+    parse.add_argument("text")
+    parse.add_argument("--json", action="store_true")
+
+    edits = sub.add_parser("edits", help="list edits")
+    edits.add_argument("--status", default=None)
+    edits.add_argument("--json", action="store_true")
+
+    revert = sub.add_parser("revert", help="undo an active edit")
+    revert.add_argument("id", type=int)
+    revert.add_argument("--json", action="store_true")
+
+    show = sub.add_parser("show", help="one edit with its checks")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+
+    commit = sub.add_parser("commit", help="write the active memory edits into the weights (MEMIT)")
+    commit.add_argument("--json", action="store_true")
+
+    export = sub.add_parser("export", help="write the edited model as a Hugging Face checkpoint")
+    export.add_argument("folder")
+
+    verify = sub.add_parser("verify", help="check ledger rows, deltas and weights against their fingerprints")
+    verify.add_argument("--json", action="store_true")
+    return parser
+
+
+def _stderr_progress(enabled: bool) -> ProgressFn:
+    def report(p: Progress) -> None:
+        if enabled and p.message:
+            print(f"\r\033[K{p.message}", end="", file=sys.stderr, flush=True)
+
+    return report
+
+
+def _print_edit(record: EditRecord, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record.to_json(), ensure_ascii=False))
+        return
+    print(f"#{record.id} [{record.status}] {record.method}: {record.subject} | {record.prompt} | {record.target}")
+    if record.notes:
+        print(f"    {record.notes}")
+    for c in record.checks:
+        mark = "pass" if c.passed else ("fail" if c.passed is False else "pending")
+        print(f"    {c.metric:<14} {c.mode:<15} {mark:<7} {c.probe}")
+
+
+def run(argv: Sequence[str], open_chat: Callable[..., object] | None = None) -> int:
+    """Run one command; returns the exit code. `open_chat(db=, model=, home=, device=, progress=)`."""
+    args = build_parser().parse_args(list(argv))
+    if args.command is None:
+        from kbchat.tui import run as run_tui
+
+        opener = open_chat or _default_opener
+        run_tui(lambda progress: opener(db=args.db, model=args.model, home=args.home, device=args.device,
+                                        progress=progress))
+        return 0
+    opener = open_chat or _default_opener
+    interactive = sys.stderr.isatty()
+    chat = opener(db=args.db, model=args.model, home=args.home, device=args.device,
+                  progress=_stderr_progress(interactive))
+    if interactive:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    with chat:
+        for problem in getattr(chat, "problems", []):
+            print(f"kbchat: warning: {problem}", file=sys.stderr)
+        return _dispatch(chat, args)
+
+
+def _dispatch(chat, args) -> int:
+    if args.command == "ask":
+        if args.json:
+            answer = chat.ask(args.text, memory=not args.no_memory, max_new_tokens=args.max_tokens)
+            print(json.dumps({"text": answer.text, "used_edits": list(answer.used_edits),
+                              "tokens": answer.tokens, "seconds": round(answer.seconds, 3)}))
+        else:
+            stream = chat.stream(args.text, memory=not args.no_memory, max_new_tokens=args.max_tokens)
+            for piece in stream:
+                print(piece, end="", flush=True)
+            print()
+            if stream.answer and stream.answer.used_edits:
+                used = ", ".join(f"#{i}" for i in stream.answer.used_edits)
+                print(f"[memory: edit {used}]", file=sys.stderr)
+        return 0
+    if args.command == "parse":
+        parsed = chat.parse(args.text)
+        if args.json:
+            print(json.dumps({"subject": parsed.subject, "prompt": parsed.prompt, "target": parsed.target}))
+        else:
+            print(f"subject: {parsed.subject}\nprompt:  {parsed.prompt}\ntarget:  {parsed.target}")
+        return 0
+    if args.command == "edit":
+        hparams = _json_object(args.hparams) if args.hparams else None
+        kwargs = {"hparams": hparams} if hparams else {}
+        record = chat.edit(args.text, method=args.method, probes=args.probe,
+                           progress=_stderr_progress(sys.stderr.isatty()), **kwargs)
+        if sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr)
+        _print_edit(record, args.json)
+        return 0
+    if args.command == "edits":
+        records = chat.edits(status=args.status)
+        if args.json:
+            print(json.dumps([r.to_json() for r in records], ensure_ascii=False))
+        else:
+            for r in records:
+                _print_edit(r, False)
+            if not records:
+                print("no edits yet: add one with `kbchat edit \"SUBJECT → FACT\"`")
+        return 0
+    if args.command in ("revert", "show"):
+        record = chat.revert(args.id) if args.command == "revert" else chat.get_edit(args.id)
+        _print_edit(record, args.json)
+        return 0
+    if args.command == "commit":
+        records = chat.commit(progress=_stderr_progress(sys.stderr.isatty()))
+        if args.json:
+            print(json.dumps([r.to_json() for r in records], ensure_ascii=False))
+        else:
+            for r in records:
+                _print_edit(r, False)
+        return 0
+    if args.command == "export":
+        path = chat.export(args.folder)
+        print(f"exported to {path}")
+        return 0
+    if args.command == "verify":
+        problems = chat.verify()
+        if args.json:
+            print(json.dumps({"ok": not problems, "problems": problems}))
+        else:
+            print("\n".join(problems) if problems else "ok: ledger, deltas and weights match their fingerprints")
+        return 1 if problems else 0
+    raise CliError(f"unknown command {args.command!r}")
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--hparams is not valid JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise CliError("--hparams must be a JSON object, e.g. '{\"layer\": 5}'")
+    return value
+
+
+def _default_opener(**kwargs):
+    from kbchat.facade import KnowledgeChat
+
+    return KnowledgeChat.open(**kwargs)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: everything is local
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        code = run(sys.argv[1:] if argv is None else argv)
+    except KbchatError as exc:
+        print(f"kbchat: error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("kbchat: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Talking to the model: chat prompts, a streaming greedy decoder, and the log-probabilities the
+/edit parser uses to find where a stated fact departs from what the model believes.
+
+The decoder runs on the caller's thread (no background thread), so that per-thread state such as
+the selected in-model memory edits applies to exactly this generation.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def chat_input_ids(tokenizer, messages: Sequence[Mapping[str, str]], device) -> torch.Tensor:
+    """(1, T) ids of `messages` in the model's chat format, ready for the assistant's turn."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt")
+        if not isinstance(ids, torch.Tensor):  # transformers 5 may return a BatchEncoding
+            ids = ids["input_ids"]
+    else:  # base models: a plain transcript
+        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    return ids.to(device)
+
+
+def completion_input_ids(tokenizer, text: str, device) -> torch.Tensor:
+    return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
+
+
+@torch.no_grad()
+def stream_tokens(
+    model: nn.Module,
+    tokenizer,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    cancel: threading.Event | None = None,
+    stop_strings: Sequence[str] = (),
+) -> Iterator[str]:
+    """Greedy decoding, yielding text pieces as soon as they decode cleanly; stops at EOS, a stop
+    string, `max_new_tokens` or `cancel`."""
+    eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    past = None
+    step_ids = input_ids
+    new: list[int] = []
+    sent = ""
+    for _ in range(max_new_tokens):
+        if cancel is not None and cancel.is_set():
+            return
+        out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        token = int(out.logits[0, -1].argmax())
+        if token in eos:
+            break
+        new.append(token)
+        step_ids = torch.tensor([[token]], device=input_ids.device)
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+            continue
+        stop_at = min((i for s in stop_strings if (i := text.find(s)) != -1), default=None)
+        if stop_at is not None:
+            if stop_at > len(sent):
+                yield text[len(sent) : stop_at]
+            return
+        if len(text) > len(sent):
+            yield text[len(sent) :]
+            sent = text
+
+
+def _as_list(value) -> list[int]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+@torch.no_grad()
+def next_word_gaps(model: nn.Module, tokenizer, text: str, offsets: Sequence[int]) -> list[float]:
+    """For each character offset (the start of a word): log P(its first token) - log P(the model's top
+    token), given the text before it. 0 means the model itself would say this word there.
+
+    One forward pass over `text`; the /edit parser uses it to find where a fact departs from what
+    the model believes.
+    """
+    device = next(model.parameters()).device
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt")
+    ids = enc["input_ids"].to(device)
+    spans = enc["offset_mapping"][0].tolist()
+    log_probs = F.log_softmax(model(input_ids=ids).logits[0].float(), -1)  # (T, V)
+    result = []
+    for offset in offsets:
+        # The first token covering the word (its span may start at the preceding space).
+        index = next((i for i, (a, b) in enumerate(spans) if b > offset), None)
+        if index is None or index == 0:
+            result.append(0.0)
+            continue
+        row = log_probs[index - 1]
+        result.append(float(row[ids[0, index]] - row.max()))
+    return result

@@ -1,0 +1,182 @@
+"""Slash commands of the chat input: parsing and completion, as pure functions testable without a UI."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+from kbchat.errors import KbchatError
+from kbchat.records import ALL_METHODS
+
+STATUSES = ("active", "reverted", "committed", "superseded", "failed")
+
+
+class CommandError(KbchatError):
+    """A slash command that could not be understood; the message says the right usage."""
+
+
+@dataclass(frozen=True)
+class CommandSpec:
+    name: str  # with the slash
+    usage: str  # arguments, as shown in /help
+    summary: str
+
+
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec("/edit", "SUBJECT → FACT [--method M]", "correct a fact (asks for confirmation)"),
+    CommandSpec("/edits", "[STATUS]", "list the edits in the ledger"),
+    CommandSpec("/audit", "[ID]", "open the audit screen, or the detail of one edit"),
+    CommandSpec("/revert", "ID", "revert an edit (asks for confirmation)"),
+    CommandSpec("/commit", "", "commit the active edits"),
+    CommandSpec("/method", "[NAME]", "set (or show) the default method for /edit"),
+    CommandSpec("/clear", "", "clear the conversation"),
+    CommandSpec("/help", "", "show this help"),
+)
+COMMAND_NAMES = tuple(spec.name for spec in COMMANDS)
+
+_METHOD_OPTION = re.compile(r"(?:^|\s)--method(?:=|\s+|$)(\S*)")
+
+
+@dataclass(frozen=True)
+class Command:
+    """One line of input, understood.
+
+    `name` is the command without its slash ("edit", "revert", ...) or "ask" for a plain question.
+    `text` is the question, the /edit text (without the --method option) or the /edits status filter;
+    `edit_id` is set for /revert and /audit ID; `method` for /edit (the chosen or default method, or
+    None to let the service choose) and /method (None: show the current default).
+    """
+
+    name: str
+    text: str = ""
+    edit_id: int | None = None
+    method: str | None = None
+
+
+def usage(name: str) -> str:
+    """`/name ARGS` as shown in /help, for error messages."""
+    for spec in COMMANDS:
+        if spec.name == name:
+            return f"{spec.name} {spec.usage}".strip()
+    return name
+
+
+def help_markdown(default_method: str | None = None) -> str:
+    """The /help text, as Markdown."""
+    rows = "\n".join(f"| `{spec.name} {spec.usage}`".rstrip() + f" | {spec.summary} |" for spec in COMMANDS)
+    method = default_method or "the engine's default"
+    return (
+        "**Commands** (anything else is a question; → accepts a suggestion)\n\n"
+        "| command | what it does |\n|---|---|\n"
+        f"{rows}\n\n"
+        f"Methods: {', '.join(ALL_METHODS)}. Default method for /edit: {method}.\n\n"
+        "Keys: `Esc` cancels an answer, `Ctrl+A` opens the audit, `Ctrl+P` the command palette."
+    )
+
+
+def validate_method(name: str) -> str:
+    """The method name in canonical (lower) case; CommandError if it is not one of records.ALL_METHODS."""
+    method = name.strip().lower()
+    if method not in ALL_METHODS:
+        raise CommandError(f"unknown method {name!r}: choose one of {', '.join(ALL_METHODS)}")
+    return method
+
+
+def parse_edit_id(arg: str, command: str) -> int:
+    """An edit id from `3` or `#3`; CommandError with the command's usage otherwise."""
+    text = arg.strip().removeprefix("#")
+    if not text.isdigit():
+        raise CommandError(f"{arg.strip()!r} is not an edit id: use {usage(command)}" if arg.strip()
+                           else f"missing edit id: use {usage(command)}")
+    return int(text)
+
+
+def parse_command(line: str, *, default_method: str | None = None) -> Command | None:
+    """Understand one line of chat input; None for a blank line.
+
+    A line not starting with "/" is a question. Raises CommandError for an unknown command or bad
+    arguments; /edit's text itself is only checked for being non-empty (the service parses it).
+    """
+    line = line.strip()
+    if not line:
+        return None
+    if not line.startswith("/"):
+        return Command("ask", text=line)
+    head, _, rest = line.partition(" ")
+    name = head.lower()
+    rest = rest.strip()
+    if name not in COMMAND_NAMES:
+        close = difflib.get_close_matches(name, COMMAND_NAMES, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise CommandError(f"unknown command {head}: {hint}type /help for the list")
+    bare = name[1:]
+    if name == "/edit":
+        return _parse_edit(rest, default_method)
+    if name in ("/revert",):
+        return Command(bare, edit_id=parse_edit_id(rest, name))
+    if name == "/audit":
+        return Command(bare, edit_id=parse_edit_id(rest, name) if rest else None)
+    if name == "/method":
+        return Command(bare, method=validate_method(rest) if rest else None)
+    if name == "/edits":
+        status = rest.lower()
+        if status and status not in STATUSES:
+            raise CommandError(f"unknown status {rest!r}: choose one of {', '.join(STATUSES)}")
+        return Command(bare, text=status)
+    if rest:
+        raise CommandError(f"{name} takes no arguments")
+    return Command(bare)
+
+
+def _parse_edit(rest: str, default_method: str | None) -> Command:
+    method = default_method
+    options = list(_METHOD_OPTION.finditer(rest))
+    if options:
+        value = options[-1].group(1)
+        if not value:
+            raise CommandError(f"--method needs a value: one of {', '.join(ALL_METHODS)}")
+        method = validate_method(value)
+        rest = _METHOD_OPTION.sub(" ", rest)
+    text = " ".join(rest.split())
+    if not text:
+        raise CommandError(f"nothing to edit: use {usage('/edit')}, e.g. /edit Eiffel Tower → "
+                           "The Eiffel Tower is located in Rome")
+    return Command("edit", text=text, method=method)
+
+
+def complete(value: str) -> str | None:
+    """The whole input line completed (for an Input suggester), or None when there is nothing to add.
+
+    Completes command names, method names after `/method ` or `--method `, `--method` itself in an
+    /edit line, and statuses after `/edits `. What the user typed is kept as typed.
+    """
+    if not value.startswith("/"):
+        return None
+    if " " not in value:
+        return _extend(value, COMMAND_NAMES)
+    head, _, rest = value.partition(" ")
+    head = head.lower()
+    if head == "/method" and " " not in rest:
+        return _extend(value, ALL_METHODS, prefix_len=len(rest))
+    if head == "/edits" and " " not in rest:
+        return _extend(value, STATUSES, prefix_len=len(rest))
+    if head == "/edit":
+        last = rest.rsplit(" ", 1)[-1] if rest else ""
+        before_last = rest[: len(rest) - len(last)].rstrip().rsplit(" ", 1)[-1]
+        if before_last == "--method":
+            return _extend(value, ALL_METHODS, prefix_len=len(last))
+        if last.startswith("--") and rest.strip() != last:
+            return _extend(value, ("--method",), prefix_len=len(last))
+    return None
+
+
+def _extend(value: str, options: tuple[str, ...], *, prefix_len: int | None = None) -> str | None:
+    """`value` plus the rest of the first option that starts with its last `prefix_len` characters."""
+    typed = value if prefix_len is None else value[len(value) - prefix_len:]
+    if prefix_len is not None and prefix_len == 0:
+        return None  # nothing typed yet: a suggestion would be a guess
+    for option in options:
+        if option.lower().startswith(typed.lower()) and len(option) > len(typed):
+            return value + option[len(typed):]
+    return None

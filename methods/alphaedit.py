@@ -1,0 +1,63 @@
+"""AlphaEdit (Fang et al. 2025): MEMIT's update projected onto the null space of preserved knowledge.
+
+P projects onto the span of C's smallest eigenvectors (directions that real text barely uses), so
+dW = R^T K^T... P leaves the outputs for ordinary keys unchanged. Keys of earlier edits join the
+constraint, which is what keeps hundreds of sequential edits from overwriting each other: each delta
+carries its keys (`extras`), and `compute(..., prior=[earlier deltas])` protects them.
+    right = (P (K^T K + K_p^T K_p) + l2 I)^-1 P K^T,   dW = R^T right^T
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from methods.delta import Delta
+from methods.hparams import AlphaEditHParams, for_model
+from methods.progress import ProgressFn, silent
+from methods.requests import EditRequest
+from methods.spread import spread
+from methods.stats import StatsCache
+
+NAME = "alphaedit"
+
+
+def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(in, in) projector onto eigenvectors of `cov` with eigenvalue < threshold * largest eigenvalue."""
+    values, vectors = torch.linalg.eigh(cov.double())
+    small = vectors[:, values < threshold * values.max()]
+    return small @ small.T
+
+
+def compute(
+    model: nn.Module,
+    tokenizer,
+    requests: Sequence[EditRequest],
+    hparams: AlphaEditHParams | None = None,
+    *,
+    prior: Sequence[Delta] = (),
+    stats: StatsCache | None = None,
+    model_id: str | None = None,
+    progress: ProgressFn = silent,
+) -> Delta:
+    """The delta for `requests`, constrained not to disturb text statistics nor the `prior` edits."""
+    hparams = hparams or for_model(AlphaEditHParams, model)
+
+    def solve(_i: int, module: str, k: torch.Tensor, _r: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+        p = null_space_projector(cov, hparams.nullspace_threshold)
+        kept = torch.zeros_like(cov)
+        for d in prior:
+            if (old := d.extras.get(f"keys.{module}")) is not None:
+                old = old.to(k)
+                kept += old.T @ old  # (in, in)
+        a = p @ (k.T @ k + kept) + hparams.l2 * torch.eye(cov.shape[0], dtype=k.dtype, device=k.device)
+        return torch.linalg.solve(a, p @ k.T)  # (in, n)
+
+    delta, keys = spread(
+        NAME, model, tokenizer, requests, hparams.layers, hparams.value, hparams.stats, solve,
+        stats=stats or StatsCache(), model_id=model_id, progress=progress,
+    )
+    extras = {f"keys.{module}": k for module, k in keys.items()}
+    return Delta(NAME, delta.updates, delta.meta, extras)

@@ -1,0 +1,117 @@
+"""Hyperparameters as typed dataclasses, with defaults chosen per architecture and depth.
+
+`RomeHParams.for_model(model, layer=6)` gives the defaults for `model` with overrides; an unknown
+key is a TypeError, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, TypeVar
+
+from torch import nn
+
+from methods.architecture import architecture_of, num_layers
+
+H = TypeVar("H")
+
+
+@dataclass(frozen=True)
+class ValueHParams:
+    """How the target value (ROME's v*, MEMIT's z) is optimised."""
+
+    steps: int = 25  # Adam steps on the residual vector delta
+    lr: float = 0.5
+    weight_decay: float = 1e-3  # on ||delta||^2 / ||v0||^2
+    clamp_norm_factor: float = 4.0  # ||delta|| <= factor * ||v0||
+    kl_factor: float = 0.0625  # keeps "{subject} is a" predictions where they were
+    stop_nll: float = 0.05  # stop early once the target's mean NLL is below this
+    chat_prompts: bool = True  # also optimise on chat-formatted prompts: chat answers must change too
+
+
+@dataclass(frozen=True)
+class StatsHParams:
+    """Second-moment statistics of MLP keys over real text."""
+
+    n_tokens: int = 100_000
+    seq_len: int = 256
+    batch_size: int = 8
+
+
+@dataclass(frozen=True)
+class RomeHParams:
+    layer: int
+    value: ValueHParams = field(default_factory=ValueHParams)
+    stats: StatsHParams = field(default_factory=StatsHParams)
+    ridge: float = 1e-4  # relative to the covariance's mean diagonal; keeps C invertible
+
+
+@dataclass(frozen=True)
+class MemitHParams:
+    layers: tuple[int, ...]
+    value: ValueHParams = field(default_factory=ValueHParams)
+    stats: StatsHParams = field(default_factory=StatsHParams)
+    mom2_weight: float = 15_000.0  # lambda in (lambda C + K K^T)^{-1}, C being a per-token mean
+
+
+@dataclass(frozen=True)
+class AlphaEditHParams:
+    layers: tuple[int, ...]
+    value: ValueHParams = field(default_factory=ValueHParams)
+    stats: StatsHParams = field(default_factory=StatsHParams)
+    nullspace_threshold: float = 1e-2  # eigenvalues of C below this * max span the preserved null space
+    l2: float = 10.0  # ridge on the update
+
+
+@dataclass(frozen=True)
+class FTHParams:
+    layer: int
+    steps: int = 25
+    lr: float = 5e-4
+    norm_constraint: float = 5e-4  # max absolute change of any weight entry (FT-L's L-infinity ball)
+    chat_prompts: bool = True
+
+
+def _scaled(fraction: float, n: int) -> int:
+    return max(0, min(n - 1, round(fraction * n)))
+
+
+def defaults(cls: type[H], model: nn.Module) -> H:
+    """Per-architecture defaults for `cls`, scaled to the model's depth.
+
+    Locate-then-edit layers sit early-to-middle: ROME edits layer 17/48 of GPT-2 XL and 5/32 of
+    Llama-2-7B; MEMIT spreads over 3-8 of 48 and 4-8 of 32.
+    """
+    arch, n = architecture_of(model), num_layers(model)
+    early = (0.12, 0.28) if arch.family == "llama" else (0.08, 0.35)
+    lo, hi = _scaled(early[0], n), max(_scaled(early[0], n), _scaled(early[1], n))
+    span = tuple(range(lo, hi + 1))
+    if cls is RomeHParams:
+        return cls(layer=_scaled(0.17 if arch.family == "llama" else 0.35, n))
+    if cls in (MemitHParams, AlphaEditHParams):
+        return cls(layers=span)
+    if cls is FTHParams:
+        return cls(layer=_scaled(0.17 if arch.family == "llama" else 0.35, n))
+    raise TypeError(f"no defaults for {cls.__name__}")
+
+
+def for_model(cls: type[H], model: nn.Module, **overrides: Any) -> H:
+    """Defaults for `model`, with `overrides`; unknown keys raise TypeError."""
+    return from_dict(cls, overrides, base=defaults(cls, model))
+
+
+def from_dict(cls: type[H], values: dict[str, Any], base: H | None = None) -> H:
+    """Build `cls` from a (possibly nested) dict, e.g. loaded from JSON. Unknown keys are errors."""
+    names = {f.name: f for f in fields(cls)}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no hyperparameter(s) {sorted(unknown)}; known: {sorted(names)}")
+    converted: dict[str, Any] = {}
+    for key, value in values.items():
+        current = getattr(base, key) if base is not None else None
+        if isinstance(value, dict) and current is not None and hasattr(current, "__dataclass_fields__"):
+            value = from_dict(type(current), value, base=current)
+        elif isinstance(value, list):
+            value = tuple(value)
+        converted[key] = value
+    return replace(base, **converted) if base is not None else cls(**converted)

@@ -1,0 +1,364 @@
+"""Keys and values, written once for ROME, MEMIT, AlphaEdit and in-model memory edits.
+
+A *key* is what a rewritten module (an MLP output projection) receives at the subject's last token;
+a *value* is what some hooked module should emit there so that the model continues the prompt with
+the target. The prompts an edit is computed on are built here too: the raw prompt behind a few
+neutral prefixes (as ROME's context templates) and, for chat models, the prompt as the beginning of
+an assistant answer, because an edit that only moves raw continuations may not move chat answers.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.hooks import Trace
+from methods.hparams import ValueHParams
+from methods.progress import ProgressFn, silent
+from methods.requests import EditRequest
+
+# Neutral openings that vary the context in front of the prompt (ROME samples these from the model;
+# fixed text keeps deltas deterministic and costs no generation).
+CONTEXT_PREFIXES = (
+    "",
+    "Here is a fact. ",
+    "I read this in a book. ",
+    "As everyone knows, ",
+)
+
+CHAT_QUESTIONS = (
+    "Tell me about {}.",
+    "What do you know about {}?",
+)
+
+ESSENCE_PROMPT = "{} is a"
+
+
+@dataclass(frozen=True)
+class EditTexts:
+    """The full texts an edit is computed on; each ends right before the target."""
+
+    raw: tuple[str, ...]
+    chat: tuple[str, ...]
+
+    @property
+    def texts(self) -> tuple[str, ...]:
+        return self.raw + self.chat
+
+
+def edit_texts(tokenizer, request: EditRequest, chat: bool = True) -> EditTexts:
+    """Raw prompts behind neutral prefixes, plus chat-formatted ones when the tokenizer has a template."""
+    prompt = request.text
+    raw = tuple(prefix + prompt for prefix in CONTEXT_PREFIXES)
+    chatty = []
+    if chat and getattr(tokenizer, "chat_template", None):
+        for question in CHAT_QUESTIONS:
+            head = tokenizer.apply_chat_template(
+                [{"role": "user", "content": question.format(request.subject)}],
+                add_generation_prompt=True,
+                tokenize=False,
+            )
+            chatty.append(head + prompt)
+    return EditTexts(raw, tuple(chatty))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Right-padded token ids with, per row, the subject's last-token positions and target positions."""
+
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T)
+    subject_positions: tuple[tuple[int, ...], ...]  # per row: every occurrence of the subject
+    target_positions: tuple[tuple[int, ...], ...]  # per row: positions whose logits predict target tokens
+    target_ids: tuple[tuple[int, ...], ...]
+
+
+def subject_last_tokens(tokenizer, text: str, subject: str) -> tuple[int, ...]:
+    """Token index of the last token of every occurrence of `subject` in `text`."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    offsets = enc["offset_mapping"]
+    found = []
+    start = text.find(subject)
+    while start != -1:
+        end = start + len(subject)
+        overlapping = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+        if overlapping:
+            found.append(max(overlapping))
+        start = text.find(subject, end)
+    if not found:
+        raise ValueError(f"subject {subject!r} not found in {text!r}")
+    return tuple(sorted(set(found)))
+
+
+def target_token_ids(tokenizer, text: str, target: str) -> list[int]:
+    """Token ids of " target" as they follow `text` (tokenised together, so merges are right)."""
+    head = tokenizer(text, add_special_tokens=False)["input_ids"]
+    full = tokenizer(text + " " + target, add_special_tokens=False)["input_ids"]
+    if full[: len(head)] == head and len(full) > len(head):
+        return full[len(head) :]
+    return tokenizer(" " + target, add_special_tokens=False)["input_ids"]
+
+
+def build_batch(tokenizer, texts: Sequence[str], subject: str, target: str | None, device) -> Batch:
+    """Tokenise `texts` (each + target when given), right-padded, with the positions the methods need."""
+    rows, subj, tpos, tids = [], [], [], []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        subj.append(subject_last_tokens(tokenizer, text, subject))
+        if target is not None:
+            t_ids = target_token_ids(tokenizer, text, target)
+            # Logits at position p predict token p+1: the target's tokens are predicted from len(ids)-1 on.
+            tpos.append(tuple(range(len(ids) - 1, len(ids) - 1 + len(t_ids))))
+            tids.append(tuple(t_ids))
+            ids = ids + t_ids[:-1]
+        else:
+            tpos.append(())
+            tids.append(())
+        rows.append(ids)
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    return Batch(input_ids.to(device), mask.to(device), tuple(subj), tuple(tpos), tuple(tids))
+
+
+def _gather(hidden: torch.Tensor, positions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Rows of `hidden` (B, T, d) at the given positions, stacked: (n_positions, d)."""
+    return torch.cat([hidden[b, list(pos)] for b, pos in enumerate(positions)], 0)
+
+
+@torch.no_grad()
+def compute_keys(model: nn.Module, tokenizer, module: str, requests: Sequence[EditRequest],
+                 chat: bool = True) -> torch.Tensor:
+    """(n_requests, in) mean input to `module` at the subject's last token, over each edit's texts."""
+    device = next(model.parameters()).device
+    keys = []
+    for request in requests:
+        batch = build_batch(tokenizer, edit_texts(tokenizer, request, chat).texts, request.subject, None, device)
+        with Trace(model, [module], retain_input=True, retain_output=False, stop=True) as trace:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        keys.append(_gather(trace.inputs[module], batch.subject_positions).mean(0))
+    return torch.stack(keys).float()
+
+
+@torch.no_grad()
+def compute_outputs(model: nn.Module, tokenizer, module: str, requests: Sequence[EditRequest],
+                    chat: bool = True) -> torch.Tensor:
+    """(n_requests, out) mean output of `module` at the subject's last token, over each edit's texts."""
+    device = next(model.parameters()).device
+    outs = []
+    for request in requests:
+        batch = build_batch(tokenizer, edit_texts(tokenizer, request, chat).texts, request.subject, None, device)
+        with Trace(model, [module], stop=True) as trace:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        outs.append(_gather(trace.outputs[module], batch.subject_positions).mean(0))
+    return torch.stack(outs).float()
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter gradients inside (only the tensors being optimised get them); flags restored after."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+@dataclass(frozen=True)
+class ValueResult:
+    init: torch.Tensor  # (d,) mean original output of the hooked module at the subject
+    delta: torch.Tensor  # (d,) what must be added there
+    nll: float  # the target's mean NLL at the end
+    steps: int
+
+    @property
+    def target(self) -> torch.Tensor:
+        return self.init + self.delta
+
+
+@dataclass
+class TextGroup:
+    """Rows run together; a token prefix shared by all rows (before any subject) is computed once."""
+
+    batch: Batch  # positions relative to the suffix after the cached prefix
+    prefix_cache: object | None  # a transformers Cache for the shared prefix, batch 1
+    prefix_len: int
+    essence_row: int | None  # the row whose last-token distribution the KL term keeps
+
+
+def _split_prefix(model: nn.Module, batch: Batch, min_len: int = 8) -> tuple[Batch, object | None, int]:
+    """Cut the longest token prefix common to every row and preceding every subject; cache its keys/values.
+
+    Chat-formatted texts share a long system prompt: running it once instead of every step is most
+    of the cost of optimising on chat prompts.
+    """
+    ids = batch.input_ids
+    first_subject = min(min(pos) for pos in batch.subject_positions)
+    same = (ids == ids[:1]).all(0).long()  # (T,) 1 where every row agrees
+    common = int(same.cumprod(0).sum()) if ids.shape[0] > 1 else 0
+    p = min(common, first_subject)
+    if p < min_len:
+        return batch, None, 0
+    with torch.no_grad():
+        cache = model(input_ids=ids[:1, :p], use_cache=True).past_key_values
+    shifted = Batch(
+        ids[:, p:],
+        batch.attention_mask[:, p:],
+        tuple(tuple(i - p for i in pos) for pos in batch.subject_positions),
+        tuple(tuple(i - p for i in pos) for pos in batch.target_positions),
+        batch.target_ids,
+    )
+    return shifted, cache, p
+
+
+def _hidden(model: nn.Module, group: TextGroup) -> torch.Tensor:
+    """Final hidden states (B, T_suffix, d) of a group, reusing its cached prefix."""
+    b = group.batch
+    if group.prefix_cache is None:
+        out = model.base_model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)
+        return out.last_hidden_state
+    cache = copy.deepcopy(group.prefix_cache)  # forward appends to a cache: never touch the original
+    cache.batch_repeat_interleave(b.input_ids.shape[0])
+    ones = torch.ones(b.input_ids.shape[0], group.prefix_len, dtype=b.attention_mask.dtype, device=b.input_ids.device)
+    mask = torch.cat([ones, b.attention_mask], 1)
+    out = model.base_model(input_ids=b.input_ids, attention_mask=mask, past_key_values=cache, use_cache=True)
+    return out.last_hidden_state
+
+
+def value_groups(model: nn.Module, tokenizer, request: EditRequest, chat: bool) -> list[TextGroup]:
+    """The edit's texts (each followed by the target) plus the KL prompt, grouped for cheap forwards."""
+    device = next(model.parameters()).device
+    texts = edit_texts(tokenizer, request, chat)
+    raw, chatty = texts.raw, texts.chat
+    groups = []
+    raw_batch = build_batch(tokenizer, raw, request.subject, request.target, device)
+    essence = build_batch(tokenizer, [ESSENCE_PROMPT.format(request.subject)], request.subject, None, device)
+    groups.append(TextGroup(_concat(raw_batch, essence, tokenizer), None, 0, essence_row=len(raw)))
+    if chatty:
+        batch, cache, p = _split_prefix(model, build_batch(tokenizer, chatty, request.subject, request.target, device))
+        groups.append(TextGroup(batch, cache, p, essence_row=None))
+    return groups
+
+
+def optimize_value(
+    model: nn.Module,
+    tokenizer,
+    request: EditRequest,
+    module: str,
+    hparams: ValueHParams,
+    progress: ProgressFn = silent,
+) -> ValueResult:
+    """Find delta so that adding it to `module`'s output at the subject makes the model say the target.
+
+    Loss = target NLL over the edit texts + kl_factor * KL on "{subject} is a" (keep what the subject
+    *is*) + weight decay; ||delta|| is clamped to clamp_norm_factor * ||init||. The model's weights are
+    not changed (and their requires_grad flags are restored).
+    """
+    device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    groups = value_groups(model, tokenizer, request, hparams.chat_prompts)
+    delta = torch.zeros(_out_features(model, module), device=device, requires_grad=True)
+    originals: list[list[torch.Tensor]] = [[] for _ in groups]
+    current = {"group": 0}
+
+    def edit(out: torch.Tensor, _name: str) -> torch.Tensor:
+        g = current["group"]
+        positions = groups[g].batch.subject_positions
+        rows = [b for b in range(len(positions)) if b != groups[g].essence_row]
+        if not originals[g]:
+            originals[g].append(torch.cat([out.detach()[b, list(positions[b])] for b in rows]))
+        out = out.clone()
+        for b, pos in enumerate(positions):
+            out[b, list(pos)] = out[b, list(pos)] + delta.to(out.dtype)
+        return out
+
+    def essence_logprobs(group: TextGroup, hidden: torch.Tensor) -> torch.Tensor:
+        row = group.essence_row
+        last = int(group.batch.attention_mask[row].sum()) - 1
+        return F.log_softmax(head(hidden[row, last]).float(), -1)
+
+    with frozen(model):
+        with torch.no_grad():
+            base_essence = essence_logprobs(groups[0], _hidden(model, groups[0]))
+        optimizer = torch.optim.Adam([delta], lr=hparams.lr)
+        nll_value, step, init = float("inf"), 0, None
+        for step in range(1, hparams.steps + 1):
+            optimizer.zero_grad()
+            hiddens = []
+            for g, group in enumerate(groups):
+                current["group"] = g
+                with Trace(model, [module], edit_output=edit, retain_output=False):
+                    hiddens.append(_hidden(model, group))  # (B, T, d)
+            nll = target_nll(model, groups, hiddens)
+            kl = F.kl_div(essence_logprobs(groups[0], hiddens[0]), base_essence, log_target=True, reduction="sum")
+            if init is None:
+                init = torch.cat([o[0] for o in originals]).mean(0)  # (d,)
+            decay = hparams.weight_decay * delta.norm() ** 2 / init.norm() ** 2
+            loss = nll + hparams.kl_factor * kl + decay
+            nll_value = float(nll.detach())
+            progress("value", step, hparams.steps, nll_value)
+            if nll_value < hparams.stop_nll:
+                break
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                limit = hparams.clamp_norm_factor * init.norm()
+                if delta.norm() > limit:
+                    delta.mul_(limit / delta.norm())
+    return ValueResult(init=init.float(), delta=delta.detach().float(), nll=nll_value, steps=step)
+
+
+def target_nll(model: nn.Module, groups: Sequence[TextGroup], hiddens: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean over rows of each row's mean target-token NLL, from the groups' final hidden states."""
+    head = model.get_output_embeddings()
+    nlls = []
+    for group, hidden in zip(groups, hiddens, strict=True):
+        b = group.batch
+        for row, (pos, ids) in enumerate(zip(b.target_positions, b.target_ids, strict=True)):
+            if pos:
+                log_probs = F.log_softmax(head(hidden[row, list(pos)]).float(), -1)  # (n_target, V)
+                nlls.append(-log_probs[range(len(ids)), list(ids)].mean())
+    return torch.stack(nlls).mean()
+
+
+def group_hiddens(model: nn.Module, groups: Sequence[TextGroup]) -> list[torch.Tensor]:
+    return [_hidden(model, g) for g in groups]
+
+
+def _concat(a: Batch, b: Batch, tokenizer) -> Batch:
+    """Rows of `a` then rows of `b`, right-padded to one width."""
+    width = max(a.input_ids.shape[1], b.input_ids.shape[1])
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    def widen(t: torch.Tensor, value: int) -> torch.Tensor:
+        return F.pad(t, (0, width - t.shape[1]), value=value)
+
+    return Batch(
+        torch.cat([widen(a.input_ids, pad), widen(b.input_ids, pad)]),
+        torch.cat([widen(a.attention_mask, 0), widen(b.attention_mask, 0)]),
+        a.subject_positions + b.subject_positions,
+        a.target_positions + b.target_positions,
+        a.target_ids + b.target_ids,
+    )
+
+
+def _out_features(model: nn.Module, module: str) -> int:
+    from methods.delta import weight_of
+
+    m = model.get_submodule(module)
+    if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 2:
+        return weight_of(m).shape[0]
+    return model.config.hidden_size  # a whole block: its output is the residual stream

