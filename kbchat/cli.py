@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--method", choices=ALL_METHODS, default=None, help="default: serac (memory)")
     edit.add_argument("--probe", action="append", default=[], help="a portability probe (repeatable)")
     edit.add_argument("--hparams", help="JSON object of hyperparameter overrides for weight methods")
+    edit.add_argument("--no-audit", action="store_true", help="skip the metric checks (run them later never)")
     edit.add_argument("--json", action="store_true")
 
     parse = sub.add_parser("parse", help="show how an /edit text would be understood, without editing")
@@ -60,9 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     revert.add_argument("id", type=int)
     revert.add_argument("--json", action="store_true")
 
-    show = sub.add_parser("show", help="one edit with its checks")
-    show.add_argument("id", type=int)
-    show.add_argument("--json", action="store_true")
+    audit = sub.add_parser("audit", aliases=["show"], help="one edit with its checks")
+    audit.add_argument("id", type=int)
+    audit.add_argument("--json", action="store_true")
 
     commit = sub.add_parser("commit", help="write the active memory edits into the weights (MEMIT)")
     commit.add_argument("--json", action="store_true")
@@ -111,10 +112,12 @@ def run(argv: Sequence[str], open_chat: Callable[..., object] | None = None) -> 
                   progress=_stderr_progress(interactive))
     if interactive:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
-    with chat:
+    try:
         for problem in getattr(chat, "problems", []):
             print(f"kbchat: warning: {problem}", file=sys.stderr)
         return _dispatch(chat, args)
+    finally:
+        chat.close()
 
 
 def _dispatch(chat, args) -> int:
@@ -140,12 +143,18 @@ def _dispatch(chat, args) -> int:
             print(f"subject: {parsed.subject}\nprompt:  {parsed.prompt}\ntarget:  {parsed.target}")
         return 0
     if args.command == "edit":
-        hparams = _json_object(args.hparams) if args.hparams else None
-        kwargs = {"hparams": hparams} if hparams else {}
+        kwargs = {}
+        if args.hparams:
+            kwargs["hparams"] = _json_object(args.hparams)
+        if args.no_audit:
+            kwargs["audit"] = "off"
         record = chat.edit(args.text, method=args.method, probes=args.probe,
                            progress=_stderr_progress(sys.stderr.isatty()), **kwargs)
         if sys.stderr.isatty():
             print("\r\033[K", end="", file=sys.stderr)
+        if not args.no_audit and hasattr(chat, "wait_for_audits"):
+            chat.wait_for_audits()  # the CLI shows the checks, so it waits for them
+            record = chat.get_edit(record.id)
         _print_edit(record, args.json)
         return 0
     if args.command == "edits":
@@ -158,7 +167,7 @@ def _dispatch(chat, args) -> int:
             if not records:
                 print("no edits yet: add one with `kbchat edit \"SUBJECT → FACT\"`")
         return 0
-    if args.command in ("revert", "show"):
+    if args.command in ("revert", "audit", "show"):
         record = chat.revert(args.id) if args.command == "revert" else chat.get_edit(args.id)
         _print_edit(record, args.json)
         return 0

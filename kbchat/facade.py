@@ -14,7 +14,6 @@ import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from kbchat.records import (
     no_progress,
 )
 from kbchat.service import AnswerStream, Message
+from kbchat.views import LiveEditView, negated, run_audit
 from kbchat.weights import WeightState
 from methods import Delta, EditRequest, StatsCache
 from methods.scoped import ScopedDeltas
@@ -50,6 +50,17 @@ from methods.scoped import ScopedDeltas
 DEFAULT_MAX_NEW_TOKENS = 80
 COMMIT_METHOD = "memit"
 AGREES = -0.5  # a word within this log-prob of the model's top choice is what the model would say
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the model is given for one text: a raw prompt or chat messages, plus the memory in play."""
+
+    prompt: str | None  # raw completion text (None for chat)
+    messages: list[dict[str, str]] | None  # chat messages (None for raw completion)
+    stops: tuple[str, ...]
+    used: tuple[int, ...]  # every in-scope memory edit
+    select: tuple[int, ...]  # the serac patches to switch on
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,7 @@ class KnowledgeChat:
         self._memory: dict[int, StoredEdit] = {}  # active memory edits by id
         self._ike: IkeDemos | None = None
         self._base_fingerprint: str | None = None
+        self._audits: list[threading.Thread] = []
         self._restore(progress)
 
     # ----------------------------------------------------------------------------- opening / closing
@@ -103,6 +115,7 @@ class KnowledgeChat:
             raise
 
     def close(self) -> None:
+        self.wait_for_audits(timeout=0)  # background audits are daemons: never block exit on them
         self._scoped.close()
         self.ledger.close()
 
@@ -228,13 +241,33 @@ class KnowledgeChat:
 
     # ----------------------------------------------------------------------------- asking
 
-    def retrieve(self, question: str) -> list[StoredEdit]:
-        """Active memory edits in scope for `question`, best first."""
+    def retrieve(self, question: str, exclude: frozenset[int] = frozenset()) -> list[StoredEdit]:
+        """Active memory edits in scope for `question`, best first (minus `exclude`)."""
         if not self._memory:
             return []
         vector = self.embedder.embed([question])[0]
         hits = self._index.search(question, vector, k=4)
-        return [self._memory[h.edit_id] for h in hits if h.edit_id in self._memory]
+        return [self._memory[h.edit_id] for h in hits if h.edit_id in self._memory and h.edit_id not in exclude]
+
+    def plan(self, text: str, *, chat: bool = True, memory: bool = True,
+             exclude: frozenset[int] = frozenset()) -> Plan:
+        """How `text` is put to the model: a chat question (chat=True) or a raw prompt to continue.
+
+        In-scope serac edits are selected as in-model patches (and, for chat, quoted in a system
+        message); in-scope ike edits turn the input into IKE's completion-format prompt.
+        """
+        used = self.retrieve(text, exclude) if memory else []
+        serac = tuple(r.id for r in used if r.method == "serac")
+        if any(r.method == "ike" for r in used):
+            facts = [_fact(r) for r in used]
+            demos = self._ike_demos().select(facts[0], self.settings.ike_demos)
+            return Plan(ike_prompt(facts, text, demos), None, ("\n",), tuple(r.id for r in used), serac)
+        if not chat:
+            return Plan(text, None, (), tuple(r.id for r in used), serac)
+        messages = [{"role": "user", "content": text}]
+        if serac and self.settings.quote_facts:
+            messages = [_facts_message([r for r in used if r.method == "serac"]), *messages]
+        return Plan(None, messages, (), tuple(r.id for r in used), serac)
 
     def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
             max_new_tokens: int | None = None) -> Answer:
@@ -249,36 +282,29 @@ class KnowledgeChat:
         question = " ".join(text.split())
         if not question:
             raise KbchatError("empty question: type something to ask")
-        used = self.retrieve(question) if memory else []
-        serac = [r for r in used if r.method == "serac"]
-        ike = [r for r in used if r.method == "ike"]
-        limit = max_new_tokens or self.settings.max_new_tokens
+        plan = self.plan(question, memory=memory)
+        if plan.messages is not None:
+            plan = replace(plan, messages=[*(dict(m) for m in history), *plan.messages])
+        return self._stream_plan(plan, max_new_tokens or self.settings.max_new_tokens, cancel)
+
+    def _stream_plan(self, plan: Plan, limit: int, cancel: threading.Event | None = None,
+                     select: Sequence = ()) -> AnswerStream:
         device = self.loaded.device.name
-        if ike:  # in-context editing needs its completion-format prompt
-            facts = [_fact(r) for r in used]
-            demos = self._ike_demos().select(facts[0], self.settings.ike_demos)
-            input_ids = completion_input_ids(self.tokenizer, ike_prompt(facts, question, demos), device)
-            stops: tuple[str, ...] = ("\n",)
+        if plan.messages is not None:
+            input_ids = chat_input_ids(self.tokenizer, plan.messages, device)
         else:
-            messages = [dict(m) for m in history] + [{"role": "user", "content": question}]
-            if serac and self.settings.quote_facts:
-                messages = [_facts_message(serac), *messages]
-            input_ids = chat_input_ids(self.tokenizer, messages, device)
-            stops = ()
+            input_ids = completion_input_ids(self.tokenizer, plan.prompt, device)
         started = time.perf_counter()
         counter = {"tokens": 0}
 
         def pieces():
-            with ExitStack() as stack:
-                stack.enter_context(self._lock.read())
-                stack.enter_context(self._scoped.select([r.id for r in serac]))
-                for piece in stream_tokens(self.model, self.tokenizer, input_ids, limit, cancel, stops):
+            with self._lock.read(), self._scoped.select([*plan.select, *select]):
+                for piece in stream_tokens(self.model, self.tokenizer, input_ids, limit, cancel, plan.stops):
                     counter["tokens"] += 1
                     yield piece
 
         def finish(answer: str) -> Answer:
-            return Answer(answer.strip(), tuple(r.id for r in used), counter["tokens"],
-                          time.perf_counter() - started)
+            return Answer(answer.strip(), plan.used, counter["tokens"], time.perf_counter() - started)
 
         return AnswerStream(pieces(), finish, cancel)
 
@@ -316,19 +342,76 @@ class KnowledgeChat:
         return replace(parsed, prompt=parsed.fact[:split].rstrip(), target=target)
 
     def edit(self, text: str, *, method: str | None = None, probes: Sequence[str] = (),
-             progress: ProgressFn = no_progress, hparams: Mapping | None = None) -> EditRecord:
-        """Parse `text`, compute the edit, record it and make it act. Raises ParseError / EditFailed."""
+             progress: ProgressFn = no_progress, hparams: Mapping | None = None,
+             audit: str = "background") -> EditRecord:
+        """Parse `text`, compute the edit, record it and make it act. Raises ParseError / EditFailed.
+
+        `audit`: "background" (checks fill in as they finish), "wait" (return after them) or "off".
+        """
+        return self._edit(self.parse(text), None, method, probes, progress, hparams, audit)
+
+    def edit_request(self, request: EditRequest, *, method: str, progress: ProgressFn = no_progress,
+                     hparams: Mapping | None = None, probes: Sequence[str] = (), audit: str = "off") -> EditRecord:
+        """An edit from a ready request (benchmarks, the server), skipping the parser."""
+        prompt = request.text
+        parsed = ParsedEdit(raw_text=f"{request.subject} | {prompt} | {request.target}", subject=request.subject,
+                            prompt=prompt, target=request.target, fact=f"{prompt} {request.target}")
+        return self._edit(parsed, request.target_true, method, probes, progress, hparams, audit)
+
+    def _edit(self, parsed: ParsedEdit, target_true: str | None, method: str | None, probes: Sequence[str],
+              progress: ProgressFn, hparams: Mapping | None, audit: str) -> EditRecord:
         method = method or self.settings.default_method
         if method not in ALL_METHODS:
             raise KbchatError(f"unknown method {method!r}; choose one of: {', '.join(ALL_METHODS)}")
-        parsed = self.parse(text)
-        request = EditRequest(parsed.subject, parsed.prompt, parsed.target, self._predict(parsed.prompt))
+        if audit not in ("background", "wait", "off"):
+            raise KbchatError(f"unknown audit mode {audit!r}")
+        if hparams and method in MEMORY_METHODS and method != "serac":
+            raise KbchatError(f"{method} takes no hyperparameters")
+        request = EditRequest(parsed.subject, parsed.prompt, parsed.target,
+                              target_true or self._predict(parsed.prompt))
         with self._edit_lock:
             if method in MEMORY_METHODS:
-                stored = self._memory_edit(parsed, request, method, progress)
+                stored = self._memory_edit(parsed, request, method, progress, dict(hparams or {}))
             else:
                 stored = self._weight_edit(parsed, request, method, progress, dict(hparams or {}))
+        self._start_audit(stored.id, probes, audit)
         return stored.record(self.ledger.checks(stored.id))
+
+    # ----------------------------------------------------------------------------- auditing
+
+    def audit_view(self, edit_id: int) -> LiveEditView:
+        """The model with and without edit `edit_id`, as the audit's checks need it."""
+        row = self.ledger.get(edit_id)
+        undo_key = None
+        if row.kind == "weight" and row.status == "active":
+            undo_key = ("undo", edit_id)
+            if undo_key not in self._scoped and (delta := self._delta_of(row)) is not None:
+                self._scoped.add(undo_key, negated(delta))
+        return LiveEditView(self, row, undo_key)
+
+    def _start_audit(self, edit_id: int, probes: Sequence[str], mode: str) -> None:
+        if mode == "off":
+            return
+
+        def work() -> None:
+            try:
+                run_audit(self.audit_view(edit_id), probes, lambda c: self.ledger.add_checks(edit_id, [c]))
+            except Exception as exc:  # a background audit must never take the app down; say why it stopped
+                self.ledger.set_status(edit_id, self.ledger.get(edit_id).status, notes=f"audit stopped: {exc}")
+            finally:
+                self._scoped.remove(("undo", edit_id))
+
+        if mode == "wait":
+            work()
+        else:
+            thread = threading.Thread(target=work, name=f"audit-{edit_id}", daemon=True)
+            self._audits.append(thread)
+            thread.start()
+
+    def wait_for_audits(self, timeout: float | None = None) -> None:
+        for thread in list(self._audits):
+            thread.join(timeout)
+        self._audits = [t for t in self._audits if t.is_alive()]
 
     def _predict(self, prompt: str) -> str | None:
         """The model's own continuation of the prompt (a few words): the fact being replaced."""
@@ -338,10 +421,10 @@ class KnowledgeChat:
         return text.strip() or None
 
     def _memory_edit(self, parsed: ParsedEdit, request: EditRequest, method: str,
-                     progress: ProgressFn) -> StoredEdit:
+                     progress: ProgressFn, hparams: dict) -> StoredEdit:
         delta = None
-        if method == "serac":
-            delta = self._compute("rome", [request], progress, {})
+        if method == "serac":  # the counterfactual model: a ROME patch switched on only in scope
+            delta = self._compute("rome", [request], progress, hparams)
         key_text = key_text_for(parsed.subject, parsed.prompt, parsed.target)
         vector = self.embedder.embed([key_text])[0]
         supersede = [r.id for r in self._memory.values() if _same_fact_slot(r, parsed)]

@@ -116,7 +116,7 @@ class Delta:
             "modules": json.dumps(index),
             "meta": json.dumps(self.meta, sort_keys=True),
         }
-        return st_save(tensors, metadata=header)
+        return _sorted_header(st_save(tensors, metadata=header))
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Delta:
@@ -127,11 +127,11 @@ class Delta:
             modules = json.loads(header["modules"])
             meta = json.loads(header["meta"])
             method = header["method"]
+            updates = tuple(
+                Update(name, tensors[f"u{i}.left"], tensors.get(f"u{i}.right")) for i, name in enumerate(modules)
+            )
         except Exception as exc:  # safetensors raises several types; all mean the same thing here
             raise ValueError(f"not a serialised delta: {exc}") from exc
-        updates = tuple(
-            Update(name, tensors[f"u{i}.left"], tensors.get(f"u{i}.right")) for i, name in enumerate(modules)
-        )
         extras = {k[2:]: v for k, v in tensors.items() if k.startswith("x.")}
         return cls(method=method, updates=updates, meta=meta, extras=extras)
 
@@ -141,6 +141,19 @@ class Delta:
 
 def load_delta(data: bytes) -> Delta:
     return Delta.from_bytes(data)
+
+
+def _sorted_header(data: bytes) -> bytes:
+    """The same safetensors bytes with the JSON header's keys sorted.
+
+    safetensors writes the metadata from a hash map, in an order that changes from run to run; sorted,
+    equal deltas give equal bytes and `sha256` is a fingerprint. Tensor offsets are relative to the
+    end of the header, so only the header changes; it is space-padded to 8 bytes as safetensors does.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)
+    return len(header).to_bytes(8, "little") + header + data[8 + n :]
 
 
 def _read_header(data: bytes) -> dict[str, str]:

@@ -52,7 +52,11 @@ class Trace:
         self._handles = []
         last = names[-1] if names else None
         for name in names:
-            module = get_module(model, name)
+            try:
+                module = get_module(model, name)
+            except Exception:
+                self.close()  # no hook of this Trace outlives it, even when it is never entered
+                raise
 
             def hook(_module, args, output, name=name):
                 if retain_input:
@@ -80,8 +84,6 @@ class Trace:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-
-
 
 
 @contextmanager

@@ -6,7 +6,7 @@ key is a TypeError, never silently ignored.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any, TypeVar
 
 from torch import nn
@@ -108,10 +108,17 @@ def from_dict(cls: type[H], values: dict[str, Any], base: H | None = None) -> H:
         raise TypeError(f"{cls.__name__} has no hyperparameter(s) {sorted(unknown)}; known: {sorted(names)}")
     converted: dict[str, Any] = {}
     for key, value in values.items():
-        current = getattr(base, key) if base is not None else None
+        current = getattr(base, key) if base is not None else _default(names[key])
         if isinstance(value, dict) and current is not None and hasattr(current, "__dataclass_fields__"):
             value = from_dict(type(current), value, base=current)
         elif isinstance(value, list):
             value = tuple(value)
         converted[key] = value
     return replace(base, **converted) if base is not None else cls(**converted)
+
+
+def _default(f) -> Any:
+    """A field's default value (a fresh one for a factory), None when it has none."""
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None if f.default is MISSING else f.default

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 
+import faiss
 import numpy as np
 import pytest
 
@@ -247,3 +248,9 @@ def test_bulk_add_equals_incremental_add(big, embedder: Embedder) -> None:
 def test_default_threshold_comes_from_calibration() -> None:
     assert MemoryIndex(4).threshold == SCOPE_THRESHOLD
     assert 0.0 < SCOPE_THRESHOLD < 1.0
+
+
+def test_search_leaves_the_faiss_thread_count_alone(three: MemoryIndex, embedder: Embedder) -> None:
+    before = faiss.omp_get_max_threads()
+    ask(three, embedder, "Where is the Eifel tower?")
+    assert faiss.omp_get_max_threads() == before

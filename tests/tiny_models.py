@@ -8,6 +8,8 @@ enough for the edit code's shared-prefix cache to kick in); GPT-2's has none, as
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -15,6 +17,7 @@ from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from methods.hparams import StatsHParams
+from methods.requests import EditRequest
 
 FAMILIES = ("llama", "gpt2")
 
@@ -90,12 +93,28 @@ def tokenizer(chat: bool) -> PreTrainedTokenizerFast:
     return wrapped
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch on one thread inside: tiny models are fastest so, by far when other processes share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+# Wider than the usual 0.02: at 0.02 a random model's logits span about one nat, so no edit could move
+# a target by more than that and the tests could not tell a working method from a broken one.
+INIT_RANGE = 0.1
+
+
 def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        pad_token_id=0, bos_token_id=1, eos_token_id=1,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, initializer_range=INIT_RANGE,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -104,7 +123,7 @@ def tiny_gpt2(vocab_size: int, seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     config = GPT2Config(
         vocab_size=vocab_size, n_embd=64, n_layer=4, n_head=4, n_positions=256,
-        pad_token_id=0, bos_token_id=1, eos_token_id=1,
+        pad_token_id=0, bos_token_id=1, eos_token_id=1, initializer_range=INIT_RANGE,
     )
     return GPT2LMHeadModel(config).eval()
 
@@ -123,3 +142,13 @@ def corpus() -> list[str]:
 
 # Enough tokens for a full-rank covariance of a 256-wide GPT-2 MLP input, yet quick.
 STATS = StatsHParams(n_tokens=1024, seq_len=16, batch_size=4)
+
+# Edit prompts end with the subject. A random model's attention moves little information from one
+# position to another, so an edit at the subject shows at the next-token prediction only when the
+# subject is where the prediction is made (a trained model routes it from earlier positions).
+EDIT_PROMPT = "Everyone has heard of the {}"
+
+
+def edit_requests(n: int = 1) -> list[EditRequest]:
+    """The first `n` (<= 10) facts as EditRequests on `EDIT_PROMPT`, each with its own subject and target."""
+    return [EditRequest(subject, EDIT_PROMPT, new, target_true=true) for subject, true, new in FACTS[:n]]

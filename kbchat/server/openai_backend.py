@@ -1,0 +1,315 @@
+"""`OpenAIBackendChat`: memory edits in front of any OpenAI-compatible engine (vLLM, llama.cpp, TGI).
+
+The engine holds the weights; this service holds the ledger and the scope index. On each question the
+in-scope memory edits are retrieved exactly as the local facade does (subject match, then nearest
+key vectors) and stated to the engine in a system message as quoted data, never as instructions.
+
+What needs the weights in process is refused with `UnsupportedOperation`: weight edits (rome, memit,
+alphaedit, ft), `serac` (its in-model patch), `commit`, and reverting a weight edit. The way to put
+weight edits on such an engine is to make them on a local kbchat and deploy `kbchat export FOLDER`.
+Existing serac edits in a shared ledger are served here as stated facts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from kbchat.errors import KbchatError, UnsupportedOperation
+from kbchat.facade import _facts_message, _from_blob, _same_fact_slot
+from kbchat.ledger import Ledger, NewEdit, StoredEdit
+from kbchat.memory import Embedder, MemoryIndex, key_text_for
+from kbchat.parsing import parse_edit
+from kbchat.paths import data_dir, default_db_url
+from kbchat.records import (
+    ALL_METHODS,
+    WEIGHT_METHODS,
+    Answer,
+    EditRecord,
+    EngineInfo,
+    ParsedEdit,
+    Progress,
+    ProgressFn,
+    no_progress,
+)
+from kbchat.remote import base_url, sse_data
+from kbchat.service import AnswerStream, Message
+
+DEFAULT_MAX_NEW_TOKENS = 80
+DEFAULT_METHOD = "ike"  # in-context: the only memory method that needs no weights in process
+RETRIEVE_K = 4
+
+
+class OpenAIBackendChat:
+    """A `ChatService` answering through an OpenAI-compatible engine, with kbchat's memory edits in front.
+
+    ledger: the ledger (its active memory edits are indexed on construction).
+    embedder: the sentence embedder for the scope index.
+    engine_url: the engine's API root (`http://gpu:8001` or `.../v1`).
+    model: the model name the engine serves (see `open` to ask the engine).
+    api_key: sent as a bearer token to the engine, if it wants one.
+    transport: an httpx transport (tests).
+
+    Answers are greedy (temperature 0). Thread-safe: edits and reverts are serialized; answers read
+    the index concurrently.
+    """
+
+    def __init__(self, ledger: Ledger, embedder: Embedder, *, engine_url: str, model: str,
+                 api_key: str | None = None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                 timeout: float = 120.0, transport: httpx.BaseTransport | None = None) -> None:
+        self.ledger = ledger
+        self.embedder = embedder
+        self.engine_url = base_url(engine_url)
+        self.model = model
+        self.max_new_tokens = max_new_tokens
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(base_url=self.engine_url, headers=headers, transport=transport,
+                                    timeout=httpx.Timeout(timeout, connect=10.0))
+        self._index = MemoryIndex(embedder.dim)
+        self._memory: dict[int, StoredEdit] = {}  # active memory edits by id
+        self._edit_lock = threading.Lock()
+        self.problems: list[str] = []
+        self._restore()
+
+    @classmethod
+    def open(cls, engine_url: str, *, model: str | None = None, api_key: str | None = None,
+             db: str | None = None, home: str | os.PathLike[str] | None = None, device: str | None = None,
+             progress: ProgressFn = no_progress, transport: httpx.BaseTransport | None = None,
+             ) -> OpenAIBackendChat:
+        """Open the ledger, load the embedder and reach the engine.
+
+        `model` defaults to the first model the engine lists at /v1/models; `api_key` to
+        $OPENAI_API_KEY. Raises KbchatError if the engine cannot be reached.
+        """
+        home_dir = data_dir(home)
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        chosen = model or _first_model(base_url(engine_url), key, transport)
+        ledger = Ledger.open(db or default_db_url(home_dir))
+        try:
+            progress(Progress("load", 0, 1, "loading the embedding model"))
+            embedder = Embedder.load(device=device or "cpu")
+            return cls(ledger, embedder, engine_url=engine_url, model=chosen, api_key=key, transport=transport)
+        except BaseException:
+            ledger.close()
+            raise
+
+    def _restore(self) -> None:
+        rows = self.ledger.active(kind="memory")
+        stale = [r for r in rows if r.embedding is None or r.embedder != self.embedder.name]
+        fresh = dict(zip((r.id for r in stale), self.embedder.embed([_key_text(r) for r in stale]),
+                         strict=True)) if stale else {}
+        if rows:
+            vectors = [fresh[r.id] if r.id in fresh else _from_blob(r.embedding, self.embedder.dim)
+                       for r in rows]
+            self._index.add_many([r.id for r in rows], [r.subject for r in rows],
+                                 [_key_text(r) for r in rows], _stack(vectors))
+            self._memory.update({r.id: r for r in rows})
+        weight = self.ledger.active(kind="weight")
+        if weight:
+            self.problems.append(
+                f"the ledger has {len(weight)} active weight edit(s); answers from {self.engine_url} include "
+                "them only if the engine serves a checkpoint exported after them (`kbchat export`)")
+        if any(r.method == "serac" for r in rows):
+            self.problems.append("serac edits are served as stated facts only: their in-model patches need "
+                                 "the weights in process")
+
+    # -- ChatService ------------------------------------------------------------------------------
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(model=self.model, device=f"OpenAI-compatible engine at {self.engine_url}",
+                          ledger=self.ledger.url, active_memory_edits=len(self._memory),
+                          active_weight_edits=0)
+
+    def retrieve(self, question: str) -> list[StoredEdit]:
+        """Active memory edits in scope for `question`, best first."""
+        if not self._memory:
+            return []
+        vector = self.embedder.embed([question])[0]
+        hits = self._index.search(question, vector, k=RETRIEVE_K)
+        memory = self._memory
+        return [row for h in hits if (row := memory.get(h.edit_id)) is not None]
+
+    def messages_for(self, question: str, history: Sequence[Message] = (),
+                     memory: bool = True) -> tuple[list[dict[str, str]], list[StoredEdit]]:
+        """What the engine is sent for `question`: (messages, edits stated in them)."""
+        used = self.retrieve(question) if memory else []
+        messages = [dict(m) for m in history] + [{"role": "user", "content": question}]
+        if used:
+            messages = [_facts_message(used), *messages]
+        return messages, used
+
+    def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
+            max_new_tokens: int | None = None) -> Answer:
+        stream = self.stream(text, history=history, memory=memory, max_new_tokens=max_new_tokens)
+        stream.text()
+        assert stream.answer is not None
+        return stream.answer
+
+    def stream(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
+               max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:
+        """Stream the engine's answer to `text` with the in-scope memory edits stated to it."""
+        question = " ".join(text.split())
+        if not question:
+            raise KbchatError("empty question: type something to ask")
+        messages, used = self.messages_for(question, history, memory)
+        body = {"model": self.model, "messages": messages, "stream": True, "temperature": 0,
+                "max_tokens": max_new_tokens or self.max_new_tokens}
+        started = time.perf_counter()
+        counter = {"tokens": 0}
+
+        def pieces() -> Iterator[str]:
+            try:
+                with self._client.stream("POST", "/chat/completions", json=body) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                        raise self._engine_error(f"HTTP {response.status_code}: {response.text[:300]}")
+                    for data in sse_data(response.iter_lines()):
+                        if data == "[DONE]":
+                            return
+                        event = json.loads(data)
+                        if "error" in event:
+                            raise self._engine_error(str((event["error"] or {}).get("message", event["error"])))
+                        for choice in event.get("choices") or ():
+                            piece = (choice.get("delta") or {}).get("content")
+                            if piece:
+                                counter["tokens"] += 1
+                                yield piece
+            except httpx.HTTPError as exc:
+                raise self._engine_error(str(exc)) from exc
+
+        def finish(answer: str) -> Answer:
+            return Answer(answer.strip(), tuple(r.id for r in used), counter["tokens"],
+                          time.perf_counter() - started)
+
+        return AnswerStream(pieces(), finish, cancel)
+
+    def parse(self, text: str) -> ParsedEdit:
+        """The rule-based split (the model-guided refinement of the local facade needs the weights)."""
+        return parse_edit(text)
+
+    def edit(self, text: str, *, method: str | None = None, probes: Sequence[str] = (),
+             progress: ProgressFn = no_progress) -> EditRecord:
+        """Record an in-context memory edit and put it in scope; weight methods and serac are refused."""
+        method = method or DEFAULT_METHOD
+        if method not in ALL_METHODS:
+            raise KbchatError(f"unknown method {method!r}; choose one of: {', '.join(ALL_METHODS)}")
+        if method in WEIGHT_METHODS:
+            raise UnsupportedOperation(
+                f"{method} changes the weights, and they live in the engine at {self.engine_url}, not here: "
+                f"make weight edits with a local kbchat (`kbchat edit ... --method {method}`), write the "
+                "model out with `kbchat export FOLDER` and serve FOLDER with the engine; memory edits "
+                f"(method {DEFAULT_METHOD}) work here")
+        if method == "serac":
+            raise UnsupportedOperation(
+                f"serac patches the model in process, and the weights live in the engine at {self.engine_url}: "
+                f"use method {DEFAULT_METHOD} here (the fact is stated to the engine as quoted data)")
+        parsed = self.parse(text)
+        progress(Progress("index", 0, 1, f"{method}: indexing {parsed.subject}"))
+        key_text = key_text_for(parsed.subject, parsed.prompt, parsed.target)
+        vector = self.embedder.embed([key_text])[0]
+        with self._edit_lock:
+            supersede = [r.id for r in self._memory.values() if _same_fact_slot(r, parsed)]
+            new = NewEdit(
+                raw_text=parsed.raw_text, subject=parsed.subject, prompt=parsed.prompt,
+                relation=parsed.relation, target=parsed.target, method=method, kind="memory",
+                notes=f"made through the OpenAI-compatible engine at {self.engine_url}",
+                embedding=vector.astype("float32").tobytes(), embedder=self.embedder.name,
+            )
+            stored = self.ledger.record_edit(new, supersede=supersede)
+            for old in supersede:
+                self._forget(old)
+            self._index.add(stored.id, stored.subject, key_text, vector)
+            self._memory[stored.id] = stored
+        progress(Progress("index", 1, 1, f"{method}: edit #{stored.id} active"))
+        return stored.record(self.ledger.checks(stored.id))
+
+    def revert(self, edit_id: int) -> EditRecord:
+        """Undo an active memory edit, bringing back the one it superseded, if any."""
+        with self._edit_lock:
+            row = self.ledger.get(edit_id)
+            if row.status != "active":
+                raise KbchatError(f"edit #{edit_id} is {row.status}; only active edits can be reverted")
+            if row.kind != "memory":
+                raise UnsupportedOperation(
+                    f"edit #{edit_id} is a weight edit: it lives in the checkpoint the engine serves; revert it "
+                    "with a local kbchat, then export and redeploy")
+            stored = self.ledger.set_status(edit_id, "reverted")
+            self._forget(edit_id)
+            revived = [r for r in self.ledger.edits(status="superseded", kind="memory") if r.superseded_by == edit_id]
+            for old in revived:
+                again = self.ledger.set_status(old.id, "active", notes=f"active again: #{edit_id} was reverted")
+                vector = self._vector_of(again)
+                self._index.add(again.id, again.subject, _key_text(again), vector)
+                self._memory[again.id] = again
+        return stored.record(self.ledger.checks(edit_id))
+
+    def edits(self, *, status: str | None = None) -> list[EditRecord]:
+        return [r.record(self.ledger.checks(r.id)) for r in self.ledger.edits(status=status)]
+
+    def get_edit(self, edit_id: int) -> EditRecord:
+        return self.ledger.get(edit_id).record(self.ledger.checks(edit_id))
+
+    def commit(self, *, progress: ProgressFn = no_progress) -> list[EditRecord]:
+        raise UnsupportedOperation(
+            f"commit writes memory edits into the weights, which live in the engine at {self.engine_url}: "
+            "commit with a local kbchat on this ledger, then `kbchat export FOLDER` and serve FOLDER")
+
+    def verify(self) -> list[str]:
+        return list(dict.fromkeys(self.problems + self.ledger.verify()))
+
+    def close(self) -> None:
+        self._client.close()
+        self.ledger.close()
+
+    def __enter__(self) -> OpenAIBackendChat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _forget(self, edit_id: int) -> None:
+        if edit_id in self._index:
+            self._index.remove(edit_id)
+        self._memory.pop(edit_id, None)
+
+    def _vector_of(self, row: StoredEdit) -> Any:
+        if row.embedding is not None and row.embedder == self.embedder.name:
+            return _from_blob(row.embedding, self.embedder.dim)
+        return self.embedder.embed([_key_text(row)])[0]
+
+    def _engine_error(self, reason: str) -> KbchatError:
+        return KbchatError(f"the engine at {self.engine_url} failed to answer: {reason}")
+
+
+def _key_text(row: StoredEdit) -> str:
+    return key_text_for(row.subject, row.prompt, row.target)
+
+
+def _stack(vectors: Sequence[Any]) -> Any:
+    import numpy as np
+
+    return np.stack(vectors).astype(np.float32)
+
+
+def _first_model(url: str, api_key: str | None, transport: httpx.BaseTransport | None) -> str:
+    """The first model id the engine lists at /models."""
+    headers: Mapping[str, str] = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        with httpx.Client(base_url=url, headers=headers, transport=transport, timeout=10.0) as client:
+            response = client.get("/models")
+            response.raise_for_status()
+            listed = [m["id"] for m in response.json().get("data", [])]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise KbchatError(f"cannot list the models of the engine at {url}: {exc}; check --base-url, or name "
+                          "the model") from exc
+    if not listed:
+        raise KbchatError(f"the engine at {url} lists no models: name one")
+    return listed[0]
