@@ -1,0 +1,168 @@
+"""Weight-editing methods on CounterFact with the default model, straight through the `methods` library.
+
+Single editing (each delta undone before the next case):
+    .venv/bin/python -m bench.bench_counterfact --methods rome,memit,ft --limit 20
+Sequential editing (all kept; retention and neighbourhood measured after the last edit):
+    .venv/bin/python -m bench.bench_counterfact --methods alphaedit,memit --sequential 200
+
+Figures (ROME's CounterFact definitions):
+- efficacy: P(new) > P(old) on the edit prompt (summed log-probs);
+- paraphrase efficacy: the same on the paraphrase prompts;
+- neighbourhood preservation: fraction of neighbourhood prompts whose preference between the true and
+  the new object is the same after the edit as before;
+- generation: the greedy continuation of the edit prompt mentions the new object;
+- seconds per edit (median; the one-time statistics are timed separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import methods
+from kbchat.loading import load_model
+from kbchat.paths import data_dir
+from methods import StatsCache
+from methods.datasets import EditCase, load_cases
+from methods.evaluation import greedy_generate, mentions, target_logprobs
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact-val.json"
+
+
+def preferences(model, tokenizer, prompts: list[str], new: str, old: str) -> list[bool]:
+    """For each prompt: does the model prefer `new` over `old`?"""
+    pairs = [(p, new) for p in prompts] + [(p, old) for p in prompts]
+    scores = target_logprobs(model, tokenizer, pairs)
+    n = len(prompts)
+    return [scores[i] > scores[n + i] for i in range(n)]
+
+
+def case_probes(case: EditCase) -> dict[str, list[str]]:
+    return {
+        "edit": [case.request.text],
+        "paraphrase": list(case.paraphrases),
+        "neighbourhood": [p for p, _ in case.neighborhood],
+    }
+
+
+def measure(model, tokenizer, case: EditCase) -> dict[str, list[bool]]:
+    r = case.request
+    probes = case_probes(case)
+    return {k: preferences(model, tokenizer, v, r.target, r.target_true) if v else [] for k, v in probes.items()}
+
+
+def mean(values: list[bool | float]) -> float:
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def run_single(model, tokenizer, cases, method, stats, model_id) -> dict:
+    impl = methods.get(method)
+    rows, seconds = [], []
+    for case in cases:
+        before = measure(model, tokenizer, case)
+        started = time.perf_counter()
+        kwargs = {"stats": stats, "model_id": model_id} if impl.uses_statistics else {}
+        delta = impl.compute(model, tokenizer, [case.request], **kwargs)
+        seconds.append(time.perf_counter() - started)
+        applied = delta.apply(model)
+        after = measure(model, tokenizer, case)
+        generated = greedy_generate(model, tokenizer, case.request.text, max_new_tokens=12)
+        applied.undo()
+        rows.append({
+            "efficacy": mean(after["edit"]),
+            "paraphrase": mean(after["paraphrase"]),
+            "neighbourhood": mean([a == b for a, b in zip(after["neighbourhood"], before["neighbourhood"],
+                                                          strict=True)]),
+            "generation": float(mentions(generated, case.request.target)),
+        })
+    return summarise(rows, seconds)
+
+
+def run_sequential(model, tokenizer, cases, method, stats, model_id) -> dict:
+    impl = methods.get(method)
+    before = [measure(model, tokenizer, c) for c in cases]
+    seconds, deltas, handles = [], [], []
+    for case in cases:
+        started = time.perf_counter()
+        kwargs = {"stats": stats, "model_id": model_id} if impl.uses_statistics else {}
+        if impl.protects_prior:
+            kwargs["prior"] = deltas
+        delta = impl.compute(model, tokenizer, [case.request], **kwargs)
+        seconds.append(time.perf_counter() - started)
+        deltas.append(delta)
+        handles.append(delta.apply(model))
+    rows = []
+    for case, was in zip(cases, before, strict=True):
+        after = measure(model, tokenizer, case)
+        rows.append({
+            "efficacy": mean(after["edit"]),  # retention: the edit still holds after all later ones
+            "paraphrase": mean(after["paraphrase"]),
+            "neighbourhood": mean([a == b for a, b in zip(after["neighbourhood"], was["neighbourhood"],
+                                                          strict=True)]),
+        })
+    for handle in reversed(handles):
+        handle.undo()
+    return summarise(rows, seconds)
+
+
+def summarise(rows: list[dict], seconds: list[float]) -> dict:
+    keys = rows[0].keys() if rows else []
+    out = {k: round(100 * mean([r[k] for r in rows if r[k] == r[k]]), 1) for k in keys}
+    out["seconds_per_edit_median"] = round(statistics.median(seconds), 2) if seconds else None
+    out["cases"] = len(rows)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--methods", default="rome,memit,ft")
+    parser.add_argument("--limit", type=int, default=20)
+    parser.add_argument("--sequential", type=int, default=0, help="number of sequential edits (0: single)")
+    parser.add_argument("--home", default=None, help="data dir with the model cache and statistics")
+    parser.add_argument("--json", default=None, help="also write the figures to this file")
+    args = parser.parse_args()
+
+    home = data_dir(args.home or tempfile.mkdtemp(prefix="kbchat-bench-"))
+    loaded = load_model(None, home)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    model_id = methods.model_fingerprint(model)
+    stats = StatsCache(home / "stats")
+    n = args.sequential or args.limit
+    cases = [c for c in load_cases(args.data, limit=n * 2) if c.request.target_true][:n]
+
+    # One-time statistics, timed on their own.
+    started = time.perf_counter()
+    layers = set()
+    for name in args.methods.split(","):
+        impl = methods.get(name)
+        if impl.uses_statistics:
+            hp = impl.hparams(model)
+            layers.update(getattr(hp, "layers", None) or [hp.layer])
+            spec = hp.stats
+    if layers:
+        arch = methods.architecture.architecture_of(model)
+        stats.second_moments(model, tokenizer, [arch.mlp_out_name(i) for i in sorted(layers)], spec,
+                             model_id=model_id)
+    stats_seconds = time.perf_counter() - started
+
+    torch.manual_seed(0)
+    results = {"data": args.data, "cases": len(cases), "statistics_seconds": round(stats_seconds, 1),
+               "mode": f"sequential {n}" if args.sequential else "single", "methods": {}}
+    for name in args.methods.split(","):
+        run = run_sequential if args.sequential else run_single
+        results["methods"][name] = run(model, tokenizer, cases, name, stats, model_id)
+        print(name, json.dumps(results["methods"][name]), flush=True)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
