@@ -202,12 +202,12 @@ class KnowledgeChat:
     def base_fingerprint(self) -> str:
         """Fingerprint of the weights as loaded (before any delta); computed once, when first needed."""
         if self._base_fingerprint is None:
-            with self._lock.read():
-                current = self._weights.fingerprint()
-                active = [d for r in self.ledger.active(kind="weight") if (d := self._delta_of_quiet(r))]
-                if not active:
-                    self._base_fingerprint = current
-                else:  # weights carry deltas: fingerprint the base by rebuilding it briefly
+            active = [d for r in self.ledger.active(kind="weight") if (d := self._delta_of_quiet(r))]
+            if not active:
+                with self._lock.read():
+                    self._base_fingerprint = self._weights.fingerprint()
+            else:  # weights carry deltas: fingerprint the base by rebuilding it briefly
+                with self._lock.write():
                     self._weights.rebuild([])
                     self._base_fingerprint = self._weights.fingerprint()
                     self._weights.rebuild(active)

@@ -158,11 +158,18 @@ class RemoteChat:
                           target=data["target"], fact=data["fact"])
 
     def edit(self, text: str, *, method: str | None = None, probes: Sequence[str] = (),
-             progress: ProgressFn = no_progress, hparams: Mapping[str, Any] | None = None) -> EditRecord:
-        """Make an edit on the host; with a `progress` sink, the host streams its progress events."""
+             progress: ProgressFn = no_progress, hparams: Mapping[str, Any] | None = None,
+             audit: str | None = None) -> EditRecord:
+        """Make an edit on the host; with a `progress` sink, the host streams its progress events.
+
+        `audit` ("background", "wait" or "off") chooses when the host runs the edit's checks; None
+        leaves it to the host (in the background: `get_edit` shows them as they finish).
+        """
         body: dict[str, Any] = {"text": text, "method": method, "probes": list(probes)}
         if hparams:
             body["hparams"] = dict(hparams)
+        if audit is not None:
+            body["audit"] = audit
         if progress is no_progress:
             return record_from_json(self._json("POST", "/edits", json=body))
         result = self._progress_stream("/edits", {**body, "stream": True}, progress)

@@ -143,6 +143,9 @@ class EditRequestBody(BaseModel):
     method: str | None = Field(None, description=f"one of {', '.join(ALL_METHODS)}; default: the engine's")
     probes: list[str] = Field(default_factory=list, description="portability probes")
     hparams: dict[str, Any] | None = Field(None, description="hyperparameter overrides (weight methods)")
+    audit: Literal["background", "wait", "off"] | None = Field(
+        None, description="the edit's checks: filled in the background (default), awaited, or skipped; "
+                          "ignored by engines that do not audit")
     stream: bool = Field(False, description="true: stream progress events (SSE), then the edit")
 
 
@@ -508,6 +511,8 @@ def create_app(service: ChatService, *, token: str | None, max_body_bytes: int =
             if not _accepts(service.edit, "hparams"):
                 raise ApiError(400, "this engine takes no hyperparameter overrides", code="bad_request")
             kwargs["hparams"] = body.hparams
+        if body.audit is not None and _accepts(service.edit, "audit"):
+            kwargs["audit"] = body.audit
 
         def run(progress: Callable[[Progress], None]) -> EditRecord:
             return service.edit(body.text, progress=progress, **kwargs)
