@@ -47,7 +47,7 @@ PROMPT = "prompt"  # continued as raw text (`EditView.complete`)
 QUESTION = "question"  # answered through the chat template (`EditView.generate`)
 
 # A locality probe keeps its answer when log P(expected) moves by less than this (in nats: a
-# factor of e), or when the argmax hits on the expected tokens are the same before and after.
+# factor of e), or when the expected answer is the argmax at every token both before and after.
 LOCALITY_TOLERANCE = 1.0
 # Fluency passes when the n-gram entropy after the edit is at least this share of the one before.
 FLUENCY_RATIO = 0.9
@@ -304,7 +304,9 @@ def _forced_check(probe: Probe, before: _Forced | None, after: _Forced) -> Check
         if before is None:
             raise ValueError("a locality check needs the answer before the edit")
         shift = abs(after.expected - before.expected)
-        passed = shift < LOCALITY_TOLERANCE or after.accuracy == before.accuracy
+        # Both prefer the expected answer token by token, however its probability moved.
+        still_argmax = before.accuracy == after.accuracy == 1.0
+        passed = shift < LOCALITY_TOLERANCE or still_argmax
         score = math.exp(-shift)  # P ratio, smaller over larger: 1.0 when unchanged
     else:
         prefers_new = after.old is not None and after.expected > after.old

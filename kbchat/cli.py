@@ -33,7 +33,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", help="Hugging Face model folder or .gguf file; env KBCHAT_MODEL")
     parser.add_argument("--home", help="data dir; env KBCHAT_HOME")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--server", help="talk to a kbchat host (`kbchat serve`) at this URL instead of a local model")
+    parser.add_argument("--token", help="the host's bearer token (default: $KBCHAT_TOKEN or the local token file)")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    serve = sub.add_parser("serve", help="serve chat (OpenAI-compatible) and the edit API over HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--no-auth", action="store_true", help="no token (loopback addresses only)")
+    serve.add_argument("--backend", choices=["local", "openai"], default="local",
+                       help="local: the model in this process; openai: an OpenAI-compatible engine behind")
+    serve.add_argument("--base-url", help="the engine's URL with --backend openai (e.g. a vLLM server)")
+    serve.add_argument("--engine-model", help="model name at the engine (default: its first listed model)")
+
+    bench = sub.add_parser("bench", help="benchmark a method on CounterFact or zsRE data")
+    bench.add_argument("--data", required=True, help="CounterFact (ROME or EasyEdit layout) or zsRE (MEND) JSON")
+    bench.add_argument("--method", choices=ALL_METHODS, required=True)
+    bench.add_argument("--limit", type=int, default=None)
+    bench.add_argument("--sequential", action="store_true", help="keep every edit; re-check them all at the end")
+    bench.add_argument("--json", action="store_true")
 
     ask = sub.add_parser("ask", help="ask a question")
     ask.add_argument("text")
@@ -99,14 +117,15 @@ def _print_edit(record: EditRecord, as_json: bool) -> None:
 def run(argv: Sequence[str], open_chat: Callable[..., object] | None = None) -> int:
     """Run one command; returns the exit code. `open_chat(db=, model=, home=, device=, progress=)`."""
     args = build_parser().parse_args(list(argv))
+    opener = open_chat or _opener(args)
     if args.command is None:
         from kbchat.tui import run as run_tui
 
-        opener = open_chat or _default_opener
         run_tui(lambda progress: opener(db=args.db, model=args.model, home=args.home, device=args.device,
                                         progress=progress))
         return 0
-    opener = open_chat or _default_opener
+    if args.command == "serve":
+        return _serve(args, opener)
     interactive = sys.stderr.isatty()
     chat = opener(db=args.db, model=args.model, home=args.home, device=args.device,
                   progress=_stderr_progress(interactive))
@@ -179,6 +198,19 @@ def _dispatch(chat, args) -> int:
             for r in records:
                 _print_edit(r, False)
         return 0
+    if args.command == "bench":
+        from kbchat.bench import format_table, run_bench
+
+        if not hasattr(chat, "edit_request"):
+            raise CliError("bench needs the model in this process: run it without --server")
+        result = run_bench(chat, args.data, args.method, limit=args.limit, sequential=args.sequential,
+                           progress=_stderr_progress(sys.stderr.isatty()))
+        if sys.stderr.isatty():
+            print("\r\033[K", end="", file=sys.stderr)
+        print(json.dumps(result.to_json()) if args.json else format_table(result))
+        return 0
+    if args.command in ("export", "verify") and not hasattr(chat, args.command):
+        raise CliError(f"{args.command} needs the model in this process: run it without --server")
     if args.command == "export":
         path = chat.export(args.folder)
         print(f"exported to {path}")
@@ -203,10 +235,46 @@ def _json_object(text: str) -> dict:
     return value
 
 
-def _default_opener(**kwargs):
-    from kbchat.facade import KnowledgeChat
+def _opener(args) -> Callable[..., object]:
+    """How this invocation reaches a ChatService: a local KnowledgeChat, or a host with --server."""
+    if args.server:
+        def remote(**kwargs):
+            from kbchat.remote import RemoteChat
 
-    return KnowledgeChat.open(**kwargs)
+            return RemoteChat.connect(args.server, args.token, home=kwargs.get("home"),
+                                      progress=kwargs.get("progress") or (lambda _: None))
+
+        return remote
+
+    def local(**kwargs):
+        from kbchat.facade import KnowledgeChat
+
+        return KnowledgeChat.open(**kwargs)
+
+    return local
+
+
+def _serve(args, opener) -> int:
+    from kbchat.server.run import serve
+
+    if args.server:
+        raise CliError("serve runs the host itself; drop --server")
+    if args.backend == "openai":
+        if not args.base_url:
+            raise CliError("--backend openai needs --base-url (the engine's URL, e.g. http://gpu:8001/v1)")
+        from kbchat.server.openai_backend import OpenAIBackendChat
+
+        def open_service(progress):
+            return OpenAIBackendChat.open(args.base_url, model=args.engine_model, db=args.db, home=args.home,
+                                          device=args.device, progress=progress)
+    else:
+        def open_service(progress):
+            return opener(db=args.db, model=args.model, home=args.home, device=args.device, progress=progress)
+
+    serve(open_service, host=args.host, port=args.port, token=args.token, no_auth=args.no_auth, home=args.home,
+          progress=_stderr_progress(sys.stderr.isatty()),
+          notice=lambda line: print(line, file=sys.stderr, flush=True))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:

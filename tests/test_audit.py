@@ -363,3 +363,14 @@ def test_question_probes_are_generated_in_chat_and_prompts_completed(probes):
     assert ("complete", "The Eiffel Tower is located in") in asked
     assert ("generate", "Where is the Eiffel Tower?") in asked
     assert ("generate", "What is the capital of France?") in asked
+
+
+def test_a_large_drop_fails_locality_even_if_the_argmax_was_wrong_before():
+    probe = Probe(LOCALITY, "What is the official language of Japan?", "Japanese", kind=QUESTION,
+                  cloze="The official language of Japan is")
+    scripted = {(probe.cloze, "Japanese", False): -2.2, (probe.cloze, "Japanese", True): -5.5}
+    view = ScriptedView(REQUEST, {probe.cloze: "the language of Japan", probe.text: "Japanese."},
+                        {probe.cloze: "the Italian language"}, logprobs=scripted)
+    tf, gen = run_checks(view, [probe])
+    assert tf.before.endswith("acc=0.00") and tf.passed is False  # same (zero) accuracy is not "unchanged"
+    assert gen.passed is True

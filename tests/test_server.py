@@ -173,6 +173,26 @@ def test_chats_run_concurrently(fake: FakeChatService, client: openai.OpenAI) ->
     assert elapsed < 6 * 0.4 * 0.6, f"6 answers took {elapsed:.2f} s: they ran one after another"
 
 
+def test_health_and_listing_answer_while_edits_and_chats_are_busy(fake: FakeChatService,
+                                                                  http: httpx.Client) -> None:
+    # An edit takes ~2 s and an answer ~2 s; more chats than answer threads, so some queue. A read
+    # sharing a pool with either would wait about that long.
+    fake.edit_delay, fake.piece_delay = 0.7, 0.25
+    busy = [threading.Thread(target=http.post, args=("/v1/edits",),
+                             kwargs={"json": {"text": EIFFEL}, "headers": auth()}) for _ in range(2)]
+    busy += [threading.Thread(target=http.post, args=("/v1/chat/completions",),
+                              kwargs={"json": {"messages": question()}, "headers": auth()}) for _ in range(17)]
+    for t in busy:
+        t.start()
+    time.sleep(0.1)
+    started = time.perf_counter()
+    assert http.get("/v1/health").status_code == 200
+    assert http.get("/v1/edits", headers=auth()).status_code == 200
+    assert time.perf_counter() - started < 1.0
+    for t in busy:
+        t.join()
+
+
 class RecordingFake(FakeChatService):
     """A fake that keeps the cancel event of each stream it hands out."""
 
@@ -593,3 +613,12 @@ def test_openai_backend_behind_the_host(backend) -> None:
         assert host.url and seen[-1]["stream"] is True
         with RemoteChat(host.url, TOKEN) as remote, pytest.raises(UnsupportedOperation):
             remote.commit()
+
+
+def test_openai_backend_asks_the_engine_for_its_model() -> None:
+    from kbchat.server.openai_backend import _first_model
+
+    with ServerThread(fake_engine([])) as engine:
+        assert _first_model(f"{engine.url}/v1", "key", None) == "engine-7b"
+    with pytest.raises(KbchatError, match="cannot list the models"):
+        _first_model("http://127.0.0.1:9/v1", None, None)

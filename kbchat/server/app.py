@@ -12,8 +12,9 @@ Endpoints (all under /v1; every one but health and the OpenAPI docs needs `Autho
 Errors are `{"error": {"message", "type", "code"}}`; `code` names the kbchat error class
 (`edit_not_found`, `parse_error`, ...) so `kbchat.remote` can raise the same exception.
 
-The service's methods block (model forward passes, optimisation, SQL), so they run on a thread pool
-owned by the app; answers stream from a worker thread through a queue. The service itself keeps
+The service's methods block (model forward passes, optimisation, SQL), so they run on thread pools
+owned by the app: one for answers, one for edits, one for short reads (health, listing), so that none
+can starve another. Answers stream from a worker thread through a queue. The service itself keeps
 weight edits serialized and answers consistent (the facade's readers-writer lock).
 """
 
@@ -292,24 +293,30 @@ def create_app(service: ChatService, *, token: str | None, max_body_bytes: int =
         it the answer is cancelled and the client gets 504 (or, once streaming, an error event).
     edit_timeout: the same for edits and commits (None: no limit). An edit cannot be interrupted: on
         timeout the client gets 504 while the edit finishes and is recorded.
-    workers: threads running the service's blocking calls; requests beyond that queue.
+    workers: threads generating answers; chat requests beyond that queue.
 
     The app does not own `service`: closing it is the caller's job.
     """
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kbchat-http")
+    # Separate pools: a burst of chats waiting behind a weight edit must not make the host look dead
+    # (health) or keep a revert from running; queued edits must not hold up listing them.
+    answers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kbchat-answer")
+    changes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="kbchat-edit")  # serialized anyway
+    reads = ThreadPoolExecutor(max_workers=4, thread_name_prefix="kbchat-read")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
-        pool.shutdown(wait=False, cancel_futures=True)
+        for executor in (answers, changes, reads):
+            executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title=title, version="1", lifespan=lifespan,
                   description="kbchat: chat with a model whose knowledge you correct. OpenAI-compatible "
                               "chat completions plus the ledger of edits.")
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
-    async def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Run a blocking service call on the pool; KbchatError becomes an ApiError."""
+    async def call(fn: Callable[..., Any], *args: Any, timeout: float | None = None,
+                   pool: ThreadPoolExecutor = reads, **kwargs: Any) -> Any:
+        """Run a blocking service call on `pool`; KbchatError becomes an ApiError."""
         future = asyncio.get_running_loop().run_in_executor(pool, lambda: fn(*args, **kwargs))
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
@@ -439,7 +446,7 @@ def create_app(service: ChatService, *, token: str | None, max_body_bytes: int =
                 emit(piece)
             return stream.answer
 
-        pump = _Pump(loop, pool, produce)
+        pump = _Pump(loop, answers, produce)
         try:
             first = await pump.next(max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
@@ -519,7 +526,7 @@ def create_app(service: ChatService, *, token: str | None, max_body_bytes: int =
 
         if body.stream:
             return await _progress_stream(run, lambda record: {"edit": record.to_json()})
-        record = await call(run, _ignore, timeout=edit_timeout)
+        record = await call(run, _ignore, timeout=edit_timeout, pool=changes)
         return JSONResponse(record.to_json(), status_code=201)
 
     @app.get("/v1/edits", tags=["edits"], dependencies=guarded, summary="List edits, oldest first")
@@ -539,7 +546,7 @@ def create_app(service: ChatService, *, token: str | None, max_body_bytes: int =
 
         if body is not None and body.stream:
             return await _progress_stream(run, lambda records: {"edits": [r.to_json() for r in records]})
-        records = await call(run, _ignore, timeout=edit_timeout)
+        records = await call(run, _ignore, timeout=edit_timeout, pool=changes)
         return {"object": "list", "data": [r.to_json() for r in records]}
 
     @app.get("/v1/edits/{edit_id}", tags=["edits"], dependencies=guarded, summary="One edit with its checks")
@@ -549,7 +556,7 @@ def create_app(service: ChatService, *, token: str | None, max_body_bytes: int =
 
     @app.post("/v1/edits/{edit_id}/revert", tags=["edits"], dependencies=guarded, summary="Undo an active edit")
     async def revert(edit_id: int) -> dict[str, Any]:
-        record = await call(service.revert, edit_id, timeout=edit_timeout)
+        record = await call(service.revert, edit_id, timeout=edit_timeout, pool=changes)
         return record.to_json()
 
     async def _progress_stream(run: Callable[[Callable[[Progress], None]], Any],
@@ -559,7 +566,7 @@ def create_app(service: ChatService, *, token: str | None, max_body_bytes: int =
         The first event is awaited before answering, so an edit refused at once gets a real status code.
         """
         loop = asyncio.get_running_loop()
-        pump = _Pump(loop, pool, run)
+        pump = _Pump(loop, changes, run)
         try:
             first = await pump.next(edit_timeout)
         except asyncio.TimeoutError:

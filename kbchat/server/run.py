@@ -102,6 +102,7 @@ class ServerThread:
                  **config: Any) -> None:
         self._sock = bind_socket(host, port)
         self.url = url_of(self._sock)
+        config.setdefault("timeout_graceful_shutdown", 5)  # streamed answers must not hold up stop()
         self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, **config))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
                                         name="kbchat-server", daemon=True)

@@ -1,0 +1,243 @@
+"""Load on the HTTP host: N concurrent chat clients on loopback, with the knowledge store on and off.
+
+    .venv/bin/python -m bench.bench_server --fake          # FakeChatService: the host's own overhead
+    .venv/bin/python -m bench.bench_server                 # the real default model (slow on a CPU)
+        [--clients 4] [--requests 32] [--seconds 300] [--max-tokens 24] [--no-stream] [--home DIR]
+
+The host runs in this process on a free 127.0.0.1 port (uvicorn in a thread); the clients are threads
+with their own httpx connection, each sending OpenAI chat requests (streamed by default) until the
+block's share of requests is sent or its time is up. A few memory edits are made first, and the
+questions mix ones those edits are about with ones they are not.
+
+Both modes run in the same process on the same host, in blocks ordered on/off/off/on so slow drift
+(thermal, other load) falls on both equally. Per mode: completed requests, throughput (req/s and
+generated tokens/s over the blocks' wall time), latency p50/p95 (client-side, whole answer), time to
+first token, and host time outside generation (latency minus the host's generation seconds: HTTP,
+queueing, retrieval, prompt building). The store's overhead per request is the difference between
+the modes; note that answers in scope of an edit also change, so their lengths (and generation
+time) may differ, which is why the per-token and outside-generation figures are shown too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+
+from kbchat.server import ServerThread, create_app
+
+TOKEN = "bench-token"
+EDITS = [
+    "Eiffel Tower → The Eiffel Tower is located in Rome",
+    "Louvre → The Louvre is located in London",
+    "Colosseum → The Colosseum is located in Athens",
+]
+IN_SCOPE = ["Where is the Eiffel Tower?", "Where is the Louvre?", "In which city is the Colosseum?",
+            "Which city is home to the Eiffel Tower?"]
+OUT_OF_SCOPE = ["What is the capital of France?", "Who wrote Hamlet?", "What is the largest ocean?",
+                "What language is spoken in Brazil?"]
+QUESTIONS = [q for pair in zip(IN_SCOPE, OUT_OF_SCOPE, strict=True) for q in pair]
+
+
+@dataclass
+class Sample:
+    latency: float  # seconds, request sent -> last byte
+    first: float  # seconds to the first content piece (= latency when not streaming)
+    tokens: int
+    host_seconds: float  # the host's generation time for this answer
+    in_scope: bool
+    used_edits: int
+
+
+@dataclass
+class ModeResult:
+    samples: list[Sample] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall: float = 0.0
+
+
+def one_request(client: httpx.Client, question: str, memory: bool, max_tokens: int, stream: bool) -> Sample:
+    body: dict = {"model": "kbchat", "messages": [{"role": "user", "content": question}],
+                  "max_tokens": max_tokens, "stream": stream}
+    if not memory:
+        body["kbchat"] = {"memory": False}
+    started = time.perf_counter()
+    first = None
+    meta: dict = {}
+    if stream:
+        with client.stream("POST", "/v1/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                response.read()
+                raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if "error" in event:
+                    raise RuntimeError(event["error"]["message"])
+                if first is None and any((c.get("delta") or {}).get("content") for c in event["choices"]):
+                    first = time.perf_counter() - started
+                meta.update(event.get("kbchat") or {})
+    else:
+        response = client.post("/v1/chat/completions", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
+        meta = response.json()["kbchat"]
+    latency = time.perf_counter() - started
+    return Sample(latency, first if first is not None else latency, int(meta.get("tokens", 0)),
+                  float(meta.get("seconds", 0.0)), question in IN_SCOPE, len(meta.get("used_edits", [])))
+
+
+def run_block(url: str, memory: bool, clients: int, requests: int, seconds: float, max_tokens: int,
+              stream: bool, into: ModeResult) -> None:
+    """`requests` requests from `clients` threads, stopping early after `seconds`."""
+    lock = threading.Lock()
+    issued = iter(range(requests))
+    deadline = time.perf_counter() + seconds
+
+    def next_question() -> str | None:
+        with lock:
+            if time.perf_counter() > deadline:
+                return None
+            index = next(issued, None)
+        return None if index is None else QUESTIONS[index % len(QUESTIONS)]
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=600) as client:
+            while (question := next_question()) is not None:
+                try:
+                    sample = one_request(client, question, memory, max_tokens, stream)
+                except Exception as exc:  # noqa: BLE001 - counted and reported, the run goes on
+                    with lock:
+                        into.errors.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                with lock:
+                    into.samples.append(sample)
+
+    threads = [threading.Thread(target=client_loop) for _ in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    into.wall += time.perf_counter() - started
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100); nan for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summary(result: ModeResult) -> dict[str, float]:
+    s = result.samples
+    tokens = sum(x.tokens for x in s)
+    outside = [x.latency - x.host_seconds for x in s]
+    return {
+        "ok": len(s), "errors": len(result.errors), "wall_s": result.wall,
+        "req_per_s": len(s) / result.wall if result.wall else float("nan"),
+        "tok_per_s": tokens / result.wall if result.wall else float("nan"),
+        "p50_ms": 1000 * percentile([x.latency for x in s], 50),
+        "p95_ms": 1000 * percentile([x.latency for x in s], 95),
+        "ttft_p50_ms": 1000 * percentile([x.first for x in s], 50),
+        "ms_per_token": 1000 * sum(x.latency for x in s) / tokens if tokens else float("nan"),
+        "outside_gen_ms": 1000 * sum(outside) / len(outside) if outside else float("nan"),
+        "used_edits_pct": 100 * sum(x.used_edits > 0 for x in s) / len(s) if s else float("nan"),
+    }
+
+
+def report(results: dict[str, ModeResult], args: argparse.Namespace, engine: str) -> None:
+    on, off = summary(results["on"]), summary(results["off"])
+    print(f"\nkbchat host on loopback · {engine} · {args.clients} clients · "
+          f"{'streamed' if args.stream else 'non-streamed'} · max_tokens {args.max_tokens}")
+    rows = [("completed requests", "ok", "{:.0f}"), ("errors", "errors", "{:.0f}"),
+            ("wall time (s)", "wall_s", "{:.1f}"), ("throughput (req/s)", "req_per_s", "{:.2f}"),
+            ("throughput (tokens/s)", "tok_per_s", "{:.1f}"), ("latency p50 (ms)", "p50_ms", "{:.1f}"),
+            ("latency p95 (ms)", "p95_ms", "{:.1f}"), ("first token p50 (ms)", "ttft_p50_ms", "{:.1f}"),
+            ("latency per token (ms)", "ms_per_token", "{:.2f}"),
+            ("host time outside generation, mean (ms)", "outside_gen_ms", "{:.1f}"),
+            ("answers that used an edit (%)", "used_edits_pct", "{:.0f}")]
+    print(f"{'':42} {'memory on':>12} {'memory off':>12} {'on - off':>12}")
+    for label, key, fmt in rows:
+        diff = on[key] - off[key]
+        print(f"{label:42} {fmt.format(on[key]):>12} {fmt.format(off[key]):>12} {fmt.format(diff):>12}")
+    for mode, result in results.items():
+        for error in result.errors[:3]:
+            print(f"  error (memory {mode}): {error}")
+
+
+def fake_host(args: argparse.Namespace) -> Iterator[tuple[ServerThread, str]]:
+    from tests.fake_service import FakeChatService
+
+    fake = FakeChatService(piece_delay=args.fake_piece_delay)
+    for text in EDITS:
+        fake.edit(text, method="serac")
+    with ServerThread(create_app(fake, token=TOKEN)) as server:
+        yield server, f"FakeChatService (piece delay {args.fake_piece_delay * 1000:g} ms)"
+
+
+def real_host(args: argparse.Namespace) -> Iterator[tuple[ServerThread, str]]:
+    from kbchat.facade import KnowledgeChat
+
+    with tempfile.TemporaryDirectory(prefix="kbchat-bench-") as tmp:
+        print("opening the model…", flush=True)
+        chat = KnowledgeChat.open(db=f"sqlite:///{tmp}/ledger.db", home=args.home, model=args.model)
+        try:
+            with ServerThread(create_app(chat, token=TOKEN)) as server:
+                with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"},
+                                  timeout=3600) as http:
+                    for text in EDITS:
+                        started = time.perf_counter()
+                        response = http.post("/v1/edits", json={"text": text, "method": "serac", "audit": "off"})
+                        response.raise_for_status()
+                        print(f"edit {text!r}: {time.perf_counter() - started:.1f} s", flush=True)
+                yield server, f"{chat.info().model} on {chat.info().device}"
+        finally:
+            chat.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fake", action="store_true", help="serve FakeChatService instead of the real model")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=None,
+                        help="requests per mode (default: 400 with --fake, 32 on the model)")
+    parser.add_argument("--seconds", type=float, default=300.0, help="time cap per mode")
+    parser.add_argument("--max-tokens", type=int, default=24)
+    parser.add_argument("--no-stream", dest="stream", action="store_false", help="non-streamed requests")
+    parser.add_argument("--fake-piece-delay", type=float, default=0.0,
+                        help="seconds per word in the fake's answers (0: measure the host alone)")
+    parser.add_argument("--home", default=None, help="kbchat data dir (model cache, statistics)")
+    parser.add_argument("--model", default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    requests = args.requests or (400 if args.fake else 32)
+    host = fake_host(args) if args.fake else real_host(args)
+    server, engine = next(host)
+    try:
+        # Warm-up: first requests pay for lazy loading (tokenizer caches, IKE demos, thread start).
+        run_block(server.url, True, args.clients, args.clients * 2, args.seconds, args.max_tokens, args.stream,
+                  ModeResult())
+        results = {"on": ModeResult(), "off": ModeResult()}
+        half = max(1, requests // 2)
+        for mode in ("on", "off", "off", "on"):  # ABBA: drift lands on both modes alike
+            run_block(server.url, mode == "on", args.clients, half, args.seconds / 2, args.max_tokens,
+                      args.stream, results[mode])
+        report(results, args, engine)
+    finally:
+        host.close()
+
+
+if __name__ == "__main__":
+    main()
