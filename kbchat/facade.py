@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 import methods
+from kbchat.audit import parse_user_probe
 from kbchat.errors import EditFailed, KbchatError, LedgerError
 from kbchat.generation import chat_input_ids, completion_input_ids, next_word_gaps, stream_tokens
 from kbchat.ike import IkeDemos, ike_prompt, quote
@@ -367,6 +368,11 @@ class KnowledgeChat:
             raise KbchatError(f"unknown audit mode {audit!r}")
         if hparams and method in MEMORY_METHODS and method != "serac":
             raise KbchatError(f"{method} takes no hyperparameters")
+        for probe in probes:  # a bad probe must fail now, not halfway through a background audit
+            try:
+                parse_user_probe(probe, parsed.target)
+            except ValueError as exc:
+                raise KbchatError(f"bad --probe {probe!r}: {exc}") from exc
         request = EditRequest(parsed.subject, parsed.prompt, parsed.target,
                               target_true or self._predict(parsed.prompt))
         with self._edit_lock:
@@ -532,6 +538,7 @@ class KnowledgeChat:
                     self._index_memory([self.ledger.get(r.id) for r in revived])
             else:
                 stored = self._revert_weights(row)
+                self._scoped.remove(("undo", edit_id))  # the audit's "before" patch, if one was made
         return stored.record(self.ledger.checks(edit_id))
 
     def _revert_weights(self, row: StoredEdit) -> StoredEdit:

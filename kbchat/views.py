@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from kbchat.facade import KnowledgeChat
     from kbchat.ledger import StoredEdit
 
-AUDIT_MAX_TOKENS = 40
+AUDIT_MAX_TOKENS = 32
 
 
 def negated(delta: Delta) -> Delta:
@@ -33,6 +33,7 @@ class LiveEditView:
         self.row = row
         self.request = EditRequest(row.subject, row.prompt, row.target, row.target_true)
         self._undo_key = undo_key
+        self._answers: dict[tuple, str] = {}
 
     def _exclude(self, edited: bool) -> frozenset[int]:
         return frozenset() if edited or self.row.kind == "weight" else frozenset({self.row.id})
@@ -40,21 +41,35 @@ class LiveEditView:
     def _extra(self, edited: bool) -> tuple:
         return (self._undo_key,) if not edited and self._undo_key is not None else ()
 
+    def _answer(self, plan, limit: int, edited: bool) -> str:
+        # Identical inputs give identical greedy answers: an out-of-scope probe of a memory edit is
+        # generated once for "before" and "after".
+        select = tuple([*plan.select, *self._extra(edited)])
+        key = (plan.prompt, repr(plan.messages), select, limit)
+        if key not in self._answers:
+            self._answers[key] = self.chat._stream_plan(plan, limit, select=self._extra(edited)).text()
+        return self._answers[key]
+
     def generate(self, question: str, *, edited: bool) -> str:
-        plan = self.chat.plan(question, exclude=self._exclude(edited))
-        return self.chat._stream_plan(plan, AUDIT_MAX_TOKENS, select=self._extra(edited)).text()
+        return self._answer(self.chat.plan(question, exclude=self._exclude(edited)), AUDIT_MAX_TOKENS, edited)
 
     def complete(self, prompt: str, *, edited: bool) -> str:
-        plan = self.chat.plan(prompt, chat=False, exclude=self._exclude(edited))
-        return self.chat._stream_plan(plan, 12, select=self._extra(edited)).text()
+        return self._answer(self.chat.plan(prompt, chat=False, exclude=self._exclude(edited)), 12, edited)
 
     def _scored(self, fn, pairs: Sequence[tuple[str, str]], edited: bool) -> list[float]:
-        out = []
-        for prompt, target in pairs:
+        """Score pairs in one batch per distinct set of active patches."""
+        groups: dict[tuple, list[int]] = {}
+        prompts = []
+        for i, (prompt, _target) in enumerate(pairs):
             plan = self.chat.plan(prompt, chat=False, exclude=self._exclude(edited))
-            select = [*plan.select, *self._extra(edited)]
+            prompts.append(plan.prompt)
+            groups.setdefault(tuple([*plan.select, *self._extra(edited)]), []).append(i)
+        out = [0.0] * len(pairs)
+        for select, rows in groups.items():
+            batch = [(prompts[i], pairs[i][1]) for i in rows]
             with self.chat._lock.read(), (self.chat._scoped.select(select) if select else nullcontext()):
-                out.append(fn(self.chat.model, self.chat.tokenizer, [(plan.prompt, target)])[0])
+                for i, value in zip(rows, fn(self.chat.model, self.chat.tokenizer, batch), strict=True):
+                    out[i] = value
         return out
 
     def logprobs(self, pairs: Sequence[tuple[str, str]], *, edited: bool) -> list[float]:
