@@ -64,6 +64,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="100,10000,100000", help="comma-separated index sizes")
     parser.add_argument("--real", type=int, default=10_000,
                         help="edits with real embeddings (-1: all); the rest get random unit vectors")
+    parser.add_argument("--torch-threads", type=int, default=0,
+                        help="torch intra-op threads (0: torch's default); 1 is steadier on a busy machine")
     parser.add_argument("--questions", type=int, default=200, help="questions timed per size")
     parser.add_argument("--adds", type=int, default=50, help="single edits timed per size")
     args = parser.parse_args()
@@ -71,6 +73,10 @@ def main() -> None:
     sizes = sorted(int(s) for s in args.sizes.split(","))
     rng = random.Random(0)
 
+    if args.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     start = time.perf_counter()
     embedder = Embedder.load()
     load_ms = ms_since(start)

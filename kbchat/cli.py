@@ -167,6 +167,8 @@ def _dispatch(chat, args) -> int:
             kwargs["hparams"] = _json_object(args.hparams)
         if args.no_audit:
             kwargs["audit"] = "off"
+        elif not hasattr(chat, "wait_for_audits"):  # a host: ask it to return once the checks are done
+            kwargs["audit"] = "wait"
         record = chat.edit(args.text, method=args.method, probes=args.probe,
                            progress=_stderr_progress(sys.stderr.isatty()), **kwargs)
         if sys.stderr.isatty():

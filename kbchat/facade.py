@@ -53,6 +53,10 @@ COMMIT_METHOD = "memit"
 AGREES = -0.5  # a word within this log-prob of the model's top choice is what the model would say
 
 
+class AuditStopped(Exception):
+    """Raised inside a background audit when the facade closes."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """What the model is given for one text: a raw prompt or chat messages, plus the memory in play."""
@@ -95,6 +99,7 @@ class KnowledgeChat:
         self._ike: IkeDemos | None = None
         self._base_fingerprint: str | None = None
         self._audits: list[threading.Thread] = []
+        self._closing = threading.Event()
         self._restore(progress)
 
     # ----------------------------------------------------------------------------- opening / closing
@@ -116,7 +121,9 @@ class KnowledgeChat:
             raise
 
     def close(self) -> None:
-        self.wait_for_audits(timeout=0)  # background audits are daemons: never block exit on them
+        # Background audits stop after their current check; the model must outlive them.
+        self._closing.set()
+        self.wait_for_audits()
         self._scoped.close()
         self.ledger.close()
 
@@ -399,9 +406,16 @@ class KnowledgeChat:
         if mode == "off":
             return
 
+        def store(check) -> None:
+            if self._closing.is_set():
+                raise AuditStopped
+            self.ledger.add_checks(edit_id, [check])
+
         def work() -> None:
             try:
-                run_audit(self.audit_view(edit_id), probes, lambda c: self.ledger.add_checks(edit_id, [c]))
+                run_audit(self.audit_view(edit_id), probes, store)
+            except AuditStopped:
+                pass  # closing: the checks stored so far stay
             except Exception as exc:  # a background audit must never take the app down; say why it stopped
                 self.ledger.set_status(edit_id, self.ledger.get(edit_id).status, notes=f"audit stopped: {exc}")
             finally:

@@ -33,6 +33,9 @@ class AnswerStream:
                 self._text.append(piece)
                 yield piece
         finally:
+            close = getattr(self._pieces, "close", None)
+            if close is not None:  # release what generation holds (locks, selected patches) right away
+                close()
             self.answer = self._finish("".join(self._text))
 
     def close(self) -> None:

@@ -137,31 +137,30 @@ def _gather(hidden: torch.Tensor, positions: Sequence[Sequence[int]]) -> torch.T
 
 
 @torch.no_grad()
+def _at_subject(model: nn.Module, tokenizer, module: str, requests: Sequence[EditRequest], chat: bool,
+                inputs: bool) -> torch.Tensor:
+    """(n_requests, d) mean input (or output) of `module` at the subject's last token, over each edit's texts."""
+    device = next(model.parameters()).device
+    rows = []
+    for request in requests:
+        batch = build_batch(tokenizer, edit_texts(tokenizer, request, chat).texts, request.subject, None, device)
+        with Trace(model, [module], retain_input=inputs, retain_output=not inputs, stop=True) as trace:
+            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
+        seen = trace.inputs[module] if inputs else trace.outputs[module]
+        rows.append(_gather(seen, batch.subject_positions).mean(0))
+    return torch.stack(rows).float()
+
+
 def compute_keys(model: nn.Module, tokenizer, module: str, requests: Sequence[EditRequest],
                  chat: bool = True) -> torch.Tensor:
-    """(n_requests, in) mean input to `module` at the subject's last token, over each edit's texts."""
-    device = next(model.parameters()).device
-    keys = []
-    for request in requests:
-        batch = build_batch(tokenizer, edit_texts(tokenizer, request, chat).texts, request.subject, None, device)
-        with Trace(model, [module], retain_input=True, retain_output=False, stop=True) as trace:
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        keys.append(_gather(trace.inputs[module], batch.subject_positions).mean(0))
-    return torch.stack(keys).float()
+    """(n_requests, in) the keys: what `module` receives at the subject's last token."""
+    return _at_subject(model, tokenizer, module, requests, chat, inputs=True)
 
 
-@torch.no_grad()
 def compute_outputs(model: nn.Module, tokenizer, module: str, requests: Sequence[EditRequest],
                     chat: bool = True) -> torch.Tensor:
-    """(n_requests, out) mean output of `module` at the subject's last token, over each edit's texts."""
-    device = next(model.parameters()).device
-    outs = []
-    for request in requests:
-        batch = build_batch(tokenizer, edit_texts(tokenizer, request, chat).texts, request.subject, None, device)
-        with Trace(model, [module], stop=True) as trace:
-            model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
-        outs.append(_gather(trace.outputs[module], batch.subject_positions).mean(0))
-    return torch.stack(outs).float()
+    """(n_requests, out) what `module` emits at the subject's last token."""
+    return _at_subject(model, tokenizer, module, requests, chat, inputs=False)
 
 
 @contextmanager

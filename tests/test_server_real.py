@@ -150,6 +150,8 @@ async def test_tui_story_against_the_host(host: ServerThread, real_service) -> N
         assert "Rome" in answers(app)[1].body.source
         assert f"memory: edit #{card.record.id}" in str(answers(app)[1].meta.content)
     assert real_service.get_edit(card.record.id).status == "active"
+    # The host audits the edit in a background thread; let it finish before the model is closed.
+    real_service.wait_for_audits()
 
 
 @pytest.fixture
