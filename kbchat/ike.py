@@ -17,6 +17,7 @@ from importlib import resources
 import numpy as np
 
 from kbchat.memory import Embedder
+from kbchat.memory.active import quote
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,6 @@ class IkeDemos:
         scores = self._vectors @ self.embedder.embed([fact])[0]  # (n,)
         best = np.argsort(-scores)[:k]
         return [self.demos[i] for i in best[::-1]]
-
-
-def quote(text: str) -> str:
-    """A fact as inert data: one line, quotes escaped."""
-    return json.dumps(" ".join(text.split()), ensure_ascii=False)
 
 
 def ike_prompt(facts: Sequence[str], question: str, demos: Sequence[Demo]) -> str:

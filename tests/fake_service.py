@@ -160,7 +160,8 @@ class FakeChatService:
         return ParsedEdit(raw_text=text, subject=subject, prompt=prompt, target=target, fact=fact)
 
     def edit(self, text: str, *, method: str | None = None, probes: Sequence[str] = (),
-             progress: ProgressFn = no_progress) -> EditRecord:
+             progress: ProgressFn = no_progress, audit: str | None = None) -> EditRecord:
+        # `audit` is accepted like the real services' (the fake's checks are instant).
         self.calls.append(("edit", text, method))
         method = method or self.default_method
         if method not in ALL_METHODS:

@@ -17,14 +17,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 import httpx
 
 from kbchat.errors import KbchatError, UnsupportedOperation
-from kbchat.facade import _facts_message, _from_blob, _same_fact_slot
 from kbchat.ledger import Ledger, NewEdit, StoredEdit
-from kbchat.memory import Embedder, MemoryIndex, key_text_for
+from kbchat.memory import Embedder, key_text_for
+from kbchat.memory.active import ActiveMemory, facts_message
 from kbchat.parsing import parse_edit
 from kbchat.paths import data_dir, default_db_url
 from kbchat.records import (
@@ -71,8 +70,7 @@ class OpenAIBackendChat:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=self.engine_url, headers=headers, transport=transport,
                                     timeout=httpx.Timeout(timeout, connect=10.0))
-        self._index = MemoryIndex(embedder.dim)
-        self._memory: dict[int, StoredEdit] = {}  # active memory edits by id
+        self._memory = ActiveMemory(embedder)
         self._edit_lock = threading.Lock()
         self.problems: list[str] = []
         self._restore()
@@ -101,15 +99,7 @@ class OpenAIBackendChat:
 
     def _restore(self) -> None:
         rows = self.ledger.active(kind="memory")
-        stale = [r for r in rows if r.embedding is None or r.embedder != self.embedder.name]
-        fresh = dict(zip((r.id for r in stale), self.embedder.embed([_key_text(r) for r in stale]),
-                         strict=True)) if stale else {}
-        if rows:
-            vectors = [fresh[r.id] if r.id in fresh else _from_blob(r.embedding, self.embedder.dim)
-                       for r in rows]
-            self._index.add_many([r.id for r in rows], [r.subject for r in rows],
-                                 [_key_text(r) for r in rows], _stack(vectors))
-            self._memory.update({r.id: r for r in rows})
+        self._memory.load(rows)
         weight = self.ledger.active(kind="weight")
         if weight:
             self.problems.append(
@@ -128,12 +118,7 @@ class OpenAIBackendChat:
 
     def retrieve(self, question: str) -> list[StoredEdit]:
         """Active memory edits in scope for `question`, best first."""
-        if not self._memory:
-            return []
-        vector = self.embedder.embed([question])[0]
-        hits = self._index.search(question, vector, k=RETRIEVE_K)
-        memory = self._memory
-        return [row for h in hits if (row := memory.get(h.edit_id)) is not None]
+        return self._memory.retrieve(question, k=RETRIEVE_K)
 
     def messages_for(self, question: str, history: Sequence[Message] = (),
                      memory: bool = True) -> tuple[list[dict[str, str]], list[StoredEdit]]:
@@ -141,7 +126,7 @@ class OpenAIBackendChat:
         used = self.retrieve(question) if memory else []
         messages = [dict(m) for m in history] + [{"role": "user", "content": question}]
         if used:
-            messages = [_facts_message(used), *messages]
+            messages = [facts_message(used), *messages]
         return messages, used
 
     def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
@@ -214,7 +199,7 @@ class OpenAIBackendChat:
         key_text = key_text_for(parsed.subject, parsed.prompt, parsed.target)
         vector = self.embedder.embed([key_text])[0]
         with self._edit_lock:
-            supersede = [r.id for r in self._memory.values() if _same_fact_slot(r, parsed)]
+            supersede = self._memory.superseded_by(parsed)
             new = NewEdit(
                 raw_text=parsed.raw_text, subject=parsed.subject, prompt=parsed.prompt,
                 relation=parsed.relation, target=parsed.target, method=method, kind="memory",
@@ -223,9 +208,8 @@ class OpenAIBackendChat:
             )
             stored = self.ledger.record_edit(new, supersede=supersede)
             for old in supersede:
-                self._forget(old)
-            self._index.add(stored.id, stored.subject, key_text, vector)
-            self._memory[stored.id] = stored
+                self._memory.forget(old)
+            self._memory.add(stored, vector)
         progress(Progress("index", 1, 1, f"{method}: edit #{stored.id} active"))
         return stored.record(self.ledger.checks(stored.id))
 
@@ -240,13 +224,11 @@ class OpenAIBackendChat:
                     f"edit #{edit_id} is a weight edit: it lives in the checkpoint the engine serves; revert it "
                     "with a local kbchat, then export and redeploy")
             stored = self.ledger.set_status(edit_id, "reverted")
-            self._forget(edit_id)
+            self._memory.forget(edit_id)
             revived = [r for r in self.ledger.edits(status="superseded", kind="memory") if r.superseded_by == edit_id]
             for old in revived:
                 again = self.ledger.set_status(old.id, "active", notes=f"active again: #{edit_id} was reverted")
-                vector = self._vector_of(again)
-                self._index.add(again.id, again.subject, _key_text(again), vector)
-                self._memory[again.id] = again
+                self._memory.add(again, self._memory.vector(again))
         return stored.record(self.ledger.checks(edit_id))
 
     def edits(self, *, status: str | None = None) -> list[EditRecord]:
@@ -275,28 +257,8 @@ class OpenAIBackendChat:
 
     # -- helpers --------------------------------------------------------------------------------------
 
-    def _forget(self, edit_id: int) -> None:
-        if edit_id in self._index:
-            self._index.remove(edit_id)
-        self._memory.pop(edit_id, None)
-
-    def _vector_of(self, row: StoredEdit) -> Any:
-        if row.embedding is not None and row.embedder == self.embedder.name:
-            return _from_blob(row.embedding, self.embedder.dim)
-        return self.embedder.embed([_key_text(row)])[0]
-
     def _engine_error(self, reason: str) -> KbchatError:
         return KbchatError(f"the engine at {self.engine_url} failed to answer: {reason}")
-
-
-def _key_text(row: StoredEdit) -> str:
-    return key_text_for(row.subject, row.prompt, row.target)
-
-
-def _stack(vectors: Sequence[Any]) -> Any:
-    import numpy as np
-
-    return np.stack(vectors).astype(np.float32)
 
 
 def _first_model(url: str, api_key: str | None, transport: httpx.BaseTransport | None) -> str:
