@@ -1,6 +1,7 @@
 """Memory-index speed: indexing one edit, and answering one question, at several index sizes.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m bench.bench_retrieval [--sizes 100,10000,100000] [--real 10000]
+        [--torch-threads 1]
 
 Targets: indexing an edit (embedding its key text + `MemoryIndex.add`) < 100 ms; searching for one
 question (`MemoryIndex.search`, without embedding the question) < 5 ms at 100,000 edits. Embedding the
@@ -10,6 +11,9 @@ The edits are synthetic (made-up names "Velkora Pundimar" with a fact each). The
 (default 10,000; -1 for all) get real embeddings, computed in batches; the rest get random unit
 vectors, because embedding 100,000 texts takes minutes to tens of minutes on a shared 2-core machine. Every edit a question is about is embedded for real either way, and search
 cost does not depend on the vectors' values (the scan is exhaustive), so the timings hold.
+
+On a machine whose cores are busy, torch's two intra-op threads wait on each other: embedding one
+question took 17-470 ms (median) with 2 threads against 8-9 ms with --torch-threads 1.
 """
 
 from __future__ import annotations
