@@ -9,6 +9,7 @@ they were.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
@@ -166,17 +167,19 @@ class KnowledgeChat:
 
     def _delta_of(self, row: StoredEdit) -> Delta | None:
         """The row's delta, or None (with a problem reported) when it is missing or corrupt."""
-        import hashlib
-
         if row.delta is None or hashlib.sha256(row.delta).hexdigest() != row.delta_sha256:
-            self.problems.append(f"edit #{row.id}: stored delta is missing or corrupt; it was not applied "
-                                 f"(revert it with `kbchat revert {row.id}`)")
+            self._problem(f"edit #{row.id}: stored delta is missing or corrupt; it was not applied "
+                          f"(revert it with `kbchat revert {row.id}`)")
             return None
         try:
             return Delta.from_bytes(row.delta)
         except ValueError as exc:
-            self.problems.append(f"edit #{row.id}: {exc}; it was not applied")
+            self._problem(f"edit #{row.id}: {exc}; it was not applied")
             return None
+
+    def _problem(self, message: str) -> None:
+        if message not in self.problems:
+            self.problems.append(message)
 
     def _index_memory(self, rows: Sequence[StoredEdit]) -> None:
         self._memory.load(rows)
@@ -189,7 +192,7 @@ class KnowledgeChat:
     def base_fingerprint(self) -> str:
         """Fingerprint of the weights as loaded (before any delta); computed once, when first needed."""
         if self._base_fingerprint is None:
-            active = [d for r in self.ledger.active(kind="weight") if (d := self._delta_of_quiet(r))]
+            active = self._active_deltas()  # exactly what _restore applied
             if not active:
                 with self._lock.read():
                     self._base_fingerprint = self._weights.fingerprint()
@@ -199,12 +202,6 @@ class KnowledgeChat:
                     self._base_fingerprint = self._weights.fingerprint()
                     self._weights.rebuild(active)
         return self._base_fingerprint
-
-    def _delta_of_quiet(self, row: StoredEdit) -> Delta | None:
-        try:
-            return Delta.from_bytes(row.delta) if row.delta else None
-        except ValueError:
-            return None
 
     def _state_key(self) -> str:
         dev = self.loaded.device
@@ -217,7 +214,7 @@ class KnowledgeChat:
         if expected is None:
             self.ledger.set_meta(self._state_key(), actual)
         elif expected != actual:
-            self.problems.append(
+            self._problem(
                 f"weights after replaying the ledger do not match its fingerprint ({actual[:12]} != "
                 f"{expected[:12]}): the base model changed or a delta was altered; see `kbchat verify`"
             )
@@ -536,7 +533,7 @@ class KnowledgeChat:
             self._weights.rebuild(remaining)
             after = self._weights.fingerprint()
             if newest and row.weights_before and after != row.weights_before:
-                self.problems.append(f"revert of #{row.id}: weights differ from those recorded before it")
+                self._problem(f"revert of #{row.id}: weights differ from those recorded before it")
             note = ("reverted: the weights are exactly those before the edit" if newest and after == row.weights_before
                     else f"reverted out of order: its delta was removed from under {len(later)} later edit(s), "
                          "which were computed with it applied")
