@@ -1,9 +1,9 @@
 """AlphaEdit (Fang et al. 2025): MEMIT's update projected onto the null space of preserved knowledge.
 
-P projects onto the span of C's smallest eigenvectors (directions that real text barely uses), so
-dW = R^T K^T... P leaves the outputs for ordinary keys unchanged. Keys of earlier edits join the
-constraint, which is what keeps hundreds of sequential edits from overwriting each other: each delta
-carries its keys (`extras`), and `compute(..., prior=[earlier deltas])` protects them.
+P projects onto the span of C's smallest eigenvectors (directions that real text barely uses), and the
+update has the form dW = D P, so outputs for ordinary keys (P k0 ~ 0) stay put. Keys of earlier edits
+join the constraint, which is what keeps hundreds of sequential edits from overwriting each other: each
+delta carries its keys (`extras`), and `compute(..., prior=[earlier deltas])` protects them.
     right = (P (K^T K + K_p^T K_p) + l2 I)^-1 P K^T,   dW = R^T right^T
 """
 
