@@ -10,18 +10,7 @@ import methods
 from methods.architecture import architecture_of, get_module
 from methods.delta import Delta, Update, patched, weight_of
 from methods.stats import StatsCache, model_fingerprint
-from tests.tiny_models import FAMILIES, STATS, corpus, edit_requests, one_thread, tiny
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(params=FAMILIES)
-def family(request) -> str:
-    return request.param
+from tests.tiny_models import STATS, corpus, edit_requests, tiny
 
 
 def _weights(model) -> dict[str, torch.Tensor]:

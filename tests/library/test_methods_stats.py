@@ -11,21 +11,10 @@ from methods.architecture import architecture_of
 from methods.hooks import Trace
 from methods.hparams import StatsHParams
 from methods.stats import StatsCache, model_fingerprint
-from tests.tiny_models import FAMILIES, corpus, one_thread, tiny
+from tests.tiny_models import corpus, tiny
 
 # 2 batches of 4 windows of 16 tokens: exactly 128 tokens, so the expected mean is easy to rebuild.
 SPEC = StatsHParams(n_tokens=128, seq_len=16, batch_size=4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(params=FAMILIES)
-def family(request) -> str:
-    return request.param
 
 
 def _modules(model) -> list[str]:

@@ -7,18 +7,7 @@ import torch
 
 from methods.architecture import UnsupportedModel, architecture_of, get_module
 from methods.hooks import Trace, added_output
-from tests.tiny_models import FAMILIES, one_thread, tiny
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
-
-
-@pytest.fixture(params=FAMILIES)
-def family(request) -> str:
-    return request.param
+from tests.tiny_models import tiny
 
 
 def _ids(tok) -> torch.Tensor:

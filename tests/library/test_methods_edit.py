@@ -32,24 +32,13 @@ from methods.hparams import (
 from methods.kv import _hidden, edit_texts, subject_last_tokens, target_token_ids, value_groups
 from methods.requests import EditRequest
 from methods.stats import StatsCache, model_fingerprint
-from tests.tiny_models import FAMILIES, STATS, corpus, edit_requests, one_thread, tiny
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with one_thread():
-        yield
+from tests.tiny_models import FAMILIES, STATS, corpus, edit_requests, tiny
 
 
 @pytest.fixture(scope="module")
 def stats() -> StatsCache:
     """Shared by the module: statistics are keyed by model fingerprint, and every tiny(family) is identical."""
     return StatsCache(corpus=corpus)
-
-
-@pytest.fixture(params=FAMILIES)
-def family(request) -> str:
-    return request.param
 
 
 # Few steps and tiny-model scales: MEMIT's default lambda (15,000, for 1,000s of key dimensions) would
