@@ -10,7 +10,6 @@ they were.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
 import time
@@ -611,14 +610,17 @@ class KnowledgeChat:
         return target
 
 
+STAGES = {
+    "value": "optimising the new value",
+    "statistics": "key statistics over Wikipedia text (once per model and layer)",
+    "layers": "spreading the update over layers",
+    "finetune": "fine-tuning",
+}
+
+
 def _method_progress(progress: ProgressFn):
     """Adapt kbchat's Progress events to the methods library's callback signature."""
     def report(stage: str, step: int, total: int | None, loss: float | None = None) -> None:
-        message = f"{stage} {step}/{total}" + (f" loss {loss:.3f}" if loss is not None else "")
-        progress(Progress(stage, step, total, message, loss))
+        progress(Progress(stage, step, total, STAGES.get(stage, stage), loss))
 
     return report
-
-
-def json_line(record: EditRecord) -> str:
-    return json.dumps(record.to_json(), ensure_ascii=False)
