@@ -60,7 +60,9 @@ def stream_tokens(
         text = tokenizer.decode(new, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
             continue
-        stop_at = min((i for s in stop_strings if (i := text.find(s)) != -1), default=None)
+        # A stop string counts only after the answer has begun (a leading newline is not an answer).
+        begun = len(text) - len(text.lstrip())
+        stop_at = min((i for s in stop_strings if (i := text.find(s, begun)) != -1), default=None)
         if stop_at is not None:
             if stop_at > len(sent):
                 yield text[len(sent) : stop_at]
