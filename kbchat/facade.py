@@ -250,10 +250,7 @@ class KnowledgeChat:
 
     def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
             max_new_tokens: int | None = None) -> Answer:
-        stream = self.stream(text, history=history, memory=memory, max_new_tokens=max_new_tokens)
-        stream.text()
-        assert stream.answer is not None
-        return stream.answer
+        return self.stream(text, history=history, memory=memory, max_new_tokens=max_new_tokens).result()
 
     def stream(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
                max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:

@@ -43,9 +43,14 @@ class AnswerStream:
 
     def text(self) -> str:
         """Consume the stream and return the full text."""
+        return self.result().text
+
+    def result(self) -> Answer:
+        """Consume the stream and return the finished answer."""
         for _ in self:
             pass
-        return self.answer.text if self.answer else ""
+        assert self.answer is not None
+        return self.answer
 
 
 @runtime_checkable
