@@ -183,11 +183,13 @@ def patched(model: nn.Module, deltas: Sequence[Delta], scale: float = 1.0) -> It
         full = sum(u.left for u in dense).to(w.device, w.dtype) * scale if dense else None
 
         def add(x: torch.Tensor) -> torch.Tensor:
+            # The factors stay in the weights' dtype at creation; a working copy in another dtype
+            # (methods/precision.py) carries this hook too, so meet the input where it is.
             out = 0
             if left is not None:
-                out = (x @ right) @ left.T  # (..., in) -> (..., r) -> (..., out)
+                out = (x @ right.to(x.dtype)) @ left.to(x.dtype).T  # (..., in) -> (..., r) -> (..., out)
             if full is not None:
-                out = out + x @ full.T
+                out = out + x @ full.to(x.dtype).T
             return out
 
         return add

@@ -37,7 +37,7 @@ def compute(
     module = architecture_of(model).mlp_out_name(hparams.layer)
     weight = weight_of(get_module(model, module))
     change = torch.zeros_like(weight, dtype=torch.float32, requires_grad=True)  # (out, in)
-    groups = [value_groups(model, tokenizer, r, hparams.chat_prompts) for r in requests]
+    groups = [value_groups(model, tokenizer, r, hparams.chat_prompts, hparams.contexts) for r in requests]
     optimizer = torch.optim.Adam([change], lr=hparams.lr)
     nll_value = float("inf")
     with frozen(model), added_output(model, {module: lambda x: x @ change.T.to(x.dtype)}):

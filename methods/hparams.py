@@ -17,16 +17,38 @@ H = TypeVar("H")
 
 
 @dataclass(frozen=True)
+class ContextHParams:
+    """The texts an edit is computed on: the prompt behind each prefix and, for chat models, as the
+    start of the answer to each question about the subject. Each text is a row in every step."""
+
+    prefixes: tuple[str, ...] = ("", "Here is a fact. ", "I read this in a book. ", "As everyone knows, ")
+    chat_questions: tuple[str, ...] = ("Tell me about {}.", "What do you know about {}?")
+
+
+# ROME's default: two prefixes and one question instead of four and two. Measured on 20 CounterFact
+# edits of SmolLM2: efficacy 100% and neighbourhood 100% either way, paraphrases 95% vs 100%,
+# generation 90% either way, 2.6 s vs 3.6 s per edit. MEMIT and AlphaEdit keep the full set: their
+# keys are averaged over it, and AlphaEdit protects those averages for later edits.
+ROME_CONTEXTS = ContextHParams(prefixes=("", "Here is a fact. "), chat_questions=("Tell me about {}.",))
+
+
+@dataclass(frozen=True)
 class ValueHParams:
     """How the target value (ROME's v*, MEMIT's z) is optimised."""
 
     steps: int = 25  # Adam steps on the residual vector delta
-    lr: float = 0.5
+    lr: float = 1.0  # 0.5 (ROME's) took ~18 steps on SmolLM2, 1.0 ~10, with the same figures
     weight_decay: float = 1e-3  # on ||delta||^2 / ||v0||^2
     clamp_norm_factor: float = 4.0  # ||delta|| <= factor * ||v0||
     kl_factor: float = 0.0625  # keeps "{subject} is a" predictions where they were
-    stop_nll: float = 0.05  # stop early once the target's mean NLL is below this
+    # stop once the target's mean NLL is below this (P ~ 0.9): 0.05 cost ~5 more steps per edit on
+    # SmolLM2 for no change in efficacy, neighbourhood or generation on 20 CounterFact edits
+    stop_nll: float = 0.1
     chat_prompts: bool = True  # also optimise on chat-formatted prompts: chat answers must change too
+    contexts: ContextHParams = field(default_factory=ContextHParams)
+    # dtype of the optimisation steps: "auto" (bfloat16 on CPUs with native bf16 for a float32 model),
+    # "model", or a torch dtype name; the result is always checked and finished in the model's dtype
+    work_dtype: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,7 @@ class FTHParams:
     lr: float = 5e-4
     norm_constraint: float = 5e-4  # max absolute change of any weight entry (FT-L's L-infinity ball)
     chat_prompts: bool = True
+    contexts: ContextHParams = field(default_factory=ContextHParams)
 
 
 def _scaled(fraction: float, n: int) -> int:
@@ -90,7 +113,7 @@ def defaults(cls: type[H], model: nn.Module) -> H:
     lo, hi = _scaled(early[0], n), max(_scaled(early[0], n), _scaled(early[1], n))
     span = tuple(range(lo, hi + 1))
     if cls is RomeHParams:
-        return cls(layer=_scaled(0.17 if arch.family == "llama" else 0.35, n))
+        return cls(layer=_scaled(0.17 if arch.family == "llama" else 0.35, n), value=ValueHParams(contexts=ROME_CONTEXTS))
     if cls is MemitHParams:
         return cls(layers=span, mom2_weight=float(_mlp_width(model)))
     if cls is AlphaEditHParams:

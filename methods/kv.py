@@ -19,25 +19,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.hooks import Trace
-from methods.hparams import ValueHParams
+from methods.hparams import ContextHParams, ValueHParams
+from methods.precision import work_dtype, working_copy
 from methods.progress import ProgressFn, silent
 from methods.requests import EditRequest
 
-# Neutral openings that vary the context in front of the prompt (ROME samples these from the model;
-# fixed text keeps deltas deterministic and costs no generation).
-CONTEXT_PREFIXES = (
-    "",
-    "Here is a fact. ",
-    "I read this in a book. ",
-    "As everyone knows, ",
-)
-
-CHAT_QUESTIONS = (
-    "Tell me about {}.",
-    "What do you know about {}?",
-)
-
 ESSENCE_PROMPT = "{} is a"
+DEFAULT_CONTEXTS = ContextHParams()
 
 
 @dataclass(frozen=True)
@@ -52,13 +40,14 @@ class EditTexts:
         return self.raw + self.chat
 
 
-def edit_texts(tokenizer, request: EditRequest, chat: bool = True) -> EditTexts:
+def edit_texts(tokenizer, request: EditRequest, chat: bool = True,
+               contexts: ContextHParams = DEFAULT_CONTEXTS) -> EditTexts:
     """Raw prompts behind neutral prefixes, plus chat-formatted ones when the tokenizer has a template."""
     prompt = request.text
-    raw = tuple(prefix + prompt for prefix in CONTEXT_PREFIXES)
+    raw = tuple(prefix + prompt for prefix in contexts.prefixes)
     chatty = []
     if chat and getattr(tokenizer, "chat_template", None):
-        for question in CHAT_QUESTIONS:
+        for question in contexts.chat_questions:
             head = tokenizer.apply_chat_template(
                 [{"role": "user", "content": question.format(request.subject)}],
                 add_generation_prompt=True,
@@ -138,12 +127,13 @@ def _gather(hidden: torch.Tensor, positions: Sequence[Sequence[int]]) -> torch.T
 
 @torch.no_grad()
 def _at_subject(model: nn.Module, tokenizer, module: str, requests: Sequence[EditRequest], chat: bool,
-                inputs: bool) -> torch.Tensor:
+                contexts: ContextHParams, inputs: bool) -> torch.Tensor:
     """(n_requests, d) mean input (or output) of `module` at the subject's last token, over each edit's texts."""
     device = next(model.parameters()).device
     rows = []
     for request in requests:
-        batch = build_batch(tokenizer, edit_texts(tokenizer, request, chat).texts, request.subject, None, device)
+        texts = edit_texts(tokenizer, request, chat, contexts).texts
+        batch = build_batch(tokenizer, texts, request.subject, None, device)
         with Trace(model, [module], retain_input=inputs, retain_output=not inputs, stop=True) as trace:
             model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False)
         seen = trace.inputs[module] if inputs else trace.outputs[module]
@@ -152,15 +142,15 @@ def _at_subject(model: nn.Module, tokenizer, module: str, requests: Sequence[Edi
 
 
 def compute_keys(model: nn.Module, tokenizer, module: str, requests: Sequence[EditRequest],
-                 chat: bool = True) -> torch.Tensor:
+                 chat: bool = True, contexts: ContextHParams = DEFAULT_CONTEXTS) -> torch.Tensor:
     """(n_requests, in) the keys: what `module` receives at the subject's last token."""
-    return _at_subject(model, tokenizer, module, requests, chat, inputs=True)
+    return _at_subject(model, tokenizer, module, requests, chat, contexts, inputs=True)
 
 
 def compute_outputs(model: nn.Module, tokenizer, module: str, requests: Sequence[EditRequest],
-                    chat: bool = True) -> torch.Tensor:
+                    chat: bool = True, contexts: ContextHParams = DEFAULT_CONTEXTS) -> torch.Tensor:
     """(n_requests, out) what `module` emits at the subject's last token."""
-    return _at_subject(model, tokenizer, module, requests, chat, inputs=False)
+    return _at_subject(model, tokenizer, module, requests, chat, contexts, inputs=False)
 
 
 @contextmanager
@@ -237,10 +227,11 @@ def _hidden(model: nn.Module, group: TextGroup) -> torch.Tensor:
     return out.last_hidden_state
 
 
-def value_groups(model: nn.Module, tokenizer, request: EditRequest, chat: bool) -> list[TextGroup]:
+def value_groups(model: nn.Module, tokenizer, request: EditRequest, chat: bool,
+                 contexts: ContextHParams = DEFAULT_CONTEXTS) -> list[TextGroup]:
     """The edit's texts (each followed by the target) plus the KL prompt, grouped for cheap forwards."""
     device = next(model.parameters()).device
-    texts = edit_texts(tokenizer, request, chat)
+    texts = edit_texts(tokenizer, request, chat, contexts)
     raw, chatty = texts.raw, texts.chat
     groups = []
     raw_batch = build_batch(tokenizer, raw, request.subject, request.target, device)
@@ -265,11 +256,40 @@ def optimize_value(
     Loss = target NLL over the edit texts + kl_factor * KL on "{subject} is a" (keep what the subject
     *is*) + weight decay; ||delta|| is clamped to clamp_norm_factor * ||init||. The model's weights are
     not changed (and their requires_grad flags are restored).
+
+    The steps run on a cheaper-precision working copy when `hparams.work_dtype` picks one; the result
+    is then checked on the model itself, and optimisation goes on there (same optimizer state) within
+    the remaining step budget if the check fails.
     """
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
-    groups = value_groups(model, tokenizer, request, hparams.chat_prompts)
     delta = torch.zeros(_out_features(model, module), device=device, requires_grad=True)
+    optimizer = torch.optim.Adam([delta], lr=hparams.lr)
+    used = 0
+    work = working_copy(model, work_dtype(model, hparams.work_dtype))
+    if work is not None:
+        used = _descend(work, tokenizer, request, module, hparams, delta, optimizer, hparams.steps, 0, progress).steps
+        del work
+    return _descend(model, tokenizer, request, module, hparams, delta, optimizer, hparams.steps - used, used, progress)
+
+
+def _descend(
+    model: nn.Module,
+    tokenizer,
+    request: EditRequest,
+    module: str,
+    hparams: ValueHParams,
+    delta: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    done: int,
+    progress: ProgressFn,
+) -> ValueResult:
+    """At most `steps` updates of `delta` on `model`, stopping once the target NLL is below stop_nll.
+
+    The loss is always evaluated once more after the last update, so the NLL returned is the final one.
+    """
+    head = model.get_output_embeddings()
+    groups = value_groups(model, tokenizer, request, hparams.chat_prompts, hparams.contexts)
     originals: list[list[torch.Tensor]] = [[] for _ in groups]
     current = {"group": 0}
 
@@ -278,7 +298,7 @@ def optimize_value(
         positions = groups[g].batch.subject_positions
         rows = [b for b in range(len(positions)) if b != groups[g].essence_row]
         if not originals[g]:
-            originals[g].append(torch.cat([out.detach()[b, list(positions[b])] for b in rows]))
+            originals[g].append(torch.cat([out.detach()[b, list(positions[b])] for b in rows]).float())
         out = out.clone()
         for b, pos in enumerate(positions):
             out[b, list(pos)] = out[b, list(pos)] + delta.to(out.dtype)
@@ -292,9 +312,8 @@ def optimize_value(
     with frozen(model):
         with torch.no_grad():
             base_essence = essence_logprobs(groups[0], _hidden(model, groups[0]))
-        optimizer = torch.optim.Adam([delta], lr=hparams.lr)
         nll_value, step, init = float("inf"), 0, None
-        for step in range(1, hparams.steps + 1):
+        for step in range(steps + 1):
             optimizer.zero_grad()
             hiddens = []
             for g, group in enumerate(groups):
@@ -302,22 +321,21 @@ def optimize_value(
                 with Trace(model, [module], edit_output=edit, retain_output=False):
                     hiddens.append(_hidden(model, group))  # (B, T, d)
             nll = target_nll(model, groups, hiddens)
-            kl = F.kl_div(essence_logprobs(groups[0], hiddens[0]), base_essence, log_target=True, reduction="sum")
             if init is None:
                 init = torch.cat([o[0] for o in originals]).mean(0)  # (d,)
-            decay = hparams.weight_decay * delta.norm() ** 2 / init.norm() ** 2
-            loss = nll + hparams.kl_factor * kl + decay
             nll_value = float(nll.detach())
-            progress("value", step, hparams.steps, nll_value)
-            if nll_value < hparams.stop_nll:
+            if nll_value < hparams.stop_nll or step == steps:
                 break
-            loss.backward()
+            progress("value", done + step + 1, hparams.steps, nll_value)
+            kl = F.kl_div(essence_logprobs(groups[0], hiddens[0]), base_essence, log_target=True, reduction="sum")
+            decay = hparams.weight_decay * delta.norm() ** 2 / init.norm() ** 2
+            (nll + hparams.kl_factor * kl + decay).backward()
             optimizer.step()
             with torch.no_grad():
                 limit = hparams.clamp_norm_factor * init.norm()
                 if delta.norm() > limit:
                     delta.mul_(limit / delta.norm())
-    return ValueResult(init=init.float(), delta=delta.detach().float(), nll=nll_value, steps=step)
+    return ValueResult(init=init, delta=delta.detach().float().clone(), nll=nll_value, steps=done + step)
 
 
 def target_nll(model: nn.Module, groups: Sequence[TextGroup], hiddens: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -44,9 +44,10 @@ def compute(
     nlls = []
     for request in requests:
         so_far = Delta(NAME, tuple(updates))
+        v = hparams.value
         with patched(model, [so_far]):
-            key = compute_keys(model, tokenizer, module, [request], chat=hparams.value.chat_prompts)[0]  # (in,)
-            value = optimize_value(model, tokenizer, request, module, hparams.value, progress)
+            key = compute_keys(model, tokenizer, module, [request], v.chat_prompts, v.contexts)[0]  # (in,)
+            value = optimize_value(model, tokenizer, request, module, v, progress)
         whitened = torch.linalg.solve(cov, key)  # C^-1 k: (in,)
         right = whitened / (key @ whitened)  # so that dW k = delta exactly
         # delta is what must be added to the output at k: W k + dW k = init + delta.

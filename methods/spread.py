@@ -50,8 +50,8 @@ def spread(
     keys: dict[str, torch.Tensor] = {}
     for i, module in enumerate(modules):
         with patched(model, [Delta(method, tuple(updates))]):
-            k = compute_keys(model, tokenizer, module, requests, chat=value.chat_prompts)  # (n, in)
-            current = compute_outputs(model, tokenizer, z_module, requests, chat=value.chat_prompts)  # (n, d)
+            k = compute_keys(model, tokenizer, module, requests, value.chat_prompts, value.contexts)  # (n, in)
+            current = compute_outputs(model, tokenizer, z_module, requests, value.chat_prompts, value.contexts)  # (n, d)
         residual = (z - current) / (len(modules) - i)  # (n, d): this layer's share
         right = solve(i, module, k.double(), residual.double(), covs[module].double())  # (in, n)
         updates.append(Update(module, residual.T.float().cpu(), right.float().cpu()))

@@ -42,7 +42,15 @@ class StatsCache:
         self.root = Path(root) if root else None
         self.corpus = corpus
         self._memory: dict[tuple[str, str, int], torch.Tensor] = {}
+        self._derived: dict[tuple, torch.Tensor] = {}
         self.computed: list[str] = []  # modules computed (not loaded) by this object: tests read it
+
+    def derived(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """A value computed from the statistics (e.g. AlphaEdit's null-space projector), made once per
+        `key` for the lifetime of this object: `key` must name everything `make` depends on."""
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
     def second_moments(
         self,

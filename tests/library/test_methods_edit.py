@@ -20,6 +20,7 @@ from methods.architecture import UnsupportedModel, architecture_of
 from methods.delta import weight_of
 from methods.evaluation import target_logprob, target_logprobs
 from methods.hparams import (
+    ROME_CONTEXTS,
     AlphaEditHParams,
     FTHParams,
     MemitHParams,
@@ -231,7 +232,8 @@ def test_defaults_per_family_and_depth(family):
         assert isinstance(hp, methods.get(name).hparams_class)
     assert methods.get("rome").hparams(model).layer == 1
     assert methods.get("memit").hparams(model).layers == (0, 1)
-    assert methods.get("rome").hparams(model).value == ValueHParams()
+    assert methods.get("rome").hparams(model).value == ValueHParams(contexts=ROME_CONTEXTS)
+    assert methods.get("memit").hparams(model).value == ValueHParams()
 
     # At full size: ROME's layers from the papers (5 of Llama-2-7B's 32, 17 of GPT-2 XL's 48).
     depth_key, depth = ("num_hidden_layers", 32) if family == "llama" else ("n_layer", 48)
@@ -250,7 +252,7 @@ def test_overrides_nested_and_unknown(family):
     rome = methods.get("rome")
     hp = rome.hparams(model, layer=2, value={"steps": 3, "lr": 0.1}, stats={"n_tokens": 64})
     assert hp.layer == 2
-    assert hp.value == ValueHParams(steps=3, lr=0.1)  # the other value fields keep their defaults
+    assert hp.value == ValueHParams(steps=3, lr=0.1, contexts=ROME_CONTEXTS)  # the others keep their defaults
     assert hp.stats == StatsHParams(n_tokens=64)
     assert methods.get("memit").hparams(model, layers=[1, 2]).layers == (1, 2)
     with pytest.raises(TypeError, match="nope"):

@@ -186,3 +186,18 @@ def test_empty_corpus_is_an_error(tmp_path):
     cache = StatsCache(root=tmp_path, corpus=lambda: ["too short"])
     with pytest.raises(ValueError, match="no text"):
         cache.second_moments(model, tok, _modules(model)[:1], SPEC)
+
+
+def test_derived_values_are_made_once_per_key():
+    cache = StatsCache()
+    made = []
+
+    def make(value: float):
+        made.append(value)
+        return torch.full((2, 2), value)
+
+    a = cache.derived(("p", "m1", 0.01), lambda: make(1.0))
+    b = cache.derived(("p", "m1", 0.01), lambda: make(2.0))
+    c = cache.derived(("p", "m1", 0.02), lambda: make(3.0))
+    assert a is b and made == [1.0, 3.0]
+    assert torch.equal(c, torch.full((2, 2), 3.0))
