@@ -84,11 +84,14 @@ def run_single(model, tokenizer, cases, method, stats, model_id) -> dict:
     return summarise(rows, seconds)
 
 
-def run_sequential(model, tokenizer, cases, method, stats, model_id) -> dict:
+def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int = 50) -> dict:
+    """Edit every case in turn, keeping all edits. Figures after the last edit (efficacy there is
+    retention), plus `immediate` (efficacy right after each edit) and, every `every` edits, retention
+    and neighbourhood preservation of the edits made so far: the curve that shows collapse, if any."""
     impl = methods.get(method)
     before = [measure(model, tokenizer, c) for c in cases]
-    seconds, deltas, handles = [], [], []
-    for case in cases:
+    seconds, deltas, handles, immediate, curve = [], [], [], [], {}
+    for i, case in enumerate(cases, 1):
         started = time.perf_counter()
         kwargs = {"stats": stats, "model_id": model_id} if impl.uses_statistics else {}
         if impl.protects_prior:
@@ -97,6 +100,20 @@ def run_sequential(model, tokenizer, cases, method, stats, model_id) -> dict:
         seconds.append(time.perf_counter() - started)
         deltas.append(delta)
         handles.append(delta.apply(model))
+        r = case.request
+        immediate.append(preferences(model, tokenizer, [r.text], r.target, r.target_true)[0])
+        if i % every == 0 and i < len(cases):
+            curve[i] = summarise(_sequential_rows(model, tokenizer, cases[:i], before[:i]), seconds)
+            print(f"  {method} after {i} edits: {json.dumps(curve[i])}", flush=True)
+    out = summarise(_sequential_rows(model, tokenizer, cases, before), seconds)
+    for handle in reversed(handles):
+        handle.undo()
+    out["immediate_efficacy"] = round(100 * mean(immediate), 1)
+    out["curve"] = {str(k): {m: v[m] for m in ("efficacy", "paraphrase", "neighbourhood")} for k, v in curve.items()}
+    return out
+
+
+def _sequential_rows(model, tokenizer, cases, before) -> list[dict]:
     rows = []
     for case, was in zip(cases, before, strict=True):
         after = measure(model, tokenizer, case)
@@ -106,9 +123,7 @@ def run_sequential(model, tokenizer, cases, method, stats, model_id) -> dict:
             "neighbourhood": mean([a == b for a, b in zip(after["neighbourhood"], was["neighbourhood"],
                                                           strict=True)]),
         })
-    for handle in reversed(handles):
-        handle.undo()
-    return summarise(rows, seconds)
+    return rows
 
 
 def summarise(rows: list[dict], seconds: list[float]) -> dict:
@@ -127,7 +142,10 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=0, help="number of sequential edits (0: single)")
     parser.add_argument("--home", default=None, help="data dir with the model cache and statistics")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--torch-threads", type=int, default=None, help="e.g. 1 when two benchmarks share 2 cores")
     args = parser.parse_args()
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
 
     home = data_dir(args.home or tempfile.mkdtemp(prefix="kbchat-bench-"))
     loaded = load_model(None, home)
@@ -154,14 +172,15 @@ def main() -> None:
 
     torch.manual_seed(0)
     results = {"data": args.data, "cases": len(cases), "statistics_seconds": round(stats_seconds, 1),
-               "mode": f"sequential {n}" if args.sequential else "single", "methods": {}}
+               "mode": f"sequential {n}" if args.sequential else "single", "torch_threads": torch.get_num_threads(),
+               "methods": {}}
     for name in args.methods.split(","):
         run = run_sequential if args.sequential else run_single
         results["methods"][name] = run(model, tokenizer, cases, name, stats, model_id)
         print(name, json.dumps(results["methods"][name]), flush=True)
+        if args.json:  # after each method: a long run that is stopped keeps what it measured
+            Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     print(json.dumps(results, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

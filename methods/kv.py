@@ -310,8 +310,7 @@ def _descend(
         return F.log_softmax(head(hidden[row, last]).float(), -1)
 
     with frozen(model):
-        with torch.no_grad():
-            base_essence = essence_logprobs(groups[0], _hidden(model, groups[0]))
+        base_essence = None  # made on the first update: a check that passes at once needs no KL
         nll_value, step, init = float("inf"), 0, None
         for step in range(steps + 1):
             optimizer.zero_grad()
@@ -327,6 +326,9 @@ def _descend(
             if nll_value < hparams.stop_nll or step == steps:
                 break
             progress("value", done + step + 1, hparams.steps, nll_value)
+            if base_essence is None:
+                with torch.no_grad():  # the unedited distribution: no hook adds delta here
+                    base_essence = essence_logprobs(groups[0], _hidden(model, groups[0]))
             kl = F.kl_div(essence_logprobs(groups[0], hiddens[0]), base_essence, log_target=True, reduction="sum")
             decay = hparams.weight_decay * delta.norm() ** 2 / init.norm() ** 2
             (nll + hparams.kl_factor * kl + decay).backward()
