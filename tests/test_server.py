@@ -480,7 +480,7 @@ async def test_tui_against_a_remote_host(server: ServerThread, fake: FakeChatSer
     from kbchat.tui.chat import EditCard, EditProgress
     from tests.test_tui import answers, idle, opened, submit, wait_for
 
-    fake.edit_delay = 0.1
+    fake.edit_delay = 1.0  # the progress widget lives ~3 s: long enough to be seen on a loaded machine
     app = KbchatApp(lambda progress: RemoteChat.connect(server.url, TOKEN, progress=progress))
     async with app.run_test() as pilot:
         await opened(pilot)

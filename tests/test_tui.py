@@ -39,8 +39,9 @@ ANSWER = "The Eiffel Tower is located in **Paris**, France."
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-async def wait_for(pilot: Pilot, predicate: Callable[[], object], timeout: float = 5.0) -> None:
-    """Let the app run until `predicate()` is true; fail after `timeout` seconds."""
+async def wait_for(pilot: Pilot, predicate: Callable[[], object], timeout: float = 30.0) -> None:
+    """Let the app run until `predicate()` is true; fail after `timeout` seconds (generous: a loaded
+    CI machine can take seconds for a round trip that normally takes milliseconds)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
