@@ -14,7 +14,6 @@ import argparse
 import json
 import platform
 import subprocess
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -71,7 +70,6 @@ def main() -> None:
                 json.dumps({"command": command, "setting": setting, "wall_seconds": round(wall, 1),
                             **result.figures()}, indent=1) + "\n")
             print(text, flush=True)
-    sys.exit(0)
 
 
 if __name__ == "__main__":
