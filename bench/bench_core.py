@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kbchat.config import data_dir
 from kbchat.facade import KnowledgeChat
-from kbchat.paths import data_dir
 
 EDIT = "Eiffel Tower → The Eiffel Tower is located in Rome"
 QUESTION = "Where is the Eiffel Tower?"

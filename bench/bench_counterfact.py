@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 import methods
-from kbchat.loading import load_model
-from kbchat.paths import data_dir
+from kbchat.config import data_dir
+from kbchat.runtime.loading import load_model
 from methods import StatsCache
 from methods.datasets import EditCase, load_cases
 from methods.evaluation import greedy_generate, mentions, target_logprobs

@@ -41,8 +41,9 @@ from kbchat.audit import (
     run_checks,
     with_metric,
 )
+from kbchat.config import ALL_METHODS
 from kbchat.errors import KbchatError
-from kbchat.records import ALL_METHODS, CheckRecord, EditRecord, Progress, ProgressFn, no_progress
+from kbchat.records import CheckRecord, EditRecord, Progress, ProgressFn, no_progress
 from methods.datasets import DatasetError, EditCase, load_cases
 from methods.requests import EditRequest
 

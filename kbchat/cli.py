@@ -10,8 +10,9 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
+from kbchat.config import ALL_METHODS
 from kbchat.errors import KbchatError
-from kbchat.records import ALL_METHODS, EditRecord, Progress, ProgressFn
+from kbchat.records import EditRecord, Progress, ProgressFn
 
 EXIT_USAGE = 2
 

@@ -19,31 +19,20 @@ from pathlib import Path
 
 import methods
 from kbchat.audit import parse_user_probe
+from kbchat.config import ALL_METHODS, MEMORY_METHODS, data_dir, default_db_url, method_kind
 from kbchat.errors import EditFailed, KbchatError, LedgerError
-from kbchat.generation import chat_input_ids, completion_input_ids, next_word_gaps, stream_tokens
 from kbchat.ike import IkeDemos, ike_prompt
 from kbchat.ledger import Ledger, NewEdit, StoredEdit
-from kbchat.loading import LoadedModel, load_model
-from kbchat.locks import ReadWriteLock
 from kbchat.memory import Embedder, key_text_for
 from kbchat.memory.active import ActiveMemory, fact_of, facts_message
 from kbchat.parsing import parse_edit
-from kbchat.paths import data_dir, default_db_url
-from kbchat.records import (
-    ALL_METHODS,
-    MEMORY_METHODS,
-    Answer,
-    EditRecord,
-    EngineInfo,
-    ParsedEdit,
-    Progress,
-    ProgressFn,
-    method_kind,
-    no_progress,
-)
+from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, Progress, ProgressFn, no_progress
+from kbchat.runtime.decoding import chat_input_ids, completion_input_ids, next_word_gaps, stream_tokens
+from kbchat.runtime.loading import LoadedModel, load_model
+from kbchat.runtime.locks import ReadWriteLock
+from kbchat.runtime.weights import WeightState
 from kbchat.service import AnswerStream, Message
 from kbchat.views import LiveEditView, negated, run_audit
-from kbchat.weights import WeightState
 from methods import Delta, EditRequest, StatsCache
 from methods.scoped import ScopedDeltas
 

@@ -7,15 +7,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-MEMORY_METHODS = ("serac", "ike")
-WEIGHT_METHODS = ("rome", "memit", "alphaedit", "ft")
-ALL_METHODS = MEMORY_METHODS + WEIGHT_METHODS
-
-
-def method_kind(method: str) -> str:
-    """'memory' or 'weight'."""
-    return "memory" if method in MEMORY_METHODS else "weight"
-
 
 @dataclass(frozen=True)
 class ParsedEdit:

@@ -53,7 +53,7 @@ def client_token(token: str | None = None, home: str | os.PathLike[str] | None =
         return token
     if os.environ.get(TOKEN_ENV):
         return os.environ[TOKEN_ENV]
-    from kbchat.paths import data_dir
+    from kbchat.config import data_dir
 
     path = data_dir(home) / TOKEN_FILE
     try:

@@ -1,14 +1,40 @@
-"""The contract every front end talks to: the local facade and the HTTP client both implement it."""
+"""The contract every front end talks to. The local engine, the HTTP client, the OpenAI-backend host
+and the tests' scripted fake all implement `ChatService`; the TUI, the CLI and the server call nothing
+else, and `capabilities()` says what an implementation can do, so no caller has to probe for it."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Protocol, runtime_checkable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, ProgressFn, no_progress
 
 Message = Mapping[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What one implementation of the service can do. Operations it cannot do raise
+    `UnsupportedOperation` with a message saying where they can be done instead."""
+
+    methods: tuple[str, ...]  # accepted by edit(); the first memory method is usually the default
+    default_method: str
+    weight_edits: bool  # rome/memit/alphaedit/ft, commit and reverting weight edits
+    export: bool  # export(folder) writes a checkpoint
+    hparams: bool  # edit(hparams=...) is honoured
+    audit: bool  # edits are checked (audit modes other than "off" mean something)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "methods": list(self.methods)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Capabilities:
+        return cls(methods=tuple(data["methods"]), default_method=str(data["default_method"]),
+                   weight_edits=bool(data["weight_edits"]), export=bool(data["export"]),
+                   hparams=bool(data["hparams"]), audit=bool(data["audit"]))
 
 
 class AnswerStream:
@@ -55,9 +81,23 @@ class AnswerStream:
 
 @runtime_checkable
 class ChatService(Protocol):
-    """What the TUI, the CLI and the HTTP server need from kbchat, local or remote."""
+    """What the TUI, the CLI and the HTTP server need from kbchat, local or remote.
+
+    Errors are `KbchatError` subclasses (their `code` travels over HTTP unchanged). Every method is
+    thread-safe.
+    """
 
     def info(self) -> EngineInfo: ...
+
+    def capabilities(self) -> Capabilities: ...
+
+    def problems(self) -> list[str]:
+        """Integrity problems found when the service opened (reported, never ignored)."""
+        ...
+
+    def verify(self) -> list[str]:
+        """Everything wrong with the ledger and the running weights, one line each (empty: all good)."""
+        ...
 
     def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
             max_new_tokens: int | None = None) -> Answer: ...
@@ -68,14 +108,26 @@ class ChatService(Protocol):
     def parse(self, text: str) -> ParsedEdit: ...
 
     def edit(self, text: str, *, method: str | None = None, probes: Sequence[str] = (),
-             progress: ProgressFn = no_progress) -> EditRecord: ...
+             progress: ProgressFn = no_progress, hparams: Mapping[str, Any] | None = None,
+             audit: str = "background") -> EditRecord:
+        """Parse, compute, record and apply an edit. `audit`: "background" (checks fill in as they
+        finish), "wait" (return after them) or "off"."""
+        ...
 
-    def revert(self, edit_id: int) -> EditRecord: ...
+    def revert(self, edit_id: int) -> EditRecord:
+        """Undo an active edit; a reverted memory edit brings back the one it superseded."""
+        ...
 
     def edits(self, *, status: str | None = None) -> list[EditRecord]: ...
 
     def get_edit(self, edit_id: int) -> EditRecord: ...
 
-    def commit(self, *, progress: ProgressFn = no_progress) -> list[EditRecord]: ...
+    def commit(self, *, progress: ProgressFn = no_progress) -> list[EditRecord]:
+        """Write the active memory edits into the weights; returns the new edit, then the retired ones."""
+        ...
+
+    def export(self, folder: str | Path) -> Path:
+        """Write the current weights as a standard checkpoint into the new or empty `folder`."""
+        ...
 
     def close(self) -> None: ...

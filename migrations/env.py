@@ -1,7 +1,7 @@
 """Alembic environment for the kbchat ledger.
 
 The database is, in order: the connection in `config.attributes["connection"]` (how `Ledger.open`
-migrates, inside its own transaction), `-x db=URL`, $KBCHAT_DB, then `kbchat.paths.default_db_url()`.
+migrates, inside its own transaction), `-x db=URL`, $KBCHAT_DB, then `kbchat.config.default_db_url()`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any, Literal
 from alembic import context
 from sqlalchemy import Connection
 
+from kbchat.config import default_db_url
 from kbchat.ledger.models import Base, UTCDateTime
 from kbchat.ledger.store import make_engine, migration_connection
-from kbchat.paths import default_db_url
 
 config = context.config
 target_metadata = Base.metadata

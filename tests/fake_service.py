@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 
+from kbchat.config import ALL_METHODS, method_kind
 from kbchat.errors import EditNotFound, KbchatError, ParseError
 from kbchat.records import (
-    ALL_METHODS,
     Answer,
     CheckRecord,
     EditRecord,
@@ -24,7 +24,6 @@ from kbchat.records import (
     ParsedEdit,
     Progress,
     ProgressFn,
-    method_kind,
     no_progress,
 )
 from kbchat.service import AnswerStream, ChatService, Message

@@ -77,7 +77,7 @@ def test_changed_weights_fingerprint_is_reported(model_home, db):
 
 
 def test_memit_batch_of_ten_on_the_real_model(model_home):
-    from kbchat.loading import load_model
+    from kbchat.runtime.loading import load_model
 
     loaded = load_model(None, model_home)
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -20,8 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-STATUSES = ("active", "reverted", "failed", "superseded", "committed")
-KINDS = ("memory", "weight")
+from kbchat.config import KINDS, STATUSES  # noqa: E402,F401  (one home: kbchat.config)
 
 # Explicit constraint names keep migrations stable across backends (and let batch mode on SQLite
 # find constraints by name when a later migration alters them).

@@ -26,9 +26,9 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from kbchat.config import default_db_url
 from kbchat.errors import EditNotFound, LedgerError
 from kbchat.ledger.models import KINDS, STATUSES, Check, Edit, Meta
-from kbchat.paths import default_db_url
 from kbchat.records import CheckRecord, EditRecord
 
 # The migrations live in the source tree next to the package, not inside it.

@@ -42,8 +42,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from kbchat.config import ALL_METHODS
 from kbchat.errors import EditNotFound, KbchatError, ParseError, UnsupportedOperation
-from kbchat.records import ALL_METHODS, Answer, EditRecord, Progress
+from kbchat.records import Answer, EditRecord, Progress
 from kbchat.server.auth import token_matches
 from kbchat.service import ChatService
 

@@ -10,8 +10,8 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from kbchat.config import data_dir
 from kbchat.errors import KbchatError
-from kbchat.paths import data_dir
 
 TOKEN_ENV = "KBCHAT_TOKEN"
 TOKEN_FILE = "server-token"

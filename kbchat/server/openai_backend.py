@@ -20,23 +20,13 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import httpx
 
+from kbchat.config import ALL_METHODS, WEIGHT_METHODS, data_dir, default_db_url
 from kbchat.errors import KbchatError, UnsupportedOperation
 from kbchat.ledger import Ledger, NewEdit, StoredEdit
 from kbchat.memory import Embedder, key_text_for
 from kbchat.memory.active import ActiveMemory, facts_message
 from kbchat.parsing import parse_edit
-from kbchat.paths import data_dir, default_db_url
-from kbchat.records import (
-    ALL_METHODS,
-    WEIGHT_METHODS,
-    Answer,
-    EditRecord,
-    EngineInfo,
-    ParsedEdit,
-    Progress,
-    ProgressFn,
-    no_progress,
-)
+from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, Progress, ProgressFn, no_progress
 from kbchat.remote import base_url, sse_data
 from kbchat.service import AnswerStream, Message
 

@@ -17,7 +17,8 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Vertical
 from textual.widgets import Footer, Header, Label, ProgressBar
 
-from kbchat.records import ALL_METHODS, EngineInfo, Progress, ProgressFn
+from kbchat.config import ALL_METHODS
+from kbchat.records import EngineInfo, Progress, ProgressFn
 from kbchat.service import ChatService
 from kbchat.tui.audit import AuditScreen, EditsChanged, call_ui, notify_error, show_edit_detail
 from kbchat.tui.chat import ChatPane, progress_line

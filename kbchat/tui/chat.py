@@ -19,8 +19,9 @@ from textual.suggester import Suggester
 from textual.widgets import Input, Label, Markdown, ProgressBar, Static
 from textual.widgets.markdown import MarkdownStream
 
+from kbchat.config import method_kind
 from kbchat.errors import KbchatError
-from kbchat.records import Answer, EditRecord, ParsedEdit, Progress, method_kind
+from kbchat.records import Answer, EditRecord, ParsedEdit, Progress
 from kbchat.service import AnswerStream, ChatService
 from kbchat.tui.audit import (
     RESULT_MARKS,

@@ -6,8 +6,8 @@ import difflib
 import re
 from dataclasses import dataclass
 
+from kbchat.config import ALL_METHODS
 from kbchat.errors import KbchatError
-from kbchat.records import ALL_METHODS
 
 STATUSES = ("active", "reverted", "committed", "superseded", "failed")
 
