@@ -13,8 +13,9 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from kbchat.config import ALL_METHODS, method_kind
+from kbchat.config import ALL_METHODS, AUDIT_MODES, COMMIT_METHOD, method_kind
 from kbchat.errors import EditNotFound, KbchatError, ParseError
 from kbchat.records import (
     Answer,
@@ -26,7 +27,7 @@ from kbchat.records import (
     ProgressFn,
     no_progress,
 )
-from kbchat.service import AnswerStream, ChatService, Message
+from kbchat.service import AnswerStream, Capabilities, ChatService, Message
 
 FIXED_TIME = datetime(2025, 1, 1, 12, 0, 0)
 DEFAULT_SCRIPT = {
@@ -49,7 +50,10 @@ class FakeChatService:
     default_method: used by `edit` when no method is given.
 
     Simplifications: `parse` accepts only "SUBJECT → FACT" (or "->") where FACT names the subject
-    and ends with the target word; `commit` turns active memory edits into committed weight edits.
+    and ends with the target word. Otherwise it keeps the engine's rules (the contract tests hold it
+    to them): only active edits can be reverted, reverting a memory edit revives the one it
+    superseded, and `commit` records one new weight edit and retires the memory edits it carries
+    (status "committed").
     """
 
     def __init__(
@@ -101,7 +105,7 @@ class FakeChatService:
     def info(self) -> EngineInfo:
         self._maybe_fail("info")
         with self._lock:
-            live = [e for e in self._edits.values() if e.status in ("active", "committed")]
+            live = [e for e in self._edits.values() if e.status == "active"]
         return EngineInfo(
             model=self.model,
             device=self.device,
@@ -109,6 +113,28 @@ class FakeChatService:
             active_memory_edits=sum(e.kind == "memory" for e in live),
             active_weight_edits=sum(e.kind == "weight" for e in live),
         )
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(methods=ALL_METHODS, default_method=self.default_method, weight_edits=True,
+                            export=True, hparams=True, audit=True)
+
+    def problems(self) -> list[str]:
+        return []
+
+    def verify(self) -> list[str]:
+        self.calls.append(("verify",))
+        self._maybe_fail("verify")
+        return []
+
+    def export(self, folder: str | Path) -> Path:
+        self.calls.append(("export", str(folder)))
+        self._maybe_fail("export")
+        target = Path(folder).expanduser()
+        if target.exists() and any(target.iterdir()):
+            raise KbchatError(f"{target} is not empty: choose a new folder for the export")
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "config.json").write_text("{}", encoding="utf-8")
+        return target
 
     def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
             max_new_tokens: int | None = None) -> Answer:
@@ -159,12 +185,15 @@ class FakeChatService:
         return ParsedEdit(raw_text=text, subject=subject, prompt=prompt, target=target, fact=fact)
 
     def edit(self, text: str, *, method: str | None = None, probes: Sequence[str] = (),
-             progress: ProgressFn = no_progress, audit: str | None = None) -> EditRecord:
-        # `audit` is accepted like the real services' (the fake's checks are instant).
+             progress: ProgressFn = no_progress, hparams: Mapping | None = None,
+             audit: str = "background") -> EditRecord:
+        # The fake's checks are instant, so every audit mode returns them at once.
         self.calls.append(("edit", text, method))
         method = method or self.default_method
         if method not in ALL_METHODS:
-            raise KbchatError(f"unknown method {method!r}: choose one of {', '.join(ALL_METHODS)}")
+            raise KbchatError(f"unknown method {method!r}; choose one of: {', '.join(ALL_METHODS)}")
+        if audit not in AUDIT_MODES:
+            raise KbchatError(f"unknown audit mode {audit!r}; choose one of: {', '.join(AUDIT_MODES)}")
         parsed = self.parse(text)
         steps = 3
         progress(Progress("prepare", 0, steps, f"{method}: tokenising the request"))
@@ -191,7 +220,8 @@ class FakeChatService:
             )
             # An edit of the same subject and relation replaces the previous one.
             for old in list(self._edits.values()):
-                if old.status == "active" and old.subject == record.subject and old.prompt == record.prompt:
+                if (old.status == "active" and old.kind == "memory" and record.kind == "memory"
+                        and old.subject == record.subject and old.prompt == record.prompt):
                     self._edits[old.id] = replace(old, status="superseded", superseded_by=edit_id)
             self._edits[edit_id] = record
         return record
@@ -201,11 +231,14 @@ class FakeChatService:
         self._maybe_fail("revert")
         with self._lock:
             record = self._get(edit_id)
-            if record.status not in ("active", "committed"):
-                raise KbchatError(f"edit #{edit_id} is {record.status}; only active or committed edits "
-                                  "can be reverted")
+            if record.status != "active":
+                raise KbchatError(f"edit #{edit_id} is {record.status}; only active edits can be reverted")
             record = replace(record, status="reverted", reverted_at=FIXED_TIME + timedelta(hours=1))
             self._edits[edit_id] = record
+            for old in list(self._edits.values()):
+                if old.status == "superseded" and old.superseded_by == edit_id:
+                    self._edits[old.id] = replace(old, status="active", superseded_by=None,
+                                                  notes=f"active again: #{edit_id} was reverted")
         return record
 
     def edits(self, *, status: str | None = None) -> list[EditRecord]:
@@ -225,15 +258,24 @@ class FakeChatService:
         self._maybe_fail("commit")
         with self._lock:
             pending = [e for e in self._edits.values() if e.status == "active" and e.kind == "memory"]
-        done = []
+        if not pending:
+            raise KbchatError("no active memory edits to commit")
         for step, record in enumerate(pending, start=1):
             self._pause()
             progress(Progress("commit", step, len(pending), f"writing edit #{record.id} into the weights"))
-            committed = replace(record, status="committed", kind="weight")
-            with self._lock:
-                self._edits[record.id] = committed
-            done.append(committed)
-        return done
+        ids = ", ".join(f"#{r.id}" for r in pending)
+        with self._lock:
+            edit_id = max(self._edits, default=0) + 1
+            batch = EditRecord(
+                id=edit_id, created_at=FIXED_TIME + timedelta(minutes=edit_id),
+                raw_text=f"commit of memory edits {ids}", subject="; ".join(r.subject for r in pending),
+                prompt="; ".join(r.prompt for r in pending), target="; ".join(r.target for r in pending),
+                method=COMMIT_METHOD, kind="weight", status="active", notes=f"committed memory edits {ids}",
+            )
+            self._edits[edit_id] = batch
+            retired = [replace(r, status="committed") for r in pending]
+            self._edits.update({r.id: r for r in retired})
+        return [batch, *retired]
 
     def close(self) -> None:
         self.calls.append(("close",))
@@ -258,7 +300,7 @@ class FakeChatService:
     def _reply(self, text: str, memory: bool) -> tuple[str, tuple[int, ...]]:
         question = text.casefold()
         if memory:
-            with self._lock:
+            with self._lock:  # committed edits live on in the (fake) weights
                 live = [e for e in self._edits.values() if e.status in ("active", "committed")]
             for record in reversed(live):
                 if record.subject.casefold() in question:
