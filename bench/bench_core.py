@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from kbchat.config import data_dir
-from kbchat.facade import KnowledgeChat
+from kbchat.engine.local import LocalEngine
 
 EDIT = "Eiffel Tower → The Eiffel Tower is located in Rome"
 QUESTION = "Where is the Eiffel Tower?"
@@ -37,7 +37,7 @@ THROUGHPUT_QUESTIONS = [
 ]
 
 
-def time_to_effect(chat: KnowledgeChat, method: str) -> tuple[float, float, str]:
+def time_to_effect(chat: LocalEngine, method: str) -> tuple[float, float, str]:
     """Seconds for edit() (parse + compute + record + index), seconds for the next answer, the answer."""
     started = time.perf_counter()
     record = chat.edit(EDIT, method=method, audit="off")
@@ -49,7 +49,7 @@ def time_to_effect(chat: KnowledgeChat, method: str) -> tuple[float, float, str]
     return edit_seconds, answer_seconds, answer
 
 
-def tokens_per_second(chat: KnowledgeChat, memory: bool) -> float:
+def tokens_per_second(chat: LocalEngine, memory: bool) -> float:
     """Generated tokens over wall time of whole `ask` calls (retrieval and patches included)."""
     tokens, started = 0, time.perf_counter()
     for q in THROUGHPUT_QUESTIONS:
@@ -67,7 +67,7 @@ def main() -> None:
     home = data_dir(args.home or tempfile.mkdtemp(prefix="kbchat-bench-"))
     db = f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
     started = time.perf_counter()
-    with KnowledgeChat.open(db=db, home=home) as chat:
+    with LocalEngine.open(db=db, home=home) as chat:
         print(f"open: {time.perf_counter() - started:.1f} s (model {chat.info().model})")
         started = time.perf_counter()
         chat.edit(BACKGROUND[0], method="serac", audit="off")  # includes the one-time statistics

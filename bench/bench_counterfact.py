@@ -26,11 +26,14 @@ from pathlib import Path
 import torch
 
 import methods
+from kbchat.audit.probes import GENERALIZATION, LOCALITY, RELIABILITY, with_metric
 from kbchat.config import data_dir
+from kbchat.evaluation.datasets import EditCase, load_cases
+from kbchat.evaluation.metrics import mentions, target_logprobs
+from kbchat.evaluation.probes import case_probes
+from kbchat.runtime.decoding import completion_input_ids, greedy_text
 from kbchat.runtime.loading import load_model
 from methods import StatsCache
-from methods.datasets import EditCase, load_cases
-from methods.evaluation import greedy_generate, mentions, target_logprobs
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact-val.json"
 
@@ -43,18 +46,15 @@ def preferences(model, tokenizer, prompts: list[str], new: str, old: str) -> lis
     return [scores[i] > scores[n + i] for i in range(n)]
 
 
-def case_probes(case: EditCase) -> dict[str, list[str]]:
-    return {
-        "edit": [case.request.text],
-        "paraphrase": list(case.paraphrases),
-        "neighbourhood": [p for p, _ in case.neighborhood],
-    }
+# Figure -> the probes it is measured on: all of the case's, not `kbchat bench`'s first three.
+FIGURES = {"edit": RELIABILITY, "paraphrase": GENERALIZATION, "neighbourhood": LOCALITY}
 
 
 def measure(model, tokenizer, case: EditCase) -> dict[str, list[bool]]:
     r = case.request
-    probes = case_probes(case)
-    return {k: preferences(model, tokenizer, v, r.target, r.target_true) if v else [] for k, v in probes.items()}
+    probes = case_probes(case, max_probes=None)
+    texts = {figure: [p.text for p in with_metric(probes, metric)] for figure, metric in FIGURES.items()}
+    return {k: preferences(model, tokenizer, v, r.target, r.target_true) if v else [] for k, v in texts.items()}
 
 
 def mean(values: list[bool | float]) -> float:
@@ -72,7 +72,8 @@ def run_single(model, tokenizer, cases, method, stats, model_id) -> dict:
         seconds.append(time.perf_counter() - started)
         applied = delta.apply(model)
         after = measure(model, tokenizer, case)
-        generated = greedy_generate(model, tokenizer, case.request.text, max_new_tokens=12)
+        prompt_ids = completion_input_ids(tokenizer, case.request.text, model.device)
+        generated = greedy_text(model, tokenizer, prompt_ids, max_new_tokens=12)
         applied.undo()
         rows.append({
             "efficacy": mean(after["edit"]),

@@ -187,11 +187,11 @@ def fake_host(args: argparse.Namespace) -> Iterator[tuple[ServerThread, str]]:
 
 
 def real_host(args: argparse.Namespace) -> Iterator[tuple[ServerThread, str]]:
-    from kbchat.facade import KnowledgeChat
+    from kbchat.engine.local import LocalEngine
 
     with tempfile.TemporaryDirectory(prefix="kbchat-bench-") as tmp:
         print("opening the model…", flush=True)
-        chat = KnowledgeChat.open(db=f"sqlite:///{tmp}/ledger.db", home=args.home, model=args.model)
+        chat = LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=args.home, model=args.model)
         try:
             with ServerThread(create_app(chat, token=TOKEN)) as server:
                 with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {TOKEN}"},

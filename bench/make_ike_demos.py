@@ -9,7 +9,7 @@ import json
 import sys
 from pathlib import Path
 
-from methods.datasets import load_cases
+from kbchat.evaluation.datasets import load_cases
 
 OUT = Path(__file__).resolve().parents[1] / "kbchat" / "data" / "ike_demos.json"
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from kbchat.bench import format_table, run_bench
-from kbchat.facade import KnowledgeChat
+from kbchat.engine.local import LocalEngine
+from kbchat.evaluation.runner import run_bench
+from kbchat.evaluation.tables import format_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -53,8 +54,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = Path(args.data).stem.split("-")[0] + ("-sequential" if args.sequential else "")
     db = f"sqlite:///{tempfile.mkdtemp(prefix='kbchat-tables-')}/bench.db"  # no earlier edit is active
-    with KnowledgeChat.open(db=db, home=args.home) as chat:
-        setting = (f"model {chat.loaded.name}, device {chat.loaded.device.name}, {torch.get_num_threads()} torch "
+    with LocalEngine.open(db=db, home=args.home) as chat:
+        setting = (f"model {chat.runtime.name}, device {chat.runtime.loaded.device.name}, {torch.get_num_threads()} torch "
                    f"thread(s), {platform.processor() or platform.machine()}, kbchat {_commit()}, "
                    f"{datetime.now(UTC):%Y-%m-%d}")
         for method in args.methods.split(","):

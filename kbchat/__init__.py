@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-__all__ = ["KnowledgeChat"]
+__all__ = ["LocalEngine"]
 
 if TYPE_CHECKING:
-    from kbchat.facade import KnowledgeChat
+    from kbchat.engine.local import LocalEngine
 
 
 def __getattr__(name: str):
     # Lazy: `import kbchat` (the CLI's parser, the TUI's fakes) must not pay for torch/transformers.
-    if name == "KnowledgeChat":
-        from kbchat.facade import KnowledgeChat
+    if name == "LocalEngine":
+        from kbchat.engine.local import LocalEngine
 
-        return KnowledgeChat
+        return LocalEngine
     raise AttributeError(name)

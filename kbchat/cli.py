@@ -1,4 +1,4 @@
-"""The `kbchat` command. Every command talks to a `ChatService` (the local facade); errors become one
+"""The `kbchat` command. Every command talks to a `ChatService` (the local engine); errors become one
 line on stderr and a non-zero exit code.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from kbchat.config import ALL_METHODS
 from kbchat.errors import KbchatError
 from kbchat.records import EditRecord, Progress, ProgressFn
+from kbchat.service import ChatService
 
 EXIT_USAGE = 2
 
@@ -133,99 +134,117 @@ def run(argv: Sequence[str], open_chat: Callable[..., object] | None = None) -> 
     if interactive:
         print("\r\033[K", end="", file=sys.stderr, flush=True)
     try:
-        for problem in getattr(chat, "problems", []):
+        for problem in chat.problems():
             print(f"kbchat: warning: {problem}", file=sys.stderr)
         return _dispatch(chat, args)
     finally:
         chat.close()
 
 
-def _dispatch(chat, args) -> int:
-    if args.command == "ask":
-        if args.json:
-            answer = chat.ask(args.text, memory=not args.no_memory, max_new_tokens=args.max_tokens)
-            print(json.dumps({"text": answer.text, "used_edits": list(answer.used_edits),
-                              "tokens": answer.tokens, "seconds": round(answer.seconds, 3)}))
-        else:
-            stream = chat.stream(args.text, memory=not args.no_memory, max_new_tokens=args.max_tokens)
-            for piece in stream:
-                print(piece, end="", flush=True)
-            print()
-            if stream.answer and stream.answer.used_edits:
-                used = ", ".join(f"#{i}" for i in stream.answer.used_edits)
-                print(f"[memory: edit {used}]", file=sys.stderr)
-        return 0
-    if args.command == "parse":
-        parsed = chat.parse(args.text)
-        if args.json:
-            print(json.dumps({"subject": parsed.subject, "prompt": parsed.prompt, "target": parsed.target}))
-        else:
-            print(f"subject: {parsed.subject}\nprompt:  {parsed.prompt}\ntarget:  {parsed.target}")
-        return 0
-    if args.command == "edit":
-        kwargs = {}
-        if args.hparams:
-            kwargs["hparams"] = _json_object(args.hparams)
-        if args.no_audit:
-            kwargs["audit"] = "off"
-        elif not hasattr(chat, "wait_for_audits"):  # a host: ask it to return once the checks are done
-            kwargs["audit"] = "wait"
-        record = chat.edit(args.text, method=args.method, probes=args.probe,
-                           progress=_stderr_progress(sys.stderr.isatty()), **kwargs)
-        if sys.stderr.isatty():
-            print("\r\033[K", end="", file=sys.stderr)
-        if not args.no_audit and hasattr(chat, "wait_for_audits"):
-            chat.wait_for_audits()  # the CLI shows the checks, so it waits for them
-            record = chat.get_edit(record.id)
-        _print_edit(record, args.json)
-        return 0
-    if args.command == "edits":
-        records = chat.edits(status=args.status)
-        if args.json:
-            print(json.dumps([r.to_json() for r in records], ensure_ascii=False))
-        else:
-            for r in records:
-                _print_edit(r, False)
-            if not records:
-                print("no edits yet: add one with `kbchat edit \"SUBJECT → FACT\"`")
-        return 0
-    if args.command in ("revert", "audit", "show"):
-        record = chat.revert(args.id) if args.command == "revert" else chat.get_edit(args.id)
-        _print_edit(record, args.json)
-        return 0
-    if args.command == "commit":
-        records = chat.commit(progress=_stderr_progress(sys.stderr.isatty()))
-        if args.json:
-            print(json.dumps([r.to_json() for r in records], ensure_ascii=False))
-        else:
-            for r in records:
-                _print_edit(r, False)
-        return 0
-    if args.command == "bench":
-        from kbchat.bench import format_table, run_bench
+def _dispatch(chat: ChatService, args) -> int:
+    command = COMMANDS.get(args.command)
+    if command is None:
+        raise CliError(f"unknown command {args.command!r}")
+    return command(chat, args)
 
-        if not hasattr(chat, "edit_request"):
-            raise CliError("bench needs the model in this process: run it without --server")
-        result = run_bench(chat, args.data, args.method, limit=args.limit, sequential=args.sequential,
-                           progress=_stderr_progress(sys.stderr.isatty()))
-        if sys.stderr.isatty():
-            print("\r\033[K", end="", file=sys.stderr)
-        print(json.dumps(result.to_json()) if args.json else format_table(result))
+
+def _ask(chat: ChatService, args) -> int:
+    if args.json:
+        answer = chat.ask(args.text, memory=not args.no_memory, max_new_tokens=args.max_tokens)
+        print(json.dumps({"text": answer.text, "used_edits": list(answer.used_edits),
+                          "tokens": answer.tokens, "seconds": round(answer.seconds, 3)}))
         return 0
-    if args.command in ("export", "verify") and not hasattr(chat, args.command):
-        raise CliError(f"{args.command} needs the model in this process: run it without --server")
-    if args.command == "export":
-        path = chat.export(args.folder)
-        print(f"exported to {path}")
+    stream = chat.stream(args.text, memory=not args.no_memory, max_new_tokens=args.max_tokens)
+    for piece in stream:
+        print(piece, end="", flush=True)
+    print()
+    if stream.answer and stream.answer.used_edits:
+        used = ", ".join(f"#{i}" for i in stream.answer.used_edits)
+        print(f"[memory: edit {used}]", file=sys.stderr)
+    return 0
+
+
+def _parse(chat: ChatService, args) -> int:
+    parsed = chat.parse(args.text)
+    if args.json:
+        print(json.dumps({"subject": parsed.subject, "prompt": parsed.prompt, "target": parsed.target}))
+    else:
+        print(f"subject: {parsed.subject}\nprompt:  {parsed.prompt}\ntarget:  {parsed.target}")
+    return 0
+
+
+def _edit(chat: ChatService, args) -> int:
+    hparams = _json_object(args.hparams) if args.hparams else None
+    # The CLI prints the checks, so it waits for them (or skips them with --no-audit).
+    record = chat.edit(args.text, method=args.method, probes=args.probe, hparams=hparams,
+                       progress=_stderr_progress(sys.stderr.isatty()), audit="off" if args.no_audit else "wait")
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)
+    _print_edit(record, args.json)
+    return 0
+
+
+def _edits(chat: ChatService, args) -> int:
+    records = chat.edits(status=args.status)
+    if args.json:
+        print(json.dumps([r.to_json() for r in records], ensure_ascii=False))
         return 0
-    if args.command == "verify":
-        problems = chat.verify()
-        if args.json:
-            print(json.dumps({"ok": not problems, "problems": problems}))
-        else:
-            print("\n".join(problems) if problems else "ok: ledger, deltas and weights match their fingerprints")
-        return 1 if problems else 0
-    raise CliError(f"unknown command {args.command!r}")
+    for r in records:
+        _print_edit(r, False)
+    if not records:
+        print("no edits yet: add one with `kbchat edit \"SUBJECT → FACT\"`")
+    return 0
+
+
+def _one_edit(chat: ChatService, args) -> int:
+    record = chat.revert(args.id) if args.command == "revert" else chat.get_edit(args.id)
+    _print_edit(record, args.json)
+    return 0
+
+
+def _commit(chat: ChatService, args) -> int:
+    records = chat.commit(progress=_stderr_progress(sys.stderr.isatty()))
+    if args.json:
+        print(json.dumps([r.to_json() for r in records], ensure_ascii=False))
+    else:
+        for r in records:
+            _print_edit(r, False)
+    return 0
+
+
+def _bench(chat: ChatService, args) -> int:
+    from kbchat.engine.local import LocalEngine
+    from kbchat.evaluation.runner import run_bench
+    from kbchat.evaluation.tables import format_table
+
+    if not isinstance(chat, LocalEngine):
+        raise CliError("bench needs the model in this process: run it without --server")
+    result = run_bench(chat, args.data, args.method, limit=args.limit, sequential=args.sequential,
+                       progress=_stderr_progress(sys.stderr.isatty()))
+    if sys.stderr.isatty():
+        print("\r\033[K", end="", file=sys.stderr)
+    print(json.dumps(result.to_json()) if args.json else format_table(result))
+    return 0
+
+
+def _export(chat: ChatService, args) -> int:
+    print(f"exported to {chat.export(args.folder)}")
+    return 0
+
+
+def _verify(chat: ChatService, args) -> int:
+    problems = chat.verify()
+    if args.json:
+        print(json.dumps({"ok": not problems, "problems": problems}))
+    else:
+        print("\n".join(problems) if problems else "ok: ledger, deltas and weights match their fingerprints")
+    return 1 if problems else 0
+
+
+COMMANDS: dict[str, Callable[[ChatService, argparse.Namespace], int]] = {
+    "ask": _ask, "parse": _parse, "edit": _edit, "edits": _edits, "revert": _one_edit, "audit": _one_edit,
+    "show": _one_edit, "commit": _commit, "bench": _bench, "export": _export, "verify": _verify,
+}
 
 
 def _json_object(text: str) -> dict:
@@ -239,7 +258,7 @@ def _json_object(text: str) -> dict:
 
 
 def _opener(args) -> Callable[..., object]:
-    """How this invocation reaches a ChatService: a local KnowledgeChat, or a host with --server."""
+    """How this invocation reaches a ChatService: a local LocalEngine, or a host with --server."""
     if args.server:
         def remote(**kwargs):
             from kbchat.remote import RemoteChat
@@ -250,9 +269,9 @@ def _opener(args) -> Callable[..., object]:
         return remote
 
     def local(**kwargs):
-        from kbchat.facade import KnowledgeChat
+        from kbchat.engine.local import LocalEngine
 
-        return KnowledgeChat.open(**kwargs)
+        return LocalEngine.open(**kwargs)
 
     return local
 

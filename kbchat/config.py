@@ -4,9 +4,14 @@ else), the data dir, the ledger's statuses, the method names and the limits the 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import platformdirs
+
+from kbchat.errors import KbchatError
 
 # -- the environment ------------------------------------------------------------------------------------
 
@@ -61,8 +66,30 @@ def method_kind(method: str) -> str:
     return "memory" if method in MEMORY_METHODS else "weight"
 
 
+def check_edit_options(method: str, hparams: Mapping[str, Any] | None, audit: str) -> None:
+    """Refuse an unknown method or audit mode, or hyperparameters for a method that takes none."""
+    if method not in ALL_METHODS:
+        raise KbchatError(f"unknown method {method!r}; choose one of: {', '.join(ALL_METHODS)}")
+    if audit not in AUDIT_MODES:
+        raise KbchatError(f"unknown audit mode {audit!r}; choose one of: {', '.join(AUDIT_MODES)}")
+    if hparams and method in MEMORY_METHODS and method != "serac":
+        raise KbchatError(f"{method} takes no hyperparameters")
+
+
 # -- limits ---------------------------------------------------------------------------------------------
 
 DEFAULT_MAX_NEW_TOKENS = 80
 MAX_TOKENS_LIMIT = 4096  # the most an API request may ask for
 MAX_EDIT_CHARS = 500
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the local engine answers and edits."""
+
+    default_method: str = DEFAULT_METHOD
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    # Also state in-scope serac facts, quoted, in a system message: models that follow context use
+    # them; the in-model patch carries the edit for those (like the default) that do not.
+    quote_facts: bool = True
+    ike_demos: int = 16  # demonstrations in an IKE prompt

@@ -18,7 +18,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kbchat.errors import ParseError
 from kbchat.records import ParsedEdit
@@ -321,3 +321,32 @@ def _strip_quotes(text: str) -> str:
     while len(text) >= 2 and _QUOTE_PAIRS.get(text[0]) == text[-1]:
         text = text[1:-1].strip()
     return text
+
+
+AGREES = -0.5  # a word within this log-prob of the model's top choice is what the model would say
+GapsFn = Callable[[str, Sequence[int]], Sequence[float]]
+"""``gaps(fact, offsets)``: for each word start, log P(its first token) - log P(the model's top token)."""
+
+
+def follow_model(text: str, parsed: ParsedEdit, gaps: GapsFn) -> ParsedEdit:
+    """Move the split of an arrow-form edit right past the words the model itself would say there.
+
+    The target then starts where the fact departs from what the model predicts ("plays for | the
+    Chicago Bulls" becomes "plays for the | Chicago Bulls"). The explicit form is the user's choice
+    and is returned unchanged.
+    """
+    if "|" in text and not any(arrow in text for arrow in ARROWS):
+        return parsed
+    start = len(parsed.prompt) + 1
+    words = [m.start() for m in re.finditer(r"\S+", parsed.fact) if m.start() >= start]
+    if len(words) < 2:
+        return parsed
+    split = start
+    for index, gap in enumerate(gaps(parsed.fact, words[:-1])):
+        if gap < AGREES:
+            break
+        split = words[index + 1]
+    if split == start:
+        return parsed
+    target = parsed.fact[split:].rstrip(" .!?;:")
+    return replace(parsed, prompt=parsed.fact[:split].rstrip(), target=target)

@@ -1,4 +1,4 @@
-"""Plain value types shared by the facade and its clients (CLI, TUI, server)."""
+"""Plain value types shared by the engine and its clients (CLI, TUI, server)."""
 
 from __future__ import annotations
 

@@ -1,23 +1,26 @@
 """`RemoteChat`: the ChatService of a kbchat host, over HTTP, so the TUI and the CLI work unchanged.
 
 Errors the host reports come back as the same KbchatError subclasses with the host's message (the
-error body's `code` names the class); network failures become a KbchatError that names the URL.
+error body's `code` names the class, `kbchat.errors.error_class` finds it); network failures become a
+KbchatError that names the URL.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from kbchat import errors
-from kbchat.errors import KbchatError, UnsupportedOperation
+from kbchat.config import data_dir, env_token
+from kbchat.errors import KbchatError, UnsupportedOperation, error_class
 from kbchat.records import (
     Answer,
     CheckRecord,
@@ -28,36 +31,25 @@ from kbchat.records import (
     ProgressFn,
     no_progress,
 )
-from kbchat.service import AnswerStream, Message
+from kbchat.service import AnswerStream, Capabilities, Message
 
-TOKEN_ENV = "KBCHAT_TOKEN"
-TOKEN_FILE = "server-token"  # kbchat.server.auth.TOKEN_FILE (not imported: the client needs no FastAPI)
+TOKEN_FILE = "server-token"  # the host's generated token, in its data dir (kbchat.server.auth writes it)
 DEFAULT_TIMEOUT = 600.0  # seconds without a byte from the host; a weight edit on CPU takes ~1 min
 
-_ERRORS: dict[str, type[KbchatError]] = {
-    "kbchat_error": KbchatError,
-    "parse_error": errors.ParseError,
-    "edit_not_found": errors.EditNotFound,
-    "edit_failed": errors.EditFailed,
-    "ledger_error": errors.LedgerError,
-    "model_load_error": errors.ModelLoadError,
-    "integrity_error": errors.IntegrityError,
-    "unsupported_operation": errors.UnsupportedOperation,
-}
+
+def token_path(home: str | os.PathLike[str] | None = None) -> Path:
+    """Where a host keeps its generated token: `server-token` in the data dir."""
+    return data_dir(home) / TOKEN_FILE
 
 
 def client_token(token: str | None = None, home: str | os.PathLike[str] | None = None) -> str | None:
     """The token a client sends: `token`, else $KBCHAT_TOKEN, else the host's token file when the host
     runs on this machine with the same data dir, else None."""
-    if token:
-        return token
-    if os.environ.get(TOKEN_ENV):
-        return os.environ[TOKEN_ENV]
-    from kbchat.config import data_dir
-
-    path = data_dir(home) / TOKEN_FILE
+    chosen = token or env_token()
+    if chosen:
+        return chosen
     try:
-        return path.read_text(encoding="utf-8").strip() or None
+        return token_path(home).read_text(encoding="utf-8").strip() or None
     except OSError:
         return None
 
@@ -85,7 +77,8 @@ class RemoteChat:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._client = httpx.Client(base_url=self.url, headers=headers, transport=transport,
                                     timeout=httpx.Timeout(timeout, connect=10.0))
-        self.problems: list[str] = []  # the host's integrity problems, read by `connect`
+        self._problems: list[str] | None = None  # the host's integrity problems, read by `connect`
+        self._capabilities: Capabilities | None = None
 
     @classmethod
     def connect(cls, url: str, token: str | None = None, *, home: str | os.PathLike[str] | None = None,
@@ -97,8 +90,7 @@ class RemoteChat:
         chat = cls(url, client_token(token, home), timeout=timeout)
         try:
             progress(Progress("connect", 0, 1, f"connecting to {chat.url}"))
-            info = chat._json("GET", "/info")
-            chat.problems = list(info.get("problems") or [])
+            chat._problems = list(chat._json("GET", "/info").get("problems") or [])
             progress(Progress("connect", 1, 1, f"connected to {chat.url}"))
         except BaseException:
             chat.close()
@@ -112,6 +104,23 @@ class RemoteChat:
         return EngineInfo(model=data["model"], device=data["device"], ledger=data["ledger"],
                           active_memory_edits=int(data["active_memory_edits"]),
                           active_weight_edits=int(data["active_weight_edits"]))
+
+    def capabilities(self) -> Capabilities:
+        """The host's, except `export`: that writes a checkpoint where the weights are, not here."""
+        if self._capabilities is None:
+            hosts = Capabilities.from_json(self._json("GET", "/capabilities"))
+            self._capabilities = dataclasses.replace(hosts, export=False)
+        return self._capabilities
+
+    def problems(self) -> list[str]:
+        """The integrity problems the host reported when this client connected."""
+        if self._problems is None:
+            self._problems = list(self._json("GET", "/info").get("problems") or [])
+        return list(self._problems)
+
+    def verify(self) -> list[str]:
+        """The host's integrity problems (ledger rows, deltas, weights); empty when all is well."""
+        return list(self._json("GET", "/verify")["problems"])
 
     def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
             max_new_tokens: int | None = None) -> Answer:
@@ -159,17 +168,15 @@ class RemoteChat:
 
     def edit(self, text: str, *, method: str | None = None, probes: Sequence[str] = (),
              progress: ProgressFn = no_progress, hparams: Mapping[str, Any] | None = None,
-             audit: str | None = None) -> EditRecord:
+             audit: str = "background") -> EditRecord:
         """Make an edit on the host; with a `progress` sink, the host streams its progress events.
 
-        `audit` ("background", "wait" or "off") chooses when the host runs the edit's checks; None
-        leaves it to the host (in the background: `get_edit` shows them as they finish).
+        `audit` ("background", "wait" or "off") chooses when the host runs the edit's checks (in the
+        background, `get_edit` shows them as they finish).
         """
-        body: dict[str, Any] = {"text": text, "method": method, "probes": list(probes)}
+        body: dict[str, Any] = {"text": text, "method": method, "probes": list(probes), "audit": audit}
         if hparams:
             body["hparams"] = dict(hparams)
-        if audit is not None:
-            body["audit"] = audit
         if progress is no_progress:
             return record_from_json(self._json("POST", "/edits", json=body))
         result = self._progress_stream("/edits", {**body, "stream": True}, progress)
@@ -192,18 +199,12 @@ class RemoteChat:
             data = self._progress_stream("/edits/commit", {"stream": True}, progress)["edits"]
         return [record_from_json(r) for r in data]
 
-    def close(self) -> None:
-        self._client.close()
-
-    # -- beyond ChatService: what the CLI also calls ------------------------------------------------
-
-    def verify(self) -> list[str]:
-        """The host's integrity problems (ledger rows, deltas, weights); empty when all is well."""
-        return list(self._json("GET", "/verify")["problems"])
-
-    def export(self, folder: str) -> None:
+    def export(self, folder: str | Path) -> Path:
         raise UnsupportedOperation(f"export writes a checkpoint on the machine that holds the weights: run "
                                    f"`kbchat export {folder}` on the host of {self.url}")
+
+    def close(self) -> None:
+        self._client.close()
 
     def __enter__(self) -> RemoteChat:
         return self
@@ -308,8 +309,7 @@ def error_from_body(body: Any, status: int) -> KbchatError:
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict):
         return KbchatError(f"the host answered HTTP {status}: {str(body)[:200]}")
-    cls = _ERRORS.get(str(error.get("code")), KbchatError)
-    return cls(str(error.get("message") or f"HTTP {status}"))
+    return error_class(error.get("code"))(str(error.get("message") or f"HTTP {status}"))
 
 
 def error_from_response(response: httpx.Response) -> KbchatError:

@@ -2,7 +2,9 @@
 
 Hooks are installed once per touched module; which deltas they add is read from a context variable,
 so concurrent generations on different threads can each select their own in-scope edits while the
-weights stay untouched.
+weights stay untouched. A selection holds the deltas themselves, not their keys: removing a delta
+while a generation that selected it is running leaves that generation as it began (it keeps the
+delta to its end), and hooks stay installed until `close`, so no forward pass finds one missing.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class ScopedDeltas:
         self.model = model
         self._deltas: dict[Hashable, Delta] = {}
         self._handles: dict[str, object] = {}
-        self._selected: ContextVar[tuple[Hashable, ...]] = ContextVar(f"scoped-{id(self)}", default=())
+        self._selected: ContextVar[tuple[Delta, ...]] = ContextVar(f"scoped-{id(self)}", default=())
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._deltas
@@ -40,16 +42,14 @@ class ScopedDeltas:
                 self._handles[name] = get_module(self.model, name).register_forward_hook(self._hook(name))
 
     def remove(self, key: Hashable) -> None:
+        """Forget `key`; selections already made keep its delta until they end."""
         self._deltas.pop(key, None)
-        still_used = {name for d in self._deltas.values() for name in d.modules}
-        for name in list(self._handles):
-            if name not in still_used:
-                self._handles.pop(name).remove()
 
     @contextmanager
     def select(self, keys: Iterable[Hashable]) -> Iterator[None]:
         """Inside, the selected deltas (unknown keys ignored) act on this thread's forward passes."""
-        token = self._selected.set(tuple(k for k in keys if k in self._deltas))
+        deltas = self._deltas  # one read of the table: a concurrent add/remove swaps entries, not this
+        token = self._selected.set(tuple(d for k in keys if (d := deltas.get(k)) is not None))
         try:
             yield
         finally:
@@ -65,14 +65,14 @@ class ScopedDeltas:
         module = get_module(self.model, name)
 
         def hook(_module, args, output):
-            keys = self._selected.get()
-            if not keys:
+            deltas = self._selected.get()
+            if not deltas:
                 return output
             x = args[0]
             w = weight_of(module)
             extra = 0
-            for key in keys:
-                for u in self._deltas[key].updates:
+            for delta in deltas:
+                for u in delta.updates:
                     if u.module != name:
                         continue
                     left = u.left.to(w.device, x.dtype)

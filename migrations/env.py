@@ -14,8 +14,8 @@ from alembic import context
 from sqlalchemy import Connection
 
 from kbchat.config import default_db_url
+from kbchat.ledger.database import make_engine, migration_connection
 from kbchat.ledger.models import Base, UTCDateTime
-from kbchat.ledger.store import make_engine, migration_connection
 
 config = context.config
 target_metadata = Base.metadata

@@ -21,10 +21,10 @@ def model_home(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def real_service(model_home, tmp_path):
-    """A KnowledgeChat on the real default model with a fresh ledger."""
-    from kbchat.facade import KnowledgeChat
+    """A LocalEngine on the real default model with a fresh ledger."""
+    from kbchat.engine.local import LocalEngine
 
-    chat = KnowledgeChat.open(db=f"sqlite:///{tmp_path / 'ledger.db'}", home=model_home)
+    chat = LocalEngine.open(db=f"sqlite:///{tmp_path / 'ledger.db'}", home=model_home)
     try:
         yield chat
     finally:

@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from kbchat.config import ALL_METHODS, AUDIT_MODES, COMMIT_METHOD, method_kind
+from kbchat.config import ALL_METHODS, COMMIT_METHOD, check_edit_options, method_kind
 from kbchat.errors import EditNotFound, KbchatError, ParseError
 from kbchat.records import (
     Answer,
@@ -36,6 +36,7 @@ DEFAULT_SCRIPT = {
 }
 DEFAULT_KNOWLEDGE = {"eiffel tower": "Paris", "colosseum": "Rome", "louvre": "Paris"}
 _ARROWS = ("→", "->", "=>")
+FAKE_HPARAMS = frozenset({"layer", "lr", "steps"})  # what the fake pretends its methods take
 
 
 class FakeChatService:
@@ -140,13 +141,17 @@ class FakeChatService:
             max_new_tokens: int | None = None) -> Answer:
         self.calls.append(("ask", text, tuple(dict(m) for m in history)))
         self._maybe_fail("ask")
-        reply, used = self._reply(text, memory)
-        return Answer(reply, used_edits=used, tokens=len(_pieces(reply)), seconds=0.0)
+        return self._stream(text, memory, max_new_tokens, None).result()
 
     def stream(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
                max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:
         self.calls.append(("stream", text, tuple(dict(m) for m in history)))
         self._maybe_fail("stream")
+        return self._stream(text, memory, max_new_tokens, cancel)
+
+    def _stream(self, text: str, memory: bool, max_new_tokens: int | None,
+                cancel: threading.Event | None) -> AnswerStream:
+        _require_question(text)
         reply, used = self._reply(text, memory)
         cancel = cancel or threading.Event()
         pieces = _pieces(reply)
@@ -160,7 +165,7 @@ class FakeChatService:
                 yield piece
 
         def finish(done: str) -> Answer:
-            return Answer(done, used_edits=used, tokens=len(_pieces(done)), seconds=0.0)
+            return Answer(done.strip(), used_edits=used, tokens=len(_pieces(done)), seconds=0.0)
 
         return AnswerStream(generate(), finish, cancel)
 
@@ -190,10 +195,10 @@ class FakeChatService:
         # The fake's checks are instant, so every audit mode returns them at once.
         self.calls.append(("edit", text, method))
         method = method or self.default_method
-        if method not in ALL_METHODS:
-            raise KbchatError(f"unknown method {method!r}; choose one of: {', '.join(ALL_METHODS)}")
-        if audit not in AUDIT_MODES:
-            raise KbchatError(f"unknown audit mode {audit!r}; choose one of: {', '.join(AUDIT_MODES)}")
+        check_edit_options(method, hparams, audit)
+        unknown = sorted(set(hparams or {}) - FAKE_HPARAMS)
+        if unknown:
+            raise KbchatError(f"{method} has no hyperparameter(s) {unknown}; known: {sorted(FAKE_HPARAMS)}")
         parsed = self.parse(text)
         steps = 3
         progress(Progress("prepare", 0, steps, f"{method}: tokenising the request"))
@@ -216,7 +221,7 @@ class FakeChatService:
                 kind=method_kind(method),
                 status="active",
                 target_true=before,
-                checks=self._checks(parsed, before),
+                checks=self._checks(parsed, before) if audit != "off" else (),
             )
             # An edit of the same subject and relation replaces the previous one.
             for old in list(self._edits.values()):
@@ -327,3 +332,8 @@ class FakeChatService:
 def _pieces(text: str) -> list[str]:
     """Words with their trailing whitespace: how the fake 'tokenises' an answer."""
     return re.findall(r"\S+\s*|\s+", text)
+
+
+def _require_question(text: str) -> None:
+    if not text.strip():
+        raise KbchatError("empty question: type something to ask")

@@ -6,29 +6,23 @@ from collections.abc import Mapping, Sequence
 
 import pytest
 
-from kbchat.audit import (
+from kbchat.audit import EditView, Probe, parse_user_probe, plan_probes, run_checks
+from kbchat.audit.checks import GENERATION, TEACHER_FORCED, entropy_of
+from kbchat.audit.probes import (
     FLUENCY,
     GENERALIZATION,
-    GENERATION,
     LOCALITY,
     METRICS,
     PORTABILITY,
     QUESTION,
     RELIABILITY,
-    TEACHER_FORCED,
     Canaries,
-    EditView,
     Fact,
-    Probe,
-    entropy_of,
     load_canaries,
     locality_probes,
-    parse_user_probe,
-    plan_probes,
-    run_checks,
 )
+from kbchat.evaluation.metrics import mentions
 from kbchat.records import CheckRecord
-from methods.evaluation import mentions
 from methods.requests import EditRequest
 
 REQUEST = EditRequest("Eiffel Tower", "The {} is located in", "Rome", target_true="Paris")

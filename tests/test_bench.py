@@ -9,20 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from kbchat.audit import (
-    FLUENCY,
-    GENERALIZATION,
-    GENERATION,
-    LOCALITY,
-    PORTABILITY,
-    RELIABILITY,
-    TEACHER_FORCED,
-)
-from kbchat.bench import BenchDataError, BenchResult, case_probes, format_table, load_bench_cases, run_bench
+from kbchat.audit.checks import GENERATION, TEACHER_FORCED
+from kbchat.audit.probes import FLUENCY, GENERALIZATION, LOCALITY, PORTABILITY, RELIABILITY
 from kbchat.errors import EditFailed, KbchatError
+from kbchat.evaluation.datasets import EditCase
+from kbchat.evaluation.metrics import mentions
+from kbchat.evaluation.probes import case_probes
+from kbchat.evaluation.runner import BenchDataError, BenchResult, load_bench_cases, run_bench
+from kbchat.evaluation.tables import format_table
 from kbchat.records import EditRecord, Progress, ProgressFn, no_progress
-from methods.datasets import EditCase
-from methods.evaluation import mentions
 from methods.requests import EditRequest
 
 DATA = Path("/work/shared/data")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from methods.datasets import DatasetError, EditCase, UnusableRecord, detect_layout, load_cases
+from kbchat.evaluation.datasets import DatasetError, EditCase, UnusableRecord, detect_layout, load_cases
 from methods.requests import EditRequest
 
 DATA = Path("/work/shared/data")

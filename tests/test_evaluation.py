@@ -1,4 +1,5 @@
-"""Edit metrics on tiny random models, with cases whose answers are known by construction."""
+"""Edit metrics on tiny random models, with cases whose answers are known by construction; generation
+through the one greedy decoder (`kbchat.runtime.decoding`)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from methods.evaluation import (
+from kbchat.evaluation.metrics import (
     _encode_pair,
     generation_hit,
-    greedy_generate,
     mentions,
     ngram_entropy,
     prefers_new,
@@ -22,6 +22,7 @@ from methods.evaluation import (
     token_accuracies,
     token_accuracy,
 )
+from kbchat.runtime.decoding import chat_input_ids, completion_input_ids, greedy_text
 
 WORDS = ["<pad>", "<eos>", "<unk>", "USER", "BOT", "the", "eiffel", "tower", "is", "located", "in", "paris",
          "rome", "capital", "of", "france", "where", "?", "."]
@@ -183,35 +184,44 @@ def test_bad_pairs_are_rejected(word_tok):
 # Generation
 
 
+def greedy(model: nn.Module, tok: PreTrainedTokenizerFast, prompt: str, max_new_tokens: int, chat: bool = False) -> str:
+    """What evaluation generates: a raw continuation of `prompt`, or the chat answer to it."""
+    device = next(model.parameters()).device
+    if chat:
+        input_ids = chat_input_ids(tok, [{"role": "user", "content": prompt}], device)
+    else:
+        input_ids = completion_input_ids(tok, prompt, device)
+    return greedy_text(model, tok, input_ids, max_new_tokens)
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_greedy_generate_continues_with_argmax(word_tok, arch):
+def test_greedy_text_continues_with_argmax(word_tok, arch):
     model = fixed_logits(BUILDERS[arch](len(word_tok)), {ids(word_tok, "paris"): 10.0})
-    assert greedy_generate(model, word_tok, "the tower is in", max_new_tokens=3).split() == ["paris"] * 3
-    assert greedy_generate(model, word_tok, "where is the tower ?", max_new_tokens=2, chat=True) == "paris paris"
+    assert greedy(model, word_tok, "the tower is in", max_new_tokens=3).split() == ["paris"] * 3
+    assert greedy(model, word_tok, "where is the tower ?", max_new_tokens=2, chat=True) == "paris paris"
 
 
-def test_greedy_generate_stops_at_eos(word_tok):
+def test_greedy_text_stops_at_eos(word_tok):
     model = fixed_logits(tiny_llama(len(word_tok)), {ids(word_tok, "<eos>"): 10.0})
-    assert greedy_generate(model, word_tok, "the tower is in", max_new_tokens=5, chat=True) == ""
+    assert greedy(model, word_tok, "the tower is in", max_new_tokens=5, chat=True) == ""
 
 
-@pytest.mark.parametrize("shape", ["tensor", "list"])
-def test_greedy_generate_accepts_older_chat_template_return_types(word_tok, monkeypatch, shape):
+def test_greedy_text_accepts_older_chat_template_return_type(word_tok, monkeypatch):
     model = fixed_logits(tiny_llama(len(word_tok)), {ids(word_tok, "rome"): 10.0})
     original = word_tok.apply_chat_template
 
     def old_style(messages, **kwargs):
-        ids_ = original(messages, **kwargs)["input_ids"]  # (1, T)
-        return ids_ if shape == "tensor" else ids_[0].tolist()
+        return original(messages, **kwargs)["input_ids"]  # a (1, T) tensor, not a BatchEncoding
 
     monkeypatch.setattr(word_tok, "apply_chat_template", old_style)
-    assert greedy_generate(model, word_tok, "where is the tower ?", max_new_tokens=1, chat=True) == "rome"
+    assert greedy(model, word_tok, "where is the tower ?", max_new_tokens=1, chat=True) == "rome"
 
 
-def test_greedy_generate_without_chat_template_says_so(word_tok):
-    word_tok.chat_template = None
-    with pytest.raises(ValueError, match="chat=False"):
-        greedy_generate(tiny_llama(len(word_tok)), word_tok, "where ?", chat=True)
+def test_greedy_text_cuts_at_a_stop_string(word_tok):
+    model = fixed_logits(tiny_llama(len(word_tok)), {ids(word_tok, "paris"): 10.0})
+    input_ids = completion_input_ids(word_tok, "the tower is in", "cpu")
+    assert greedy_text(model, word_tok, input_ids, 3).split() == ["paris"] * 3
+    assert greedy_text(model, word_tok, input_ids, 3, stops=(" ",)) == "paris"
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import pytest
 
 from kbchat.errors import EditNotFound, LedgerError
 from kbchat.ledger import Ledger, NewEdit, StoredEdit
-from kbchat.ledger import store as store_module
+from kbchat.ledger import store as store_module  # row_digest is looked up there
 from kbchat.ledger.models import Edit
 from kbchat.records import CheckRecord, EditRecord
 
@@ -314,7 +314,7 @@ def test_failure_after_insert_and_supersede_rolls_back(
     ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     old = ledger.record_edit(make_edit())
-    real_digest = store_module._row_digest
+    real_digest = store_module.row_digest
     calls = []
 
     def failing_digest(row):
@@ -323,7 +323,7 @@ def test_failure_after_insert_and_supersede_rolls_back(
             raise RuntimeError("disk on fire")
         return real_digest(row)
 
-    monkeypatch.setattr(store_module, "_row_digest", failing_digest)
+    monkeypatch.setattr(store_module, "row_digest", failing_digest)
     with pytest.raises(RuntimeError, match="disk on fire"):
         ledger.record_edit(make_edit(target="Berlin"), supersede=[old.id], retire=[])
     monkeypatch.undo()

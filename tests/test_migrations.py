@@ -18,7 +18,7 @@ from sqlalchemy import Engine, inspect
 
 from kbchat.errors import LedgerError
 from kbchat.ledger import Ledger, NewEdit
-from kbchat.ledger.store import MIGRATIONS_DIR, make_engine, migration_connection, upgrade
+from kbchat.ledger.database import MIGRATIONS_DIR, make_engine, migration_connection, upgrade
 
 REPO = Path(__file__).resolve().parents[1]
 

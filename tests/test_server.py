@@ -5,7 +5,6 @@ remote client, and the OpenAI-compatible backend against a fake engine started i
 
 from __future__ import annotations
 
-import json
 import stat
 import threading
 import time
@@ -13,17 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import openai
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
 
+from kbchat import errors
 from kbchat.errors import EditNotFound, KbchatError, ParseError, UnsupportedOperation
 from kbchat.remote import RemoteChat, base_url, record_from_json, sse_data
 from kbchat.server import ServerThread, create_app, resolve_token, serve
 from kbchat.server.auth import TOKEN_FILE, is_loopback
-from kbchat.service import AnswerStream, ChatService
+from kbchat.service import AnswerStream, Capabilities, ChatService
 from tests.fake_service import FakeChatService
 
 TOKEN = "test-token-0123456789"
@@ -103,7 +100,8 @@ def test_openai_client_with_a_wrong_token_raises(server: ServerThread) -> None:
 def test_openapi_spec_is_served_without_auth(http: httpx.Client) -> None:
     spec = http.get("/openapi.json").json()
     for path in ("/v1/chat/completions", "/v1/edits", "/v1/edits/{edit_id}", "/v1/edits/{edit_id}/revert",
-                 "/v1/edits/commit", "/v1/parse", "/v1/health"):
+                 "/v1/edits/commit", "/v1/parse", "/v1/health", "/v1/info", "/v1/capabilities", "/v1/models",
+                 "/v1/verify"):
         assert path in spec["paths"]
     assert http.get("/docs").status_code == 200
 
@@ -286,8 +284,15 @@ def test_edit_create_list_get_revert_commit(http: httpx.Client) -> None:
     assert [e["id"] for e in http.get("/v1/edits?status=reverted", headers=auth()).json()["data"]] == [2]
     committed = http.post("/v1/edits/commit", headers=auth())
     assert committed.status_code == 200
-    assert [(e["id"], e["status"]) for e in committed.json()["data"]] == [(1, "committed")]
+    # The new weight edit first, then the memory edits it retired; reverted #2 is not carried.
+    new, *retired = committed.json()["data"]
+    assert (new["id"], new["kind"], new["status"]) == (3, "weight", "active")
+    assert [(e["id"], e["status"]) for e in retired] == [(1, "committed")]
     assert http.get("/v1/health").json()["active_edits"] == 1
+    nothing = http.post("/v1/edits/commit", headers=auth())  # no active memory edits left
+    assert nothing.status_code == 400
+    assert nothing.json()["error"] == {**nothing.json()["error"], "code": "kbchat_error",
+                                       "message": "no active memory edits to commit"}
 
 
 def test_edit_progress_streams_then_the_edit(http: httpx.Client, fake: FakeChatService) -> None:
@@ -321,6 +326,115 @@ def test_edit_api_errors(http: httpx.Client) -> None:
         assert response.status_code == status, response.request.url
         error = response.json()["error"]
         assert error["code"] == code and words in error["message"], error
+
+
+class MemoryOnlyFake(FakeChatService):
+    """A service that says it makes memory edits only, honours no hyperparameters and found problems on
+    open; its `edit` records the options it was given."""
+
+    CAPABILITIES = Capabilities(methods=("serac", "ike"), default_method="serac", weight_edits=False,
+                                export=False, hparams=False, audit=False)
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.options: list[dict] = []
+
+    def capabilities(self) -> Capabilities:
+        return self.CAPABILITIES
+
+    def problems(self) -> list[str]:
+        return ["edit #7: its delta file is missing"]
+
+    def edit(self, text, *, hparams=None, audit="background", **kwargs):
+        self.options.append({"hparams": hparams, "audit": audit})
+        return super().edit(text, hparams=hparams, audit=audit, **kwargs)
+
+
+class OptionsFake(MemoryOnlyFake):
+    """The same, recording options, but with the full fake's capabilities."""
+
+    def capabilities(self) -> Capabilities:
+        return FakeChatService.capabilities(self)
+
+
+def test_capabilities_route_and_remote_capabilities(http: httpx.Client, remote: RemoteChat,
+                                                    fake: FakeChatService) -> None:
+    response = http.get("/v1/capabilities", headers=auth())
+    assert response.status_code == 200 and response.json() == fake.capabilities().to_json()
+    assert http.get("/v1/capabilities").status_code == 401
+    # The client reports the host's capabilities, except export: that runs where the weights are.
+    assert remote.capabilities() == Capabilities.from_json({**response.json(), "export": False})
+    assert fake.capabilities().export
+
+
+def test_the_host_refuses_what_the_service_says_it_cannot_do() -> None:
+    fake = MemoryOnlyFake()
+    with ServerThread(create_app(fake, token=None)) as running, httpx.Client(base_url=running.url) as http:
+        assert http.get("/v1/capabilities").json() == MemoryOnlyFake.CAPABILITIES.to_json()
+        with_hparams = http.post("/v1/edits", json={"text": EIFFEL, "hparams": {"lr": 0.5}})
+        assert with_hparams.status_code == 400
+        assert with_hparams.json()["error"]["code"] == "bad_request"
+        assert "hparams" in with_hparams.json()["error"]["message"]
+        weights = http.post("/v1/edits", json={"text": EIFFEL, "method": "rome"})
+        assert weights.status_code == 409 and weights.json()["error"]["code"] == "unsupported_operation"
+        assert "serac, ike" in weights.json()["error"]["message"]
+        assert "kbchat export" in weights.json()["error"]["message"]
+        unknown = http.post("/v1/edits", json={"text": EIFFEL, "method": "magic"})
+        assert unknown.status_code == 400 and "choose one of: serac, ike" in unknown.json()["error"]["message"]
+        assert fake.options == []  # nothing refused reached the service
+        assert http.post("/v1/edits", json={"text": EIFFEL, "method": "ike"}).status_code == 201
+        assert http.get("/v1/info").json()["problems"] == ["edit #7: its delta file is missing"]
+        with RemoteChat.connect(running.url) as remote:
+            assert remote.problems() == ["edit #7: its delta file is missing"]
+            assert remote.capabilities() == MemoryOnlyFake.CAPABILITIES
+            with pytest.raises(KbchatError, match="hyperparameter"):
+                remote.edit(EIFFEL, hparams={"lr": 0.5})
+            with pytest.raises(UnsupportedOperation, match="does not make memit edits"):
+                remote.edit(EIFFEL, method="memit", progress=lambda p: None)
+
+
+def test_hparams_and_audit_reach_the_service() -> None:
+    fake = OptionsFake()
+    with ServerThread(create_app(fake, token=None)) as running, RemoteChat(running.url) as remote:
+        remote.edit(EIFFEL, method="rome", hparams={"layer": 5, "lr": 0.5}, audit="wait")
+        remote.edit("Louvre → The Louvre is in London", progress=lambda p: None, audit="off")
+        remote.edit("Colosseum → The Colosseum is in Athens")
+        refused = httpx.post(f"{running.url}/v1/edits", json={"text": EIFFEL, "audit": "later"})
+        assert refused.status_code == 422 and "audit" in refused.json()["error"]["message"]
+    assert fake.options == [{"hparams": {"layer": 5, "lr": 0.5}, "audit": "wait"},
+                            {"hparams": None, "audit": "off"}, {"hparams": None, "audit": "background"}]
+
+
+class QuotaExceeded(KbchatError):
+    """An error class the server and the client have never been told about."""
+
+    code = "quota_exceeded"
+    http_status = 429
+
+
+@pytest.mark.parametrize("cls", [KbchatError, errors.ParseError, errors.EditNotFound, errors.EditFailed,
+                                 errors.LedgerError, errors.ModelLoadError, errors.IntegrityError,
+                                 errors.UnsupportedOperation, QuotaExceeded])
+def test_an_error_class_round_trips_through_the_host(cls: type[KbchatError], fake: FakeChatService,
+                                                     http: httpx.Client, remote: RemoteChat) -> None:
+    fake.fail["get_edit"] = cls("something went wrong on the host")
+    fake.fail["commit"] = cls("something went wrong while committing")
+    response = http.get("/v1/edits/1", headers=auth())
+    assert response.status_code == cls.http_status
+    assert response.json()["error"]["code"] == cls.code
+    with pytest.raises(cls, match="something went wrong on the host") as raised:
+        remote.get_edit(1)
+    assert type(raised.value) is cls
+    with pytest.raises(cls, match="while committing") as raised:  # as an error event of a stream
+        remote.commit(progress=lambda p: None)
+    assert type(raised.value) is cls
+
+
+def test_verify_route(http: httpx.Client, fake: FakeChatService) -> None:
+    assert http.get("/v1/verify", headers=auth()).json() == {"ok": True, "problems": []}
+    fake.fail["verify"] = errors.IntegrityError("edit #3: the weights do not match")
+    response = http.get("/v1/verify", headers=auth())
+    assert response.status_code == 400 and response.json()["error"]["code"] == "integrity_error"
 
 
 def test_malformed_json(http: httpx.Client) -> None:
@@ -382,7 +496,9 @@ def test_token_file_is_created_0600_and_reused(tmp_path: Path, monkeypatch: pyte
     assert resolve_token(tmp_path, None, False, "127.0.0.1") == first
     # --token and $KBCHAT_TOKEN win over the file.
     assert resolve_token(tmp_path, "given", False, "0.0.0.0") == "given"
-    assert resolve_token(tmp_path, None, False, "0.0.0.0", env={"KBCHAT_TOKEN": "from-env"}) == "from-env"
+    monkeypatch.setenv("KBCHAT_TOKEN", "from-env")
+    assert resolve_token(tmp_path, None, False, "0.0.0.0") == "from-env"
+    monkeypatch.delenv("KBCHAT_TOKEN")
     with pytest.raises(KbchatError, match="contradict"):
         resolve_token(tmp_path, "given", True, "127.0.0.1")
     with pytest.raises(KbchatError, match="without spaces"):
@@ -422,9 +538,15 @@ def test_remote_chat_is_a_chat_service(remote: RemoteChat, fake: FakeChatService
     assert remote.get_edit(1).checks == fake.get_edit(1).checks
     assert remote.revert(2).status == "reverted"
     assert [r.id for r in remote.edits(status="active")] == [1]
-    assert [(r.id, r.status) for r in remote.commit(progress=events.append)] == [(1, "committed")]
+    committed = remote.commit(progress=events.append)
+    assert [(r.id, r.kind, r.status) for r in committed] == [(3, "weight", "active"), (1, "memory", "committed")]
+    assert committed == [fake.get_edit(3), fake.get_edit(1)]
     assert events[-1].stage == "commit"
     assert remote.info().active_edits == 1
+    assert remote.verify() == [] and ("verify",) in fake.calls
+    assert remote.problems() == []
+    with pytest.raises(UnsupportedOperation, match="kbchat export"):
+        remote.export("out")
 
 
 def test_remote_chat_raises_the_hosts_errors(remote: RemoteChat, fake: FakeChatService) -> None:
@@ -476,8 +598,8 @@ def anyio_backend() -> str:
 @pytest.mark.anyio
 async def test_tui_against_a_remote_host(server: ServerThread, fake: FakeChatService) -> None:
     from kbchat.tui import KbchatApp
-    from kbchat.tui.audit import ConfirmScreen
-    from kbchat.tui.chat import EditCard, EditProgress
+    from kbchat.tui.dialogs import ConfirmScreen
+    from kbchat.tui.messages import EditCard, EditProgress
     from tests.test_tui import answers, idle, opened, submit, wait_for
 
     fake.edit_delay = 1.0  # the progress widget lives ~3 s: long enough to be seen on a loaded machine
@@ -509,54 +631,14 @@ async def test_tui_against_a_remote_host(server: ServerThread, fake: FakeChatSer
 # -- the OpenAI-compatible backend -------------------------------------------------------------------------
 
 
-class WordEmbedder:
-    """A deterministic stand-in for the sentence embedder: hashed bag of words, unit length."""
-
-    name = "words@test"
-    dim = 64
-
-    def embed(self, texts):
-        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for word in text.lower().split():
-                vectors[row, sum(word.encode()) % self.dim] += 1.0
-            vectors[row] /= max(float(np.linalg.norm(vectors[row])), 1e-6)
-        return vectors
-
-
-def fake_engine(seen: list[dict]) -> FastAPI:
-    """A few lines of OpenAI-compatible engine: its answer echoes the system message it was sent."""
-    engine = FastAPI()
-
-    @engine.get("/v1/models")
-    async def models() -> dict:
-        return {"object": "list", "data": [{"id": "engine-7b", "object": "model"}]}
-
-    @engine.post("/v1/chat/completions")
-    async def complete(request: Request) -> StreamingResponse:
-        body = await request.json()
-        seen.append(body)
-        system = " ".join(m["content"] for m in body["messages"] if m["role"] == "system")
-        words = (f"[system: {system}] " if system else "") + "The answer is Paris."
-
-        def chunks() -> Iterator[str]:
-            for word in words.split(" "):
-                chunk = {"choices": [{"index": 0, "delta": {"content": word + " "}}]}
-                yield f"data: {json.dumps(chunk)}\n\n"
-            yield "data: [DONE]\n\n"
-
-        return StreamingResponse(chunks(), media_type="text/event-stream")
-
-    return engine
-
-
 @pytest.fixture
 def backend(tmp_path: Path) -> Iterator[tuple[object, list[dict]]]:
     from kbchat.ledger import Ledger
     from kbchat.server.openai_backend import OpenAIBackendChat
+    from tests.engines import WordEmbedder, fake_openai_engine  # torch: imported only here
 
     seen: list[dict] = []
-    with ServerThread(fake_engine(seen)) as engine:
+    with ServerThread(fake_openai_engine(seen)) as engine:
         ledger = Ledger.open(f"sqlite:///{tmp_path / 'ledger.db'}")
         chat = OpenAIBackendChat(ledger, WordEmbedder(), engine_url=engine.url, model="engine-7b")
         try:
@@ -617,8 +699,9 @@ def test_openai_backend_behind_the_host(backend) -> None:
 
 def test_openai_backend_asks_the_engine_for_its_model() -> None:
     from kbchat.server.openai_backend import _first_model
+    from tests.engines import fake_openai_engine
 
-    with ServerThread(fake_engine([])) as engine:
+    with ServerThread(fake_openai_engine([])) as engine:
         assert _first_model(f"{engine.url}/v1", "key", None) == "engine-7b"
     with pytest.raises(KbchatError, match="cannot list the models"):
         _first_model("http://127.0.0.1:9/v1", None, None)

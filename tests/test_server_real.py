@@ -44,6 +44,9 @@ def test_eiffel_tower_story_over_http(host: ServerThread) -> None:
     assert "Paris" in where and used == []
 
     with httpx.Client(base_url=host.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=1800) as http:
+        capabilities = http.get("/v1/capabilities").json()
+        assert capabilities["weight_edits"] and "serac" in capabilities["methods"]
+        assert http.get("/v1/info").json()["problems"] == []
         created = http.post("/v1/edits", json={"text": EIFFEL, "method": "serac", "audit": "off"})
         assert created.status_code == 201, created.text
         edit = created.json()
@@ -126,8 +129,8 @@ def test_chats_in_flight_during_a_weight_edit(host: ServerThread) -> None:
 @pytest.mark.anyio
 async def test_tui_story_against_the_host(host: ServerThread, real_service) -> None:
     from kbchat.tui import KbchatApp
-    from kbchat.tui.audit import ConfirmScreen
-    from kbchat.tui.chat import EditCard
+    from kbchat.tui.dialogs import ConfirmScreen
+    from kbchat.tui.messages import EditCard
     from tests.test_tui import answers, messages, submit, wait_for
 
     app = KbchatApp(lambda progress: RemoteChat.connect(host.url, TOKEN, progress=progress))

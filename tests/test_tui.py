@@ -8,26 +8,27 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 import pytest
+from textual.notifications import SeverityLevel
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, Label, Markdown
 
+from kbchat.config import ALL_METHODS, MEMORY_METHODS
 from kbchat.errors import EditFailed, ModelLoadError
 from kbchat.records import CheckRecord
+from kbchat.service import Capabilities
 from kbchat.tui import KbchatApp
 from kbchat.tui.app import info_line
-from kbchat.tui.audit import (
-    AuditScreen,
-    ConfirmScreen,
-    EditDetailScreen,
-    checks_text,
-    filter_edits,
-    metric_results,
-    sort_edits,
-)
-from kbchat.tui.chat import AnswerMessage, EditCard, EditProgress, Note, progress_line
-from kbchat.tui.commands import Command, CommandError, complete, parse_command
+from kbchat.tui.audit import AuditScreen
+from kbchat.tui.commands import Command, CommandError, complete, help_markdown, parse_command
+from kbchat.tui.detail import EditDetailScreen
+from kbchat.tui.dialogs import ConfirmScreen
+from kbchat.tui.edit_table import filter_edits, sort_edits
+from kbchat.tui.format import checks_text, metric_results, progress_line
+from kbchat.tui.messages import AnswerMessage, EditCard, EditProgress, Note
 from tests.fake_service import FakeChatService
 
 # Async tests run on asyncio through anyio's pytest plugin (anyio comes with httpx and textual).
@@ -73,8 +74,21 @@ async def idle(pilot: Pilot) -> None:
     await pilot.pause()
 
 
+class RecordingApp(KbchatApp):
+    """The App, keeping every notification it shows as (message, severity)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.notified: list[tuple[str, str]] = []
+
+    def notify(self, message: str, *, severity: SeverityLevel = "information", **kwargs: Any) -> None:
+        self.notified.append((str(message), severity))
+        super().notify(message, severity=severity, **kwargs)
+
+
 def messages(app: KbchatApp, severity: str | None = None) -> list[str]:
-    return [n.message for n in app._notifications if severity is None or n.severity == severity]
+    assert isinstance(app, RecordingApp)
+    return [message for message, level in app.notified if severity is None or level == severity]
 
 
 def answers(app: KbchatApp) -> list[AnswerMessage]:
@@ -205,7 +219,7 @@ def test_progress_line() -> None:
 
 async def test_open_shows_progress_then_enables_input() -> None:
     fake = FakeChatService()
-    app = KbchatApp(fake.opener(steps=3, delay=0.05))
+    app = RecordingApp(fake.opener(steps=3, delay=0.05))
     async with app.run_test() as pilot:
         await wait_for(pilot, lambda: "loading model" in str(app.query_one("#opening-status", Label).content))
         assert app.chat.prompt.disabled
@@ -219,7 +233,7 @@ async def test_open_shows_progress_then_enables_input() -> None:
 
 async def test_open_failure_is_shown_not_raised() -> None:
     fake = FakeChatService(fail={"open": ModelLoadError("no weights: run make setup")})
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         status = app.query_one("#opening-status", Label)
         await wait_for(pilot, lambda: status.has_class("error"))
@@ -233,7 +247,7 @@ async def test_open_failure_is_shown_not_raised() -> None:
 
 async def test_question_streams_into_markdown(fake: FakeChatService) -> None:
     fake.piece_delay = 0.1  # slow enough for the pilot to see the app idle between pieces
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, "Where is the Eiffel Tower?")
@@ -258,7 +272,7 @@ async def test_question_streams_into_markdown(fake: FakeChatService) -> None:
 
 async def test_escape_cancels_a_slow_answer(fake: FakeChatService) -> None:
     fake.piece_delay = 0.3
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, "Where is the Eiffel Tower?")
@@ -280,7 +294,7 @@ async def test_escape_cancels_a_slow_answer(fake: FakeChatService) -> None:
 
 async def test_failing_stream_is_notified(fake: FakeChatService) -> None:
     fake.fail["stream"] = RuntimeError("GPU on fire")
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, "Where is the Eiffel Tower?")
@@ -292,7 +306,7 @@ async def test_failing_stream_is_notified(fake: FakeChatService) -> None:
 
 async def test_edit_confirm_then_card_with_checks(fake: FakeChatService) -> None:
     fake.edit_delay = 0.2  # slow enough for the pilot to see the progress between steps
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, EIFFEL)
@@ -323,7 +337,7 @@ async def test_edit_confirm_then_card_with_checks(fake: FakeChatService) -> None
 
 
 async def test_cancelled_confirmation_changes_nothing(fake: FakeChatService) -> None:
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, EIFFEL)
@@ -335,7 +349,7 @@ async def test_cancelled_confirmation_changes_nothing(fake: FakeChatService) -> 
 
 
 async def test_invalid_edit_notifies_and_changes_nothing(fake: FakeChatService) -> None:
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, "/edit The Eiffel Tower is in Rome")
@@ -355,7 +369,7 @@ async def test_invalid_edit_notifies_and_changes_nothing(fake: FakeChatService) 
 
 async def test_failed_edit_is_an_error_notification(fake: FakeChatService) -> None:
     fake.fail["edit"] = EditFailed("the edit did not take: rolled back, nothing changed")
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, EIFFEL)
@@ -371,7 +385,7 @@ async def test_failed_edit_is_an_error_notification(fake: FakeChatService) -> No
 
 
 async def test_method_rome_then_edit_uses_rome(fake: FakeChatService) -> None:
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, "/method rome")
@@ -388,7 +402,7 @@ async def test_method_rome_then_edit_uses_rome(fake: FakeChatService) -> None:
 
 
 async def test_revert_unknown_id_notifies(fake: FakeChatService) -> None:
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, "/revert 999")
@@ -398,7 +412,7 @@ async def test_revert_unknown_id_notifies(fake: FakeChatService) -> None:
 
 
 async def test_revert_from_chat_with_confirmation(fake: FakeChatService) -> None:
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, EIFFEL)
@@ -416,7 +430,7 @@ async def test_revert_from_chat_with_confirmation(fake: FakeChatService) -> None
 
 async def test_edits_list_help_clear_commit(fake: FakeChatService) -> None:
     populate(fake)
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, "/edits")
@@ -430,15 +444,29 @@ async def test_edits_list_help_clear_commit(fake: FakeChatService) -> None:
             assert f"`{name}" in help_text
         await submit(pilot, "/commit")
         await wait_for(pilot, lambda: "Committed" in str(list(app.query(Note))[-1].content))
-        assert "Committed 1 edit:" in str(list(app.query(Note))[-1].content)  # the serac one
-        assert fake.get_edit(1).status == "committed"
+        # The one memory edit (serac, #1) went into a new weight edit, #4; the report lists what it retired.
+        report = str(list(app.query(Note))[-1].content)
+        assert report.startswith("Committed 1 edit into the weights as edit #4:\n#1 committed serac")
+        assert fake.get_edit(1).status == "committed" and fake.get_edit(4).kind == "weight"
+        await wait_for(pilot, lambda: app.sub_title.startswith("3 active edits"))  # #2, #3 and #4
+        # A committed edit cannot be reverted: refused before asking, the service is not called.
+        await submit(pilot, "/revert 1")
+        await wait_for(pilot, lambda: messages(app, "warning"))
+        assert messages(app, "warning") == ["edit #1 is committed: only active edits can be reverted"]
+        assert not isinstance(app.screen, ConfirmScreen) and ("revert", 1) not in fake.calls
+        # Nothing left to commit: the service says so, as an error.
+        await submit(pilot, "/commit")
+        await wait_for(pilot, lambda: messages(app, "error"))
+        await idle(pilot)
+        assert messages(app, "error") == ["no active memory edits to commit"]
+        assert not app.query(EditProgress)
         await submit(pilot, "/clear")
         await pilot.pause()
         assert not app.query(Note) and not app.query(".help")
 
 
 async def test_unknown_command_keeps_the_text(fake: FakeChatService) -> None:
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, "/edti Eiffel")
@@ -448,7 +476,7 @@ async def test_unknown_command_keeps_the_text(fake: FakeChatService) -> None:
 
 
 async def test_slash_completion_in_the_input(fake: FakeChatService) -> None:
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         app.chat.prompt.focus()
@@ -460,7 +488,7 @@ async def test_slash_completion_in_the_input(fake: FakeChatService) -> None:
 
 async def test_audit_id_opens_the_detail(fake: FakeChatService) -> None:
     populate(fake)
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await submit(pilot, "/audit 3")
@@ -483,7 +511,7 @@ async def test_audit_id_opens_the_detail(fake: FakeChatService) -> None:
 
 async def test_audit_filter_sort_detail_revert(fake: FakeChatService) -> None:
     populate(fake)
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test(size=(120, 36)) as pilot:
         await opened(pilot)
         assert app.sub_title.startswith("3 active edits")
@@ -552,7 +580,8 @@ async def test_audit_filter_sort_detail_revert(fake: FakeChatService) -> None:
         await pilot.press("r")
         await pilot.pause()
         assert not isinstance(app.screen, ConfirmScreen)
-        assert "only active or committed" in messages(app, "warning")[-1]
+        assert messages(app, "warning")[-1] == "edit #2 is reverted: only active edits can be reverted"
+        assert fake.calls.count(("revert", 2)) == 1
 
         await pilot.press("escape")
         assert app.screen is app.screen_stack[0]
@@ -561,7 +590,7 @@ async def test_audit_filter_sort_detail_revert(fake: FakeChatService) -> None:
 
 async def test_audit_from_the_command_palette(fake: FakeChatService) -> None:
     populate(fake)
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
         await pilot.press("ctrl+p")
@@ -579,10 +608,88 @@ async def test_audit_from_the_command_palette(fake: FakeChatService) -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, AuditScreen) and app.screen.sort_column == "time")
 
 
+async def test_reverting_a_memory_edit_in_the_audit_brings_back_the_one_it_replaced(fake: FakeChatService) -> None:
+    fake.edit("Eiffel Tower → The Eiffel Tower is located in Rome", method="serac")
+    fake.edit("Eiffel Tower → The Eiffel Tower is located in Berlin", method="serac")  # supersedes #1
+    app = RecordingApp(fake.opener())
+    async with app.run_test(size=(120, 36)) as pilot:
+        await opened(pilot)
+        await pilot.press("ctrl+a")
+        await wait_for(pilot, lambda: isinstance(app.screen, AuditScreen) and app.screen.records)
+        screen = app.screen
+        assert isinstance(screen, AuditScreen)
+        assert table_column(screen, "status") == ["superseded", "active"]
+        screen.query_one(DataTable).move_cursor(row=1)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: table_column(screen, "status") == ["active", "reverted"])
+        await wait_for(pilot, lambda: app.sub_title.startswith("1 active edit ·"))
+
+
+class MemoryOnlyFake(FakeChatService):
+    """A service that can only make memory edits (like the OpenAI-backend host), with a problem to report."""
+
+    def capabilities(self) -> Capabilities:
+        return replace(super().capabilities(), methods=MEMORY_METHODS, default_method="serac",
+                       weight_edits=False, export=False)
+
+    def problems(self) -> list[str]:
+        return ["edit #7: its delta is missing from the ledger"]
+
+
+def test_commands_accept_only_the_given_methods() -> None:
+    assert complete("/method r") == "/method rome"
+    assert complete("/method r", MEMORY_METHODS) is None
+    assert complete("/method i", MEMORY_METHODS) == "/method ike"
+    assert parse_command("/method IKE", methods=MEMORY_METHODS) == Command("method", method="ike")
+    with pytest.raises(CommandError, match="unknown method 'rome': choose one of serac, ike"):
+        parse_command("/edit X → the X is Y --method rome", methods=MEMORY_METHODS)
+    assert "Methods: serac, ike." in help_markdown(methods=MEMORY_METHODS)
+    assert f"Methods: {', '.join(ALL_METHODS)}." in help_markdown()
+
+
+async def test_the_chat_offers_the_services_methods_and_reports_its_problems() -> None:
+    fake = MemoryOnlyFake()
+    app = RecordingApp(fake.opener())
+    async with app.run_test() as pilot:
+        await opened(pilot)
+        await pilot.pause()
+        assert app.capabilities == fake.capabilities()
+        notes = [str(n.content) for n in app.query(Note)]
+        assert "Problem found on opening: edit #7: its delta is missing from the ledger" in notes
+        await submit(pilot, "/method rome")
+        await wait_for(pilot, lambda: messages(app, "error"))
+        assert messages(app, "error") == ["unknown method 'rome': choose one of serac, ike"]
+        assert app.chat.prompt.value == "/method rome" and app.chat.default_method is None
+        app.chat.prompt.value = "/help"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert "Methods: serac, ike." in app.query_one(".help", Markdown).source
+
+
+class IncompatibleFake(FakeChatService):
+    """A service that opens, then cannot say what it can do."""
+
+    def capabilities(self) -> Capabilities:
+        raise ModelLoadError("server too old")
+
+
+async def test_capabilities_failing_is_an_open_failure() -> None:
+    fake = IncompatibleFake()
+    app = RecordingApp(fake.opener())
+    async with app.run_test() as pilot:
+        status = app.query_one("#opening-status", Label)
+        await wait_for(pilot, lambda: status.has_class("error"))
+        assert "server too old" in str(status.content)
+        assert app.service is None and app.chat.prompt.disabled
+    assert fake.closed  # opened, then closed again: it was unusable
+
+
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])
 async def test_works_at_small_and_large_sizes(fake: FakeChatService, size: tuple[int, int]) -> None:
     populate(fake)
-    app = KbchatApp(fake.opener())
+    app = RecordingApp(fake.opener())
     async with app.run_test(size=size) as pilot:
         await opened(pilot)
         screen_region = app.screen.region
@@ -613,7 +720,7 @@ async def test_works_at_small_and_large_sizes(fake: FakeChatService, size: tuple
 @pytest.mark.slow
 async def test_story_with_the_real_engine(real_service) -> None:
     """Ask, /edit the Eiffel Tower to Rome with serac, see the card, revert it in the audit screen."""
-    app = KbchatApp(lambda progress: real_service, close_service=False)
+    app = RecordingApp(lambda progress: real_service, close_service=False)
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: "active edit" in app.sub_title, timeout=120)
         await submit(pilot, "Where is the Eiffel Tower?")

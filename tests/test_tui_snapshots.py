@@ -12,7 +12,9 @@ from textual.pilot import Pilot
 from textual.widgets import Input
 
 from kbchat.tui import KbchatApp
-from kbchat.tui.audit import AuditScreen, ConfirmScreen, EditDetailScreen
+from kbchat.tui.audit import AuditScreen
+from kbchat.tui.detail import EditDetailScreen
+from kbchat.tui.dialogs import ConfirmScreen
 from tests.fake_service import FakeChatService
 
 

@@ -1,4 +1,4 @@
-"""Weight edits on the real default model through the facade: exact revert, replay on start,
+"""Weight edits on the real default model through the engine: exact revert, replay on start,
 fingerprint mismatch detection, export, and a 10-edit MEMIT batch."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import methods
-from kbchat.facade import KnowledgeChat
+from kbchat.engine.local import LocalEngine
+from kbchat.evaluation.datasets import load_cases
+from kbchat.evaluation.metrics import target_logprobs
 from methods import EditRequest
-from methods.datasets import load_cases
-from methods.evaluation import target_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -25,22 +25,22 @@ def db(tmp_path) -> str:
 
 
 def test_rome_edit_replays_reverts_exactly_and_detects_tampering(model_home, db, tmp_path):
-    with KnowledgeChat.open(db=db, home=model_home) as chat:
-        base = chat._weights.fingerprint()
+    with LocalEngine.open(db=db, home=model_home) as chat:
+        base = chat.runtime.fingerprint()
         record = chat.edit(EIFFEL, method="rome", audit="off")
-        edited = chat._weights.fingerprint()
+        edited = chat.runtime.fingerprint()
         assert edited != base
         assert "Rome" in chat.ask("Where is the Eiffel Tower located?", memory=False).text
         export = chat.export(tmp_path / "export")
 
-    # A new process (here: a new facade) replays the delta: same weights, no problems.
-    with KnowledgeChat.open(db=db, home=model_home) as chat:
-        assert chat.problems == []
-        assert chat._weights.fingerprint() == edited
+    # A new process (here: a new engine) replays the delta: same weights, no problems.
+    with LocalEngine.open(db=db, home=model_home) as chat:
+        assert chat.problems() == []
+        assert chat.runtime.fingerprint() == edited
         assert chat.verify() == []
         reverted = chat.revert(record.id)
         assert reverted.status == "reverted" and "exactly" in reverted.notes
-        assert chat._weights.fingerprint() == base  # bit for bit
+        assert chat.runtime.fingerprint() == base  # bit for bit
 
     # The export is a standard checkpoint that transformers loads and that carries the edit.
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,27 +53,27 @@ def test_rome_edit_replays_reverts_exactly_and_detects_tampering(model_home, db,
 
 
 def test_tampered_delta_is_reported_not_applied(model_home, db):
-    with KnowledgeChat.open(db=db, home=model_home) as chat:
-        base = chat._weights.fingerprint()
+    with LocalEngine.open(db=db, home=model_home) as chat:
+        base = chat.runtime.fingerprint()
         record = chat.edit(EIFFEL, method="rome", audit="off")
     path = db.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
         blob = bytearray(conn.execute("select delta from edits where id = ?", (record.id,)).fetchone()[0])
         blob[-1] ^= 0xFF
         conn.execute("update edits set delta = ? where id = ?", (bytes(blob), record.id))
-    with KnowledgeChat.open(db=db, home=model_home) as chat:
-        assert any(f"#{record.id}" in p for p in chat.problems)
+    with LocalEngine.open(db=db, home=model_home) as chat:
+        assert any(f"#{record.id}" in p for p in chat.problems())
         assert any(f"#{record.id}" in p or "delta" in p for p in chat.verify())
-        assert chat._weights.fingerprint() == base  # the corrupt delta was not applied
+        assert chat.runtime.fingerprint() == base  # the corrupt delta was not applied
 
 
 def test_changed_weights_fingerprint_is_reported(model_home, db):
-    with KnowledgeChat.open(db=db, home=model_home) as chat:
+    with LocalEngine.open(db=db, home=model_home) as chat:
         chat.edit(EIFFEL, method="rome", audit="off")
-        key = chat._state_key()
-        chat.ledger.set_meta(key, "0" * 64)
-    with KnowledgeChat.open(db=db, home=model_home) as chat:
-        assert any("do not match" in p for p in chat.problems)
+        key = chat.runtime.state_key
+        chat.book.ledger.set_meta(key, "0" * 64)
+    with LocalEngine.open(db=db, home=model_home) as chat:
+        assert any("do not match" in p for p in chat.problems())
 
 
 def test_memit_batch_of_ten_on_the_real_model(model_home):

@@ -19,9 +19,7 @@ approximate and cannot remove). See bench/bench_retrieval.py.
 from __future__ import annotations
 
 import contextlib
-import re
 import threading
-import unicodedata
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ import faiss
 import numpy as np
 
 from kbchat.memory.calibration import SCOPE_THRESHOLD
+from kbchat.words import normalise_words
 
 # Single-word subjects that are ordinary function words would match almost every question; such
 # edits are reachable through the vector path only.
@@ -40,7 +39,6 @@ _STOPWORDS = frozenset(
     where why how do does did not no yes s t
     """.split()
 )
-_TOKEN_RE = re.compile(r"[^\W_]+")
 
 
 @dataclass(frozen=True)
@@ -66,13 +64,6 @@ def key_text_for(subject: str, prompt: str, target: str) -> str:
     """
     del prompt, target  # see the docstring: deliberately unused
     return " ".join(subject.split())
-
-
-def normalise_words(text: str) -> list[str]:
-    """Lower-case, accent-free word tokens: "The Eiffel-Tower's" → ["the", "eiffel", "tower", "s"]."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return _TOKEN_RE.findall(plain.casefold())
 
 
 def subject_key(subject: str) -> tuple[str, ...]:

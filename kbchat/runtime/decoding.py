@@ -72,6 +72,12 @@ def stream_tokens(
             sent = text
 
 
+def greedy_text(model: nn.Module, tokenizer, input_ids: torch.Tensor, max_new_tokens: int,
+                stops: Sequence[str] = ()) -> str:
+    """The whole greedy continuation of `input_ids` as one string: `stream_tokens` joined."""
+    return "".join(stream_tokens(model, tokenizer, input_ids, max_new_tokens, None, stops))
+
+
 def _as_list(value) -> list[int]:
     if value is None:
         return []

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from kbchat.config import model_spec
 from kbchat.errors import ModelLoadError
 from kbchat.records import Progress, ProgressFn, no_progress
 
@@ -61,7 +62,7 @@ def default_gguf() -> Path:
 
 def resolve(spec: str | os.PathLike[str] | None) -> Path:
     """--model / $KBCHAT_MODEL / the default GGUF, as an existing path."""
-    chosen = spec or os.environ.get("KBCHAT_MODEL")
+    chosen = model_spec(str(spec) if spec else None)
     if not chosen:
         return default_gguf()
     path = Path(chosen).expanduser()

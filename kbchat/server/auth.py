@@ -7,14 +7,17 @@ import ipaddress
 import os
 import secrets
 import stat
-from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from kbchat.config import data_dir
+from fastapi import Depends, Request
+
+from kbchat.config import ENV_TOKEN, env_token
 from kbchat.errors import KbchatError
+from kbchat.remote import TOKEN_FILE, token_path
+from kbchat.server.http_errors import ApiError
 
-TOKEN_ENV = "KBCHAT_TOKEN"
-TOKEN_FILE = "server-token"
+__all__ = ["TOKEN_FILE", "bearer_guard", "is_loopback", "resolve_token", "token_matches", "token_path"]
 
 
 def is_loopback(host: str) -> bool:
@@ -28,13 +31,8 @@ def is_loopback(host: str) -> bool:
         return False  # a host name other than localhost may resolve anywhere
 
 
-def token_path(home: str | os.PathLike[str] | None = None) -> Path:
-    """Where the generated token lives: `server-token` in the data dir."""
-    return data_dir(home) / TOKEN_FILE
-
-
-def resolve_token(home: str | os.PathLike[str] | None, token: str | None, no_auth: bool, host: str,
-                  env: Mapping[str, str] | None = None) -> str | None:
+def resolve_token(home: str | os.PathLike[str] | None, token: str | None, no_auth: bool, host: str
+                  ) -> str | None:
     """The token the host will require, or None when `no_auth` is set.
 
     In order: `token` (from --token), then $KBCHAT_TOKEN, then the token file in the data dir, which
@@ -51,10 +49,9 @@ def resolve_token(home: str | os.PathLike[str] | None, token: str | None, no_aut
         if token:
             raise KbchatError("--token and --no-auth contradict each other: choose one")
         return None
-    environ = os.environ if env is None else env
-    chosen = token if token is not None else environ.get(TOKEN_ENV)
+    chosen = token if token is not None else env_token()
     if chosen is not None:
-        return _checked(chosen, "--token" if token is not None else f"${TOKEN_ENV}")
+        return _checked(chosen, "--token" if token is not None else f"${ENV_TOKEN}")
     return _stored_token(token_path(home))
 
 
@@ -83,3 +80,23 @@ def _stored_token(path: Path) -> str:
 def token_matches(given: str, expected: str) -> bool:
     """Constant-time comparison, so response timing does not reveal how much of a guess was right."""
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def bearer_guard(token: str | None) -> list[Any]:
+    """The route dependencies that demand `Authorization: Bearer <token>` (none when `token` is None)."""
+
+    def authorised(request: Request) -> None:
+        if token is None:
+            return
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise _unauthorised("missing bearer token: send `Authorization: Bearer TOKEN` (the host's token "
+                                "is in server-token in its data dir, or what --token / KBCHAT_TOKEN set)")
+        if not token_matches(given.strip(), token):
+            raise _unauthorised("wrong bearer token")
+
+    return [Depends(authorised)]
+
+
+def _unauthorised(message: str) -> ApiError:
+    return ApiError(401, message, "authentication_error", "unauthorized", {"WWW-Authenticate": "Bearer"})

@@ -17,22 +17,24 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
 import httpx
 
-from kbchat.config import ALL_METHODS, WEIGHT_METHODS, data_dir, default_db_url
+from kbchat.config import WEIGHT_METHODS, check_edit_options, data_dir, default_db_url
 from kbchat.errors import KbchatError, UnsupportedOperation
 from kbchat.ledger import Ledger, NewEdit, StoredEdit
-from kbchat.memory import Embedder, key_text_for
-from kbchat.memory.active import ActiveMemory, facts_message
+from kbchat.memory import Embedder
+from kbchat.memory.active import facts_message
+from kbchat.memory.book import MemoryBook
 from kbchat.parsing import parse_edit
 from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, Progress, ProgressFn, no_progress
 from kbchat.remote import base_url, sse_data
-from kbchat.service import AnswerStream, Message
+from kbchat.service import AnswerStream, Capabilities, Message
 
 DEFAULT_MAX_NEW_TOKENS = 80
 DEFAULT_METHOD = "ike"  # in-context: the only memory method that needs no weights in process
-RETRIEVE_K = 4
 
 
 class OpenAIBackendChat:
@@ -60,10 +62,9 @@ class OpenAIBackendChat:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(base_url=self.engine_url, headers=headers, transport=transport,
                                     timeout=httpx.Timeout(timeout, connect=10.0))
-        self._memory = ActiveMemory(embedder)
+        self.book = MemoryBook(ledger, embedder)
         self._edit_lock = threading.Lock()
-        self.problems: list[str] = []
-        self._restore()
+        self._problems = self._restore()
 
     @classmethod
     def open(cls, engine_url: str, *, model: str | None = None, api_key: str | None = None,
@@ -87,28 +88,36 @@ class OpenAIBackendChat:
             ledger.close()
             raise
 
-    def _restore(self) -> None:
-        rows = self.ledger.active(kind="memory")
-        self._memory.load(rows)
+    def _restore(self) -> list[str]:
+        rows = self.book.load()
+        problems = []
         weight = self.ledger.active(kind="weight")
         if weight:
-            self.problems.append(
+            problems.append(
                 f"the ledger has {len(weight)} active weight edit(s); answers from {self.engine_url} include "
                 "them only if the engine serves a checkpoint exported after them (`kbchat export`)")
         if any(r.method == "serac" for r in rows):
-            self.problems.append("serac edits are served as stated facts only: their in-model patches need "
-                                 "the weights in process")
+            problems.append("serac edits are served as stated facts only: their in-model patches need "
+                            "the weights in process")
+        return problems
 
     # -- ChatService ------------------------------------------------------------------------------
 
     def info(self) -> EngineInfo:
         return EngineInfo(model=self.model, device=f"OpenAI-compatible engine at {self.engine_url}",
-                          ledger=self.ledger.url, active_memory_edits=len(self._memory),
+                          ledger=self.ledger.url, active_memory_edits=len(self.book),
                           active_weight_edits=0)
+
+    def capabilities(self) -> Capabilities:
+        return Capabilities(methods=(DEFAULT_METHOD,), default_method=DEFAULT_METHOD, weight_edits=False,
+                            export=False, hparams=False, audit=False)
+
+    def problems(self) -> list[str]:
+        return list(self._problems)
 
     def retrieve(self, question: str) -> list[StoredEdit]:
         """Active memory edits in scope for `question`, best first."""
-        return self._memory.retrieve(question, k=RETRIEVE_K)
+        return self.book.retrieve(question)
 
     def messages_for(self, question: str, history: Sequence[Message] = (),
                      memory: bool = True) -> tuple[list[dict[str, str]], list[StoredEdit]]:
@@ -166,11 +175,14 @@ class OpenAIBackendChat:
         return parse_edit(text)
 
     def edit(self, text: str, *, method: str | None = None, probes: Sequence[str] = (),
-             progress: ProgressFn = no_progress) -> EditRecord:
-        """Record an in-context memory edit and put it in scope; weight methods and serac are refused."""
+             progress: ProgressFn = no_progress, hparams: Mapping[str, Any] | None = None,
+             audit: str = "background") -> EditRecord:
+        """Record an in-context memory edit and put it in scope; weight methods and serac are refused.
+
+        There is no model here to audit against: the edit carries no checks, whatever `audit` says.
+        """
         method = method or DEFAULT_METHOD
-        if method not in ALL_METHODS:
-            raise KbchatError(f"unknown method {method!r}; choose one of: {', '.join(ALL_METHODS)}")
+        check_edit_options(method, None, audit)
         if method in WEIGHT_METHODS:
             raise UnsupportedOperation(
                 f"{method} changes the weights, and they live in the engine at {self.engine_url}, not here: "
@@ -181,56 +193,51 @@ class OpenAIBackendChat:
             raise UnsupportedOperation(
                 f"serac patches the model in process, and the weights live in the engine at {self.engine_url}: "
                 f"use method {DEFAULT_METHOD} here (the fact is stated to the engine as quoted data)")
+        if hparams:
+            raise UnsupportedOperation(f"{method} takes no hyperparameters")
         parsed = self.parse(text)
         progress(Progress("index", 0, 1, f"{method}: indexing {parsed.subject}"))
-        key_text = key_text_for(parsed.subject, parsed.prompt, parsed.target)
-        vector = self.embedder.embed([key_text])[0]
+        vector = self.book.key_vector(parsed.subject, parsed.prompt, parsed.target)
+        new = NewEdit(
+            raw_text=parsed.raw_text, subject=parsed.subject, prompt=parsed.prompt,
+            relation=parsed.relation, target=parsed.target, method=method, kind="memory",
+            notes=f"made through the OpenAI-compatible engine at {self.engine_url}",
+            embedding=vector.astype("float32").tobytes(), embedder=self.book.embedder.name,
+        )
         with self._edit_lock:
-            supersede = self._memory.superseded_by(parsed)
-            new = NewEdit(
-                raw_text=parsed.raw_text, subject=parsed.subject, prompt=parsed.prompt,
-                relation=parsed.relation, target=parsed.target, method=method, kind="memory",
-                notes=f"made through the OpenAI-compatible engine at {self.engine_url}",
-                embedding=vector.astype("float32").tobytes(), embedder=self.embedder.name,
-            )
-            stored = self.ledger.record_edit(new, supersede=supersede)
-            for old in supersede:
-                self._memory.forget(old)
-            self._memory.add(stored, vector)
+            stored = self.book.record(new, vector).edit
         progress(Progress("index", 1, 1, f"{method}: edit #{stored.id} active"))
-        return stored.record(self.ledger.checks(stored.id))
+        return self.book.get(stored.id)
 
     def revert(self, edit_id: int) -> EditRecord:
         """Undo an active memory edit, bringing back the one it superseded, if any."""
         with self._edit_lock:
             row = self.ledger.get(edit_id)
-            if row.status != "active":
-                raise KbchatError(f"edit #{edit_id} is {row.status}; only active edits can be reverted")
-            if row.kind != "memory":
+            if row.kind != "memory" and row.status == "active":
                 raise UnsupportedOperation(
                     f"edit #{edit_id} is a weight edit: it lives in the checkpoint the engine serves; revert it "
                     "with a local kbchat, then export and redeploy")
-            stored = self.ledger.set_status(edit_id, "reverted")
-            self._memory.forget(edit_id)
-            revived = [r for r in self.ledger.edits(status="superseded", kind="memory") if r.superseded_by == edit_id]
-            for old in revived:
-                again = self.ledger.set_status(old.id, "active", notes=f"active again: #{edit_id} was reverted")
-                self._memory.add(again, self._memory.vector(again))
-        return stored.record(self.ledger.checks(edit_id))
+            reverted = self.book.revert(edit_id)
+        return self.book.get(reverted.edit.id)
 
     def edits(self, *, status: str | None = None) -> list[EditRecord]:
-        return [r.record(self.ledger.checks(r.id)) for r in self.ledger.edits(status=status)]
+        return self.book.edits(status=status)
 
     def get_edit(self, edit_id: int) -> EditRecord:
-        return self.ledger.get(edit_id).record(self.ledger.checks(edit_id))
+        return self.book.get(edit_id)
 
     def commit(self, *, progress: ProgressFn = no_progress) -> list[EditRecord]:
         raise UnsupportedOperation(
             f"commit writes memory edits into the weights, which live in the engine at {self.engine_url}: "
             "commit with a local kbchat on this ledger, then `kbchat export FOLDER` and serve FOLDER")
 
+    def export(self, folder: str | Path) -> Path:
+        raise UnsupportedOperation(
+            f"export writes the weights, which live in the engine at {self.engine_url}: export with a local "
+            "kbchat on this ledger")
+
     def verify(self) -> list[str]:
-        return list(dict.fromkeys(self.problems + self.ledger.verify()))
+        return list(dict.fromkeys(self._problems + self.ledger.verify()))
 
     def close(self) -> None:
         self._client.close()

@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from kbchat.config import env_token
 from kbchat.errors import KbchatError
 from kbchat.records import ProgressFn, no_progress
 from kbchat.server.app import DEFAULT_MAX_BODY_BYTES, DEFAULT_REQUEST_TIMEOUT, create_app
@@ -72,7 +73,7 @@ def serve(open_service: Callable[[ProgressFn], ChatService], *, host: str = DEFA
             url = url_of(sock)
             if resolved is None:
                 notice(f"kbchat serving on {url}/v1 without auth (loopback only)")
-            elif token is None and not os.environ.get("KBCHAT_TOKEN"):
+            elif token is None and not env_token():
                 notice(f"kbchat serving on {url}/v1; clients need the token in {token_path(home)}")
             else:
                 notice(f"kbchat serving on {url}/v1; clients need the token you set")

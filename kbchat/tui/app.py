@@ -5,10 +5,12 @@ The App stays thin: the conversation lives in `ChatPane`, the ledger views in th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 from textual import on, work
 from textual.app import App, ComposeResult
@@ -19,10 +21,14 @@ from textual.widgets import Footer, Header, Label, ProgressBar
 
 from kbchat.config import ALL_METHODS
 from kbchat.records import EngineInfo, Progress, ProgressFn
-from kbchat.service import ChatService
-from kbchat.tui.audit import AuditScreen, EditsChanged, call_ui, notify_error, show_edit_detail
-from kbchat.tui.chat import ChatPane, progress_line
+from kbchat.service import Capabilities, ChatService
+from kbchat.tui.audit import AuditScreen
+from kbchat.tui.chat import ChatPane
 from kbchat.tui.commands import Command
+from kbchat.tui.detail import show_edit_detail
+from kbchat.tui.events import AuditRequested, EditsChanged
+from kbchat.tui.format import progress_line
+from kbchat.tui.workers import call_ui, notify_error, report_error
 
 OpenService = Callable[[ProgressFn], ChatService]
 
@@ -73,7 +79,7 @@ class KbchatCommands(Provider):
         commands += [
             (f"Method: use {m} for /edit", partial(app.run_chat_command, Command("method", method=m)),
              f"/method {m}")
-            for m in ALL_METHODS
+            for m in (app.capabilities.methods if app.capabilities is not None else ALL_METHODS)
         ]
         return commands
 
@@ -97,7 +103,7 @@ class KbchatApp(App[None]):
     is False (for a service owned by someone else, e.g. a test fixture).
     """
 
-    CSS_PATH = "kbchat.tcss"
+    CSS_PATH = Path(__file__).with_name("kbchat.tcss")  # absolute: subclasses elsewhere find it too
     COMMANDS = App.COMMANDS | {KbchatCommands}
     BINDINGS = [
         Binding("ctrl+a", "audit", "Audit", priority=True),
@@ -111,6 +117,7 @@ class KbchatApp(App[None]):
         self.title = title
         self.sub_title = "opening…"
         self.service: ChatService | None = None
+        self.capabilities: Capabilities | None = None  # asked once, when the service opens
         self.busy: str | None = None  # the long operation running on the service, if any
         self._exiting = False
         self._service_closed = False
@@ -140,7 +147,7 @@ class KbchatApp(App[None]):
             call_ui(self, self._opening_progress, event)
 
         try:
-            service = self._open_service(progress)
+            service, capabilities, problems = self._connect(progress)
         except Exception as error:  # noqa: BLE001 - shown in the UI instead of a traceback
             call_ui(self, self._open_failed, error)
             return
@@ -150,7 +157,18 @@ class KbchatApp(App[None]):
         if exiting:  # the user quit while the model was loading
             self._close_once()
             return
-        call_ui(self, self._opened, service)
+        call_ui(self, self._opened, service, capabilities, problems)
+
+    def _connect(self, progress: ProgressFn) -> tuple[ChatService, Capabilities, list[str]]:
+        """Open the service and ask what it can do and what it found wrong (worker thread)."""
+        service = self._open_service(progress)
+        try:
+            return service, service.capabilities(), service.problems()
+        except BaseException:
+            if self._close_service:  # opened, but unusable: do not leave it open
+                with contextlib.suppress(Exception):
+                    service.close()
+            raise
 
     def _opening_progress(self, event: Progress) -> None:
         self.query_one("#opening-status", Label).update(progress_line(event))
@@ -160,9 +178,12 @@ class KbchatApp(App[None]):
         else:
             bar.update(total=None)
 
-    def _opened(self, service: ChatService) -> None:
+    def _opened(self, service: ChatService, capabilities: Capabilities, problems: list[str]) -> None:
+        self.capabilities = capabilities
         self.query_one("#opening").remove()
-        self.chat.attach(service)
+        self.chat.attach(service, capabilities)
+        for problem in problems:  # integrity problems are reported, never ignored
+            self.chat.add_note(f"Problem found on opening: {problem}", classes="error")
         self.refresh_info()
         self.refresh_bindings()
 
@@ -233,7 +254,7 @@ class KbchatApp(App[None]):
         try:
             line = info_line(service.info())
         except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
-            call_ui(self, notify_error, self, error)
+            report_error(self, error)
             return
         call_ui(self, setattr, self, "sub_title", line)
 
@@ -245,8 +266,8 @@ class KbchatApp(App[None]):
         if event.note:
             self.chat.add_note(event.note)
 
-    @on(ChatPane.AuditRequested)
-    def _audit_requested(self, event: ChatPane.AuditRequested) -> None:
+    @on(AuditRequested)
+    def _audit_requested(self, event: AuditRequested) -> None:
         self.action_audit(event.edit_id)
 
     # -- actions (bindings, palette, links in the chat) -----------------------------------------

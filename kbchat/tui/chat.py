@@ -1,219 +1,65 @@
-"""The chat: messages rendered as Markdown, streamed answers, slash commands, edit cards.
+"""The chat pane: the conversation, its input and the slash commands it runs.
 
-`ChatPane` owns the conversation and runs every service call in a thread worker; results reach the
-UI thread through `call_from_thread`. Pure formatting helpers come first.
+`ChatPane` runs every service call in a thread worker; results reach the UI thread through `call_ui`.
+It needs from the App only what `TaskGate` says (one long operation at a time), and asks the App for
+the audit screen with an `AuditRequested` message, so it never imports the App.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, TypeVar
 
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
-from textual.message import Message
 from textual.suggester import Suggester
-from textual.widgets import Input, Label, Markdown, ProgressBar, Static
+from textual.widgets import Input, Markdown
 from textual.widgets.markdown import MarkdownStream
 
-from kbchat.config import method_kind
+from kbchat.config import ALL_METHODS, method_kind
 from kbchat.errors import KbchatError
-from kbchat.records import Answer, EditRecord, ParsedEdit, Progress
-from kbchat.service import AnswerStream, ChatService
-from kbchat.tui.audit import (
-    RESULT_MARKS,
-    STATUS_STYLES,
-    ConfirmScreen,
-    EditsChanged,
-    call_ui,
-    edit_summary,
-    notify_error,
-    revert_with_confirmation,
-)
+from kbchat.records import Answer, EditRecord, ParsedEdit, ProgressFn
+from kbchat.service import AnswerStream, Capabilities, ChatService
 from kbchat.tui.commands import Command, CommandError, complete, help_markdown, parse_command
+from kbchat.tui.dialogs import ConfirmScreen
+from kbchat.tui.events import AuditRequested, EditsChanged
+from kbchat.tui.format import edit_confirmation, records_note
+from kbchat.tui.messages import AnswerMessage, EditCard, EditProgress, Note, UserMessage
+from kbchat.tui.revert import revert_with_confirmation
+from kbchat.tui.workers import TaskGate, call_ui, report_error
 
-if TYPE_CHECKING:
-    from kbchat.tui.app import KbchatApp
-
-# -- pure helpers ---------------------------------------------------------------------------------
-
-
-def progress_line(progress: Progress) -> str:
-    """"optimise 3/10 · loss 0.412 · message" for a progress event."""
-    parts = [progress.stage]
-    if progress.total:
-        parts[0] += f" {progress.step}/{progress.total}"
-    elif progress.step:
-        parts[0] += f" {progress.step}"
-    if progress.loss is not None:
-        parts.append(f"loss {progress.loss:.3f}")
-    if progress.message:
-        parts.append(progress.message)
-    return " · ".join(parts)
-
-
-def answer_meta(answer: Answer | None, *, cancelled: bool = False, failed: bool = False) -> Content:
-    """The line under an answer: which edits it used (clickable), and whether it was cut short."""
-    parts: list[Content] = []
-    if answer is not None and answer.used_edits:
-        links = Content(", ").join(
-            Content.from_markup(f"[@click=app.audit({i})]edit #{i}[/]") for i in answer.used_edits
-        )
-        parts.append(Content.assemble(("memory: ", "bold"), links))
-    if cancelled:
-        parts.append(Content.styled("(cancelled)", "italic"))
-    if failed:
-        parts.append(Content.styled("(failed)", "italic red"))
-    return Content(" · ").join(parts)
-
-
-def edit_card_content(record: EditRecord) -> Content:
-    """An edit as a chat card: subject → target, method, status, then one line per check."""
-    status_style = STATUS_STYLES.get(record.status, "")
-    lines = [
-        Content.assemble((record.subject, "bold"), " → ", (record.target, "bold"),
-                         ("   was: ", "dim"), record.target_true or "—"),
-        Content.assemble(f"{record.method} ({record.kind})", " · ", (record.status, status_style), "  ",
-                         Content.from_markup(f"[@click=app.audit({record.id})]details[/]")),
-    ]
-    if record.error:
-        lines.append(Content.styled(record.error, "red"))
-    if not record.checks:
-        lines.append(Content.styled("checks pending", "dim"))
-    for check in record.checks:
-        mark, style = RESULT_MARKS[check.passed]
-        lines.append(Content.assemble(
-            (f"{mark} {check.metric}", style), (f" ({check.mode}) ", "dim"), check.probe, " → ",
-            (check.after if check.after is not None else "…", "bold"),
-        ))
-    return Content("\n").join(lines)
-
-
-def edit_confirmation(parsed: ParsedEdit, method: str | None) -> Content:
-    """The body of the /edit confirmation: what will be written, and how."""
-    how = f"{method} ({method_kind(method)} edit)" if method else "engine default"
-    rows = [("subject", parsed.subject), ("prompt", parsed.prompt), ("target", parsed.target),
-            ("method", how)]
-    body = Content("\n").join(
-        Content.assemble((f"{name:<8} ", "dim"), (value, "bold" if name == "target" else "")) for name, value in rows
-    )
-    return Content.assemble(body, "\n\n", ("The model will complete the prompt with the target.", "dim"))
+T = TypeVar("T")
 
 
 class CommandSuggester(Suggester):
     """Completes slash command names, methods and statuses (see commands.complete)."""
 
-    def __init__(self) -> None:
+    def __init__(self, methods: Sequence[str] = ALL_METHODS) -> None:
         super().__init__(use_cache=True, case_sensitive=True)
+        self.methods = tuple(methods)
 
     async def get_suggestion(self, value: str) -> str | None:
-        return complete(value)
-
-
-# -- widgets ----------------------------------------------------------------------------------------
-
-
-class UserMessage(Markdown):
-    """A question as the user typed it."""
-
-
-class Note(Static):
-    """A line or block from kbchat itself (command results, reports)."""
-
-
-class AnswerMessage(Vertical):
-    """An answer: Markdown that grows as pieces stream in, then a meta line (edits used, cancelled)."""
-
-    def __init__(self) -> None:
-        super().__init__(classes="message assistant streaming")
-        self.body = Markdown("", classes="answer-body")
-        self.meta = Static("", classes="answer-meta")
-
-    def compose(self) -> ComposeResult:
-        yield self.body
-        yield self.meta
-
-    def start_stream(self) -> MarkdownStream:
-        """A Markdown stream to append pieces to (call on the UI thread)."""
-        return Markdown.get_stream(self.body)
-
-    async def finish(self, stream: MarkdownStream | None, answer: Answer | None, *, cancelled: bool,
-                     failed: bool = False) -> None:
-        """Stop streaming and render the final text once, in full, with its meta line."""
-        if stream is not None:
-            await stream.stop()
-        if answer is not None:
-            await self.body.update(answer.text or "*(no answer)*")
-        elif not self.body.source:
-            await self.body.update("*(no answer)*")
-        meta = answer_meta(answer, cancelled=cancelled, failed=failed)
-        self.meta.update(meta)
-        self.meta.display = bool(meta)
-        self.remove_class("streaming")
-        self.set_class(cancelled, "cancelled")
-
-
-class EditProgress(Vertical):
-    """Live progress of a running edit or commit."""
-
-    def __init__(self, title: str) -> None:
-        super().__init__(classes="message progress")
-        self.border_title = title
-        self.label = Label("starting…")
-        self.bar = ProgressBar(total=None, show_eta=False)
-
-    def compose(self) -> ComposeResult:
-        yield self.label
-        yield self.bar
-
-    def show(self, progress: Progress) -> None:
-        self.label.update(progress_line(progress))
-        if progress.total:
-            self.bar.update(total=progress.total, progress=progress.step)
-
-
-class EditCard(Static):
-    """A finished edit: id, subject → target, method, status and its checks."""
-
-    def __init__(self, record: EditRecord) -> None:
-        super().__init__(classes="message card")
-        self.record = record
-        self.show(record)
-
-    def show(self, record: EditRecord) -> None:
-        """Render `record` (again, after a revert or commit)."""
-        self.remove_class(f"status-{self.record.status}")
-        self.record = record
-        self.add_class(f"status-{record.status}")
-        self.border_title = f"edit #{record.id}"
-        self.update(edit_card_content(record))
-
-
-# -- the chat -----------------------------------------------------------------------------------------
+        return complete(value, self.methods)
 
 
 class ChatPane(Vertical):
     """The conversation and its input. Attach a service before use; until then the input is disabled.
 
-    One long operation at a time (answer, edit, commit, revert): the App's begin_task / task_done.
+    One long operation at a time (answer, edit, commit, revert), through the App's `TaskGate`.
     """
 
     BINDINGS = [Binding("escape", "cancel", "Cancel answer")]
 
-    class AuditRequested(Message):
-        """The user asked for the audit screen (`edit_id` None) or one edit's detail."""
-
-        def __init__(self, edit_id: int | None) -> None:
-            super().__init__()
-            self.edit_id = edit_id
-
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._owner: KbchatApp | None = None  # kept: a worker may outlive this pane's place in the DOM
+        # Kept: a worker may outlive this pane's place in the DOM.
+        self._owner: App[Any] | None = None
+        self._gate: TaskGate | None = None
         self.service: ChatService | None = None
+        self.methods: tuple[str, ...] = ALL_METHODS  # those the service accepts, once attached
         self.history: list[dict[str, str]] = []
         self.default_method: str | None = None
         self._stream: AnswerStream | None = None
@@ -223,25 +69,24 @@ class ChatPane(Vertical):
         yield Input(placeholder="Opening the model…", id="prompt", disabled=True, suggester=CommandSuggester())
 
     def on_mount(self) -> None:
-        self._owner = cast("KbchatApp", self.app)
+        app = self.app
+        if not isinstance(app, TaskGate):
+            raise TypeError("ChatPane needs an App that implements TaskGate")
+        self._owner, self._gate = app, app
         self.query_one("#log").anchor()
 
     def on_unmount(self) -> None:
         self.cancel_all()  # a generating thread must not outlive the UI
 
     @property
-    def kb(self) -> KbchatApp:
-        """The App (also from worker threads, and after this pane was removed)."""
-        assert self._owner is not None, "ChatPane is not mounted"
-        return self._owner
-
-    @property
     def prompt(self) -> Input:
         return self.query_one("#prompt", Input)
 
-    def attach(self, service: ChatService) -> None:
-        """Start chatting with `service`."""
+    def attach(self, service: ChatService, capabilities: Capabilities) -> None:
+        """Start chatting with `service`, offering the methods its `capabilities` accept."""
         self.service = service
+        self.methods = capabilities.methods
+        self.prompt.suggester = CommandSuggester(self.methods)
         self.prompt.disabled = False
         self.prompt.placeholder = "Ask a question, or /help for commands"
         self.prompt.focus()
@@ -274,7 +119,7 @@ class ChatPane(Vertical):
     @on(Input.Submitted, "#prompt")
     def _submitted(self, event: Input.Submitted) -> None:
         try:
-            command = parse_command(event.value, default_method=self.default_method)
+            command = parse_command(event.value, default_method=self.default_method, methods=self.methods)
         except KbchatError as error:
             self.app.notify(str(error), severity="error", markup=False)
             return  # the text stays in the input, to be fixed
@@ -297,39 +142,71 @@ class ChatPane(Vertical):
         if name == "edit":
             return self._begin("reading the edit") and bool(self._parse_edit(command.text, command.method, line))
         if name == "commit":
-            if not self._begin("committing"):
-                return False
-            view = EditProgress("committing")
-            self.add(view)
-            self._commit(view)
-            return True
+            service = self.service
+            return self._start_with_progress("committing", "committing",
+                                             lambda progress: service.commit(progress=progress), self._committed)
         if name == "edits":
             self._list_edits(command.text or None)
         elif name == "revert":
             assert command.edit_id is not None
             self._revert(command.edit_id)
         elif name == "audit":
-            self.post_message(self.AuditRequested(command.edit_id))
+            self.post_message(AuditRequested(command.edit_id))
         elif name == "method":
             self._set_method(command.method)
         elif name == "clear":
             self.clear()
         elif name == "help":
-            self.add(Markdown(help_markdown(self.default_method), classes="message note help"))
+            self.add(Markdown(help_markdown(self.default_method, self.methods), classes="message note help"))
         else:  # pragma: no cover - parse_command only returns the names above
             raise CommandError(f"unhandled command {name}")
         return True
 
+    # -- workers --------------------------------------------------------------------------------
+
+    @property
+    def gate(self) -> TaskGate:
+        """The App's task gate (also from worker threads, and after this pane was removed)."""
+        assert self._gate is not None, "ChatPane is not mounted"
+        return self._gate
+
     def _begin(self, task: str) -> bool:
-        return self.kb.begin_task(task)
+        return self.gate.begin_task(task)
 
     def _ui(self, callback: Callable[..., Any], *args: Any) -> Any:
         """Run `callback` on the UI thread (from a worker) and return its result; None once exiting."""
-        return call_ui(self.kb, callback, *args)
+        assert self._owner is not None, "ChatPane is not mounted"
+        return call_ui(self._owner, callback, *args)
 
     def _fail(self, error: BaseException) -> None:
         """Report a worker's failure (from the worker thread)."""
-        self._ui(notify_error, self.kb, error)
+        assert self._owner is not None, "ChatPane is not mounted"
+        report_error(self._owner, error)
+
+    def _start_with_progress(self, task: str, title: str, call: Callable[[ProgressFn], T],
+                             done: Callable[[EditProgress, T | None], object]) -> bool:
+        """Claim the gate for `task`, then run `call(progress)` in a worker with a progress view in the
+        log; `done(view, result)` runs on the UI thread after it (result None if it failed)."""
+        if not self._begin(task):
+            return False
+        view = EditProgress(title)
+        self.add(view)
+        self._with_progress(view, call, done)
+        return True
+
+    @work(thread=True, group="edit", exit_on_error=False)
+    def _with_progress(self, view: EditProgress, call: Callable[[ProgressFn], T],
+                       done: Callable[[EditProgress, T | None], object]) -> None:
+        result: T | None = None
+        try:
+            result = call(lambda progress: self._ui(view.show, progress))
+        except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
+            self._fail(error)
+        finally:
+            try:
+                self._ui(done, view, result)
+            finally:
+                self.gate.task_done()
 
     # -- answers --------------------------------------------------------------------------------
 
@@ -368,7 +245,7 @@ class ChatPane(Vertical):
                 answer = stream.answer if stream is not None else None
                 self._ui(self._answered, view, md_stream, question, answer, cancelled, failed)
             finally:
-                self.kb.task_done()
+                self.gate.task_done()
         self._ui(self.refresh_bindings)
 
     async def _answered(self, view: AnswerMessage, md_stream: MarkdownStream | None, question: str,
@@ -410,7 +287,7 @@ class ChatPane(Vertical):
             self._ui(self._restore_input, line)
             return
         finally:
-            self.kb.task_done()
+            self.gate.task_done()
         self._ui(self._confirm_edit, text, parsed, method)
 
     def _restore_input(self, line: str) -> None:
@@ -419,28 +296,17 @@ class ChatPane(Vertical):
             self.prompt.value = line
 
     def _confirm_edit(self, text: str, parsed: ParsedEdit, method: str | None) -> None:
+        service = self.service
+        assert service is not None
+
         def confirmed(answer: bool | None) -> None:
-            if answer and self._begin("editing"):
-                view = EditProgress(f"editing: {parsed.subject} → {parsed.target}")
-                self.add(view)
-                self._edit(text, method, view)
+            if answer:
+                self._start_with_progress("editing", f"editing: {parsed.subject} → {parsed.target}",
+                                          lambda progress: service.edit(text, method=method, progress=progress),
+                                          self._edited)
 
         self.app.push_screen(ConfirmScreen("Confirm edit", edit_confirmation(parsed, method), confirm="Edit"),
                              confirmed)
-
-    @work(thread=True, group="edit", exit_on_error=False)
-    def _edit(self, text: str, method: str | None, view: EditProgress) -> None:
-        record = None
-        try:
-            assert self.service is not None
-            record = self.service.edit(text, method=method, progress=lambda p: self._ui(view.show, p))
-        except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
-            self._fail(error)
-        finally:
-            try:
-                self._ui(self._edited, view, record)
-            finally:
-                self.kb.task_done()
 
     def _edited(self, view: EditProgress, record: EditRecord | None) -> None:
         view.remove()
@@ -448,30 +314,14 @@ class ChatPane(Vertical):
             self.add(EditCard(record))
             self.post_message(EditsChanged())
 
-    @work(thread=True, group="edit", exit_on_error=False)
-    def _commit(self, view: EditProgress) -> None:
-        records = None
-        try:
-            assert self.service is not None
-            records = self.service.commit(progress=lambda p: self._ui(view.show, p))
-        except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
-            self._fail(error)
-        finally:
-            try:
-                self._ui(self._committed, view, records)
-            finally:
-                self.kb.task_done()
-
     def _committed(self, view: EditProgress, records: list[EditRecord] | None) -> None:
+        """After /commit: `records` is the new weight edit, then the memory edits it retired."""
         view.remove()
-        if records is None:
-            return
         if not records:
-            self.add_note("Nothing to commit.")
             return
-        lines = [Content(f"Committed {len(records)} edit{'s' if len(records) != 1 else ''}:")]
-        lines += [Content.from_rich_text(edit_summary(r)) for r in records]
-        self.add_note(Content("\n").join(lines))
+        new, retired = records[0], records[1:]
+        count = f"{len(retired)} edit{'' if len(retired) == 1 else 's'}"
+        self.add_note(records_note(f"Committed {count} into the weights as edit #{new.id}:", retired))
         for record in records:
             self.update_cards(record)
         self.post_message(EditsChanged())
@@ -491,9 +341,7 @@ class ChatPane(Vertical):
         if not records:
             self.add_note(f"No {which} yet. Correct a fact with /edit SUBJECT → FACT.")
             return
-        lines = [Content(f"{len(records)} {which} (/audit ID for details):")]
-        lines += [Content.from_rich_text(edit_summary(r)) for r in records]
-        self.add_note(Content("\n").join(lines), classes="edits")
+        self.add_note(records_note(f"{len(records)} {which} (/audit ID for details):", records), classes="edits")
 
     @work(thread=True, group="read", exit_on_error=False)
     def _revert(self, edit_id: int) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kbchat.config import ALL_METHODS
+from kbchat.config import ALL_METHODS, STATUSES
 from kbchat.errors import KbchatError
-
-STATUSES = ("active", "reverted", "committed", "superseded", "failed")
 
 
 class CommandError(KbchatError):
@@ -62,24 +61,24 @@ def usage(name: str) -> str:
     return name
 
 
-def help_markdown(default_method: str | None = None) -> str:
-    """The /help text, as Markdown."""
+def help_markdown(default_method: str | None = None, methods: Sequence[str] = ALL_METHODS) -> str:
+    """The /help text, as Markdown; `methods` are the ones the service accepts."""
     rows = "\n".join(f"| `{spec.name} {spec.usage}`".rstrip() + f" | {spec.summary} |" for spec in COMMANDS)
     method = default_method or "the engine's default"
     return (
         "**Commands** (anything else is a question; → accepts a suggestion)\n\n"
         "| command | what it does |\n|---|---|\n"
         f"{rows}\n\n"
-        f"Methods: {', '.join(ALL_METHODS)}. Default method for /edit: {method}.\n\n"
+        f"Methods: {', '.join(methods)}. Default method for /edit: {method}.\n\n"
         "Keys: `Esc` cancels an answer, `Ctrl+A` opens the audit, `Ctrl+P` the command palette."
     )
 
 
-def validate_method(name: str) -> str:
-    """The method name in canonical (lower) case; CommandError if it is not one of records.ALL_METHODS."""
+def validate_method(name: str, methods: Sequence[str] = ALL_METHODS) -> str:
+    """The method name in canonical (lower) case; CommandError if it is not one of `methods`."""
     method = name.strip().lower()
-    if method not in ALL_METHODS:
-        raise CommandError(f"unknown method {name!r}: choose one of {', '.join(ALL_METHODS)}")
+    if method not in methods:
+        raise CommandError(f"unknown method {name!r}: choose one of {', '.join(methods)}")
     return method
 
 
@@ -92,8 +91,9 @@ def parse_edit_id(arg: str, command: str) -> int:
     return int(text)
 
 
-def parse_command(line: str, *, default_method: str | None = None) -> Command | None:
-    """Understand one line of chat input; None for a blank line.
+def parse_command(line: str, *, default_method: str | None = None,
+                  methods: Sequence[str] = ALL_METHODS) -> Command | None:
+    """Understand one line of chat input; None for a blank line. `methods`: those the service accepts.
 
     A line not starting with "/" is a question. Raises CommandError for an unknown command or bad
     arguments; /edit's text itself is only checked for being non-empty (the service parses it).
@@ -112,13 +112,13 @@ def parse_command(line: str, *, default_method: str | None = None) -> Command | 
         raise CommandError(f"unknown command {head}: {hint}type /help for the list")
     bare = name[1:]
     if name == "/edit":
-        return _parse_edit(rest, default_method)
+        return _parse_edit(rest, default_method, methods)
     if name in ("/revert",):
         return Command(bare, edit_id=parse_edit_id(rest, name))
     if name == "/audit":
         return Command(bare, edit_id=parse_edit_id(rest, name) if rest else None)
     if name == "/method":
-        return Command(bare, method=validate_method(rest) if rest else None)
+        return Command(bare, method=validate_method(rest, methods) if rest else None)
     if name == "/edits":
         status = rest.lower()
         if status and status not in STATUSES:
@@ -129,14 +129,14 @@ def parse_command(line: str, *, default_method: str | None = None) -> Command | 
     return Command(bare)
 
 
-def _parse_edit(rest: str, default_method: str | None) -> Command:
+def _parse_edit(rest: str, default_method: str | None, methods: Sequence[str]) -> Command:
     method = default_method
     options = list(_METHOD_OPTION.finditer(rest))
     if options:
         value = options[-1].group(1)
         if not value:
-            raise CommandError(f"--method needs a value: one of {', '.join(ALL_METHODS)}")
-        method = validate_method(value)
+            raise CommandError(f"--method needs a value: one of {', '.join(methods)}")
+        method = validate_method(value, methods)
         rest = _METHOD_OPTION.sub(" ", rest)
     text = " ".join(rest.split())
     if not text:
@@ -145,7 +145,7 @@ def _parse_edit(rest: str, default_method: str | None) -> Command:
     return Command("edit", text=text, method=method)
 
 
-def complete(value: str) -> str | None:
+def complete(value: str, methods: Sequence[str] = ALL_METHODS) -> str | None:
     """The whole input line completed (for an Input suggester), or None when there is nothing to add.
 
     Completes command names, method names after `/method ` or `--method `, `--method` itself in an
@@ -158,20 +158,20 @@ def complete(value: str) -> str | None:
     head, _, rest = value.partition(" ")
     head = head.lower()
     if head == "/method" and " " not in rest:
-        return _extend(value, ALL_METHODS, prefix_len=len(rest))
+        return _extend(value, methods, prefix_len=len(rest))
     if head == "/edits" and " " not in rest:
         return _extend(value, STATUSES, prefix_len=len(rest))
     if head == "/edit":
         last = rest.rsplit(" ", 1)[-1] if rest else ""
         before_last = rest[: len(rest) - len(last)].rstrip().rsplit(" ", 1)[-1]
         if before_last == "--method":
-            return _extend(value, ALL_METHODS, prefix_len=len(last))
+            return _extend(value, methods, prefix_len=len(last))
         if last.startswith("--") and rest.strip() != last:
             return _extend(value, ("--method",), prefix_len=len(last))
     return None
 
 
-def _extend(value: str, options: tuple[str, ...], *, prefix_len: int | None = None) -> str | None:
+def _extend(value: str, options: Sequence[str], *, prefix_len: int | None = None) -> str | None:
     """`value` plus the rest of the first option that starts with its last `prefix_len` characters."""
     typed = value if prefix_len is None else value[len(value) - prefix_len:]
     if prefix_len is not None and prefix_len == 0:

@@ -18,7 +18,6 @@ from transformers import BertConfig
 import methods
 from methods.architecture import UnsupportedModel, architecture_of
 from methods.delta import weight_of
-from methods.evaluation import target_logprob, target_logprobs
 from methods.hparams import (
     ROME_CONTEXTS,
     AlphaEditHParams,
@@ -33,6 +32,7 @@ from methods.hparams import (
 from methods.kv import _hidden, edit_texts, subject_last_tokens, target_token_ids, value_groups
 from methods.requests import EditRequest
 from methods.stats import StatsCache, model_fingerprint
+from tests.library.conftest import target_logprob, target_logprobs
 from tests.tiny_models import FAMILIES, STATS, corpus, edit_requests, tiny
 
 

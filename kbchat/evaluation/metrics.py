@@ -3,25 +3,27 @@
 Teacher forcing (`target_logprob`, `token_accuracy`, `prefers_new`) feeds the target tokens in
 and asks how likely each one was; it is what EasyEdit and ROME report, and it overstates
 success: a model can rank the target first at every step yet never produce it when it decodes
-on its own (Yang et al. 2025, "The Mirage of Model Editing"). `greedy_generate` and
-`generation_hit` check what the model actually says.
+on its own (Yang et al. 2025, "The Mirage of Model Editing"). `mentions` and `generation_hit`
+judge what the model actually says; the text itself comes from the one greedy decoder,
+`kbchat.runtime.decoding` (`greedy_text`). `ngram_entropy` is ROME's fluency score.
 
-Every function here leaves the model as it found it: it runs under `torch.no_grad()` in eval
-mode (dropout off) and restores the training flag on exit.
+Every scoring function here leaves the model as it found it: it runs under `torch.no_grad()` in
+eval mode (dropout off) and restores the training flag on exit.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import unicodedata
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from kbchat.words import normalise_words
 
 
 @contextmanager
@@ -188,24 +190,17 @@ def prefers_new(
 
 
 # ---------------------------------------------------------------------------------------------
-# Generation
-
-
-def _normalise_words(text: str) -> list[str]:
-    """Casefolded words with accents and punctuation removed: "Québec City." -> ["quebec", "city"]."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return re.sub(r"[\W_]+", " ", plain.casefold()).split()
+# Judging generated answers
 
 
 def mentions(answer: str, target: str) -> bool:
     """Whether `answer` names `target`: its words appear consecutively, ignoring case, accents and
     punctuation ("rome." and "Rome's" mention "Rome"; "Romeo" does not). A target with no word
     characters falls back to a case-insensitive substring test."""
-    wanted = _normalise_words(target)
+    wanted = normalise_words(target)
     if not wanted:
         return target.strip().casefold() in answer.casefold() if target.strip() else False
-    words = _normalise_words(answer)
+    words = normalise_words(answer)
     n = len(wanted)
     return any(words[i : i + n] == wanted for i in range(len(words) - n + 1))
 
@@ -215,79 +210,6 @@ def generation_hit(generate: Callable[[str], str], prompt_or_question: str, targ
     `target` in the sense of `mentions`, the answer)."""
     answer = generate(prompt_or_question)
     return mentions(answer, target), answer
-
-
-def _chat_input_ids(tokenizer, prompt: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The prompt as a user turn with the generation prompt appended: ids (1, T) and mask or None.
-
-    `apply_chat_template` returns a BatchEncoding in transformers 5 and a tensor (or id list) in
-    older releases; all three are accepted.
-    """
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("the tokenizer has no chat template; call greedy_generate with chat=False")
-    encoded = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True, return_tensors="pt"
-    )
-    mask = None
-    if isinstance(encoded, Mapping) or hasattr(encoded, "keys"):
-        ids, mask = encoded["input_ids"], encoded.get("attention_mask")
-    else:
-        ids = encoded
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    if ids.dim() == 1:
-        ids = ids[None]  # (1, T)
-    if mask is not None:
-        mask = torch.as_tensor(mask, dtype=torch.long).reshape(ids.shape)  # (1, T)
-    return ids, mask
-
-
-def _eos_ids(model: nn.Module, tokenizer) -> list[int]:
-    ids: list[int] = []
-    for source in (getattr(tokenizer, "eos_token_id", None), getattr(model.generation_config, "eos_token_id", None)):
-        for value in source if isinstance(source, (list, tuple)) else [source]:
-            if isinstance(value, int) and value not in ids:
-                ids.append(value)
-    return ids
-
-
-def greedy_generate(
-    model: nn.Module, tokenizer, prompt: str, max_new_tokens: int = 48, chat: bool = False
-) -> str:
-    """Greedy (argmax) continuation of `prompt`, decoded without special tokens.
-
-    chat=False continues the raw text and returns the new text as decoded (it usually starts
-    with a space). chat=True sends `prompt` as a user message through the tokenizer's chat
-    template and returns the assistant's answer, stripped. Stops at EOS or `max_new_tokens`.
-    The model's own sampling settings are ignored: decoding is always greedy.
-    """
-    from transformers import GenerationConfig  # deferred: importing transformers is slow
-
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    device = _device(model)
-    if chat:
-        input_ids, attention_mask = _chat_input_ids(tokenizer, prompt)
-    else:
-        encoded = tokenizer(prompt, return_tensors="pt")
-        input_ids, attention_mask = encoded["input_ids"], encoded.get("attention_mask")
-    input_ids = input_ids.to(device)  # (1, T)
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    attention_mask = attention_mask.to(device)  # (1, T)
-    eos = _eos_ids(model, tokenizer)
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        eos_token_id=eos or None,
-        pad_token_id=_pad_id(tokenizer),
-    )
-    with _inference(model):
-        output = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, generation_config=config
-        )  # (1, T + new)
-    text = tokenizer.decode(output[0, input_ids.shape[1] :], skip_special_tokens=True)
-    return text.strip() if chat else text
 
 
 # ---------------------------------------------------------------------------------------------

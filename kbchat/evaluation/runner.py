@@ -1,10 +1,11 @@
-"""`kbchat bench`: edit every case of a standard dataset and tabulate the checks like EasyEdit does.
+"""`kbchat bench`: edit every case of a standard dataset and check it like EasyEdit does.
 
-Each case is written with the chosen method through the same facade the chat uses
+Each case is written with the chosen method through the same engine the chat uses
 (`edit_request`), measured with the audit's checks (`kbchat.audit.run_checks`) on probes taken
-from the dataset itself (its paraphrases, neighbourhood prompts, portability questions and
-generation prompts), and undone. With `sequential=True` the edits are kept instead, each checked
-right after it is made, all re-checked for reliability once the last is in, then all undone.
+from the dataset itself (`kbchat.evaluation.probes.case_probes`: its paraphrases, neighbourhood
+prompts, portability questions and generation prompts), and undone. With `sequential=True` the
+edits are kept instead, each checked right after it is made, all re-checked for reliability once
+the last is in, then all undone. `kbchat.evaluation.tables.format_table` prints the result.
 
 Figures are averaged per case first (a case with ten neighbourhood prompts weighs as much as one
 with one), then over cases. Teacher-forced scores are EasyEdit's token accuracy (reliability,
@@ -14,42 +15,21 @@ are the share of probes whose real answer names the expected one.
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from kbchat.audit import (
-    FLUENCY,
-    GENERALIZATION,
-    GENERATION,
-    LOCALITY,
-    METRICS,
-    MODES,
-    PORTABILITY,
-    RELIABILITY,
-    TEACHER_FORCED,
-    EditView,
-    Probe,
-    entropy_of,
-    fluency_probe,
-    kind_of,
-    run_checks,
-    with_metric,
-)
+from kbchat.audit.checks import MODES, EditView, entropy_of, run_checks
+from kbchat.audit.probes import FLUENCY, METRICS, RELIABILITY, Probe, with_metric
 from kbchat.config import ALL_METHODS
 from kbchat.errors import KbchatError
+from kbchat.evaluation.datasets import DatasetError, EditCase, read_cases
+from kbchat.evaluation.probes import MAX_PROBES, case_probes
 from kbchat.records import CheckRecord, EditRecord, Progress, ProgressFn, no_progress
-from methods.datasets import DatasetError, EditCase, load_cases
 from methods.requests import EditRequest
-
-# Probes taken per kind from each case; CounterFact's ROME layout has ten neighbourhood prompts
-# and as many generation prompts, which would make a 50-case run take hours on a CPU.
-MAX_PROBES = 3
 
 
 class BenchDataError(KbchatError):
@@ -59,40 +39,13 @@ class BenchDataError(KbchatError):
 
 
 class BenchChat(Protocol):
-    """What the runner needs from `KnowledgeChat`."""
+    """What the runner needs from the engine."""
 
     def edit_request(self, request: EditRequest, *, method: str, progress: ProgressFn = ...) -> EditRecord: ...
 
     def audit_view(self, edit_id: int) -> EditView: ...
 
     def revert(self, edit_id: int) -> EditRecord: ...
-
-
-# ------------------------------------------------------------------------------------------------
-# Probes from a dataset case
-
-
-def case_probes(case: EditCase, max_probes: int = MAX_PROBES) -> list[Probe]:
-    """The probes for one benchmark case, at most `max_probes` of each kind from the dataset.
-
-    Reliability: the edit prompt (a question, as in zsRE, is asked in chat). Generalization: the
-    paraphrases. Locality: the neighbourhood prompts with their answers. Portability: the
-    portability questions. Fluency: the generation prompts, or "Tell me about {subject}." in chat
-    when the case has none.
-    """
-    request = case.request
-    target, old = request.target, request.target_true
-
-    def first(items: Sequence) -> list:
-        return list(items[:max_probes])
-
-    probes = [Probe(RELIABILITY, request.text, target, old, kind_of(request.text))]
-    probes += [Probe(GENERALIZATION, p, target, old, kind_of(p)) for p in first(case.paraphrases)]
-    probes += [Probe(LOCALITY, p, answer, kind=kind_of(p)) for p, answer in first(case.neighborhood) if answer]
-    probes += [Probe(PORTABILITY, p, answer, kind=kind_of(p)) for p, answer in first(case.portability) if answer]
-    prompts = first(case.generation_prompts)
-    probes += [Probe(FLUENCY, p, "", kind=kind_of(p)) for p in prompts] if prompts else [fluency_probe(request)]
-    return probes
 
 
 # ------------------------------------------------------------------------------------------------
@@ -212,35 +165,10 @@ def _aggregate(per_case: Sequence[Sequence[CheckRecord]]) -> dict[str, dict[str,
 def load_bench_cases(path: str | Path, limit: int | None = None) -> tuple[list[EditCase], int]:
     """The cases of a benchmark file (any layout `load_cases` reads) and how many unusable records
     were skipped. Raises BenchDataError, naming the file and record, for a malformed file."""
-    with _counting_skips() as counter:
-        try:
-            cases = load_cases(path, limit=limit, skip_unusable=True)
-        except DatasetError as exc:
-            raise BenchDataError(str(exc)) from exc
-    return cases, counter.skipped
-
-
-class _SkipCounter(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.skipped = 0
-
-    def emit(self, record: logging.LogRecord) -> None:
-        # load_cases reports the number it skipped only in this warning: "%s: skipped %d unusable record(s)".
-        args = record.args if isinstance(record.args, tuple) else ()
-        if "unusable" in str(record.msg) and len(args) == 2 and isinstance(args[1], int):
-            self.skipped += args[1]
-
-
-@contextmanager
-def _counting_skips() -> Iterator[_SkipCounter]:
-    logger = logging.getLogger("methods.datasets")
-    counter = _SkipCounter()
-    logger.addHandler(counter)
     try:
-        yield counter
-    finally:
-        logger.removeHandler(counter)
+        return read_cases(path, limit=limit, skip_unusable=True)
+    except DatasetError as exc:
+        raise BenchDataError(str(exc)) from exc
 
 
 def run_bench(
@@ -318,51 +246,3 @@ def _recheck(chat: BenchChat, result: CaseResult, edit_id: int, probes: Sequence
     except (KbchatError, ValueError) as exc:
         return replace(result, error=f"re-check failed: {exc}")
     return replace(result, final=tuple(final))
-
-
-# ------------------------------------------------------------------------------------------------
-# The table
-
-
-def _pct(value: float | None) -> str:
-    return "—" if value is None else f"{100 * value:.1f}"
-
-
-def format_table(result: BenchResult) -> str:
-    """The result as a plain-text table: one row per metric, teacher-forced and generation side by
-    side (percentages), then fluency's entropies, seconds per edit and case counts."""
-    figures = result.metrics()
-    editing = ("sequential editing (all edits kept, reliability re-checked at the end)" if result.sequential
-               else "single editing (each edit undone before the next)")
-    lines = [
-        f"{result.method} on {Path(result.data).name}: {len(result.completed)} case(s), {editing}",
-        "",
-        f"{'metric':<16}{'forced score':>14}{'forced pass':>13}{'generation':>12}{'cases':>7}",
-    ]
-    rows: list[tuple[str, dict[str, dict[str, float | int]]]] = [(m, figures.get(m, {})) for m in METRICS]
-    if result.sequential:
-        rows.append(("retention", result.retention()))
-    for name, modes in rows:
-        if name == PORTABILITY and not modes:
-            continue  # the dataset has no portability questions
-        forced, generated = modes.get(TEACHER_FORCED, {}), modes.get(GENERATION, {})
-        forced_score = None if name == FLUENCY else forced.get("score")
-        cases = max(int(forced.get("cases", 0)), int(generated.get("cases", 0)))
-        lines.append(f"{name:<16}{_pct(forced_score):>14}{_pct(forced.get('passed')):>13}"
-                     f"{_pct(generated.get('passed')):>12}{cases:>7}")
-    lines.append("")
-    entropy = result.fluency()
-    if entropy is not None:
-        lines.append(f"fluency: n-gram entropy {entropy['before']:.3f} before, {entropy['after']:.3f} after")
-    seconds = result.seconds_per_edit()
-    lines.append(f"seconds per edit (median): {'—' if seconds is None else f'{seconds:.2f}'}")
-    counts = f"cases: {len(result.completed)} checked"
-    if result.failed:
-        counts += f", {len(result.failed)} failed"
-    if result.skipped:
-        counts += f", {result.skipped} unusable record(s) skipped"
-    lines.append(counts)
-    for case in result.failed:
-        lines.append(f"  case {case.case_id}: {case.error}")
-    return "\n".join(lines)
-

@@ -1,4 +1,4 @@
-"""Relation rephrasings and questions for an edit's prompt."""
+"""The audit's relation table (kbchat/audit/data/relations.json): rephrasings and questions for an edit's prompt."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from methods.requests import EditRequest
-from methods.templates import (
+from kbchat.audit.relations import (
     RELATIONS,
     _normalise,
     neighbors_template,
@@ -16,6 +15,7 @@ from methods.templates import (
     questions,
     relation_of,
 )
+from methods.requests import EditRequest
 
 DATA = Path("/work/shared/data")
 

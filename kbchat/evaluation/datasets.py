@@ -88,6 +88,13 @@ def load_cases(
     valid edit, unless `skip_unusable`, which logs and leaves such records out (they do not count
     towards `limit`).
     """
+    return read_cases(path, limit, skip_unusable)[0]
+
+
+def read_cases(
+    path: str | os.PathLike[str], limit: int | None = None, skip_unusable: bool = False
+) -> tuple[list[EditCase], int]:
+    """`load_cases`, and how many unusable records were skipped (0 unless `skip_unusable`)."""
     where = Path(path)
     if limit is not None and limit <= 0:
         raise DatasetError(f"{where}: limit must be positive, got {limit}")
@@ -116,7 +123,7 @@ def load_cases(
         raise DatasetError(f"{where}: none of the {skipped} records read is a usable edit")
     if skipped:
         logger.warning("%s: skipped %d unusable record(s)", where, skipped)
-    return cases
+    return cases, skipped
 
 
 def _read_records(path: Path) -> list[Any]:

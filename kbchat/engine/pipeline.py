@@ -1,0 +1,189 @@
+"""The edit pipeline: validate → compute (through the methods registry) → record → apply; commit;
+revert. Every change is computed first, written to the ledger in one transaction, and only then
+made visible; a failure at any step leaves weights, patches, index and ledger as they were."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import methods
+from kbchat.config import COMMIT_METHOD, MEMORY_METHODS, EngineSettings, method_kind
+from kbchat.engine.deltas import row_delta
+from kbchat.errors import EditFailed, KbchatError, LedgerError
+from kbchat.ledger import NewEdit, StoredEdit
+from kbchat.memory.book import MemoryBook
+from kbchat.records import ParsedEdit, Progress, ProgressFn
+from kbchat.runtime import ModelRuntime
+from methods import Delta, EditRequest, StatsCache
+
+STAGES = {
+    "value": "optimising the new value",
+    "statistics": "key statistics over Wikipedia text (once per model and layer)",
+    "layers": "spreading the update over layers",
+    "finetune": "fine-tuning",
+}
+
+
+class EditPipeline:
+    def __init__(self, runtime: ModelRuntime, book: MemoryBook, stats: StatsCache,
+                 settings: EngineSettings) -> None:
+        self.runtime = runtime
+        self.book = book
+        self.ledger = book.ledger
+        self.stats = stats
+        self.settings = settings
+
+    # -- making an edit -----------------------------------------------------------------------------
+
+    def predict(self, prompt: str) -> str | None:
+        """The model's own continuation of the prompt (a few words): the fact being replaced."""
+        return self.runtime.complete(prompt, 6, ("\n", ".", ",")) or None
+
+    def edit(self, parsed: ParsedEdit, request: EditRequest, method: str, progress: ProgressFn,
+             hparams: Mapping[str, Any]) -> StoredEdit:
+        """Compute, record and apply one edit (the caller holds the edit lock)."""
+        if method in MEMORY_METHODS:
+            return self._memory_edit(parsed, request, method, progress, hparams)
+        prior = self.runtime.deltas if method == "alphaedit" else ()
+        delta = self.compute(method, [request], progress, hparams, prior=prior)
+        return self._apply(self._new_edit(parsed, request, method, delta), delta)
+
+    def _memory_edit(self, parsed: ParsedEdit, request: EditRequest, method: str, progress: ProgressFn,
+                     hparams: Mapping[str, Any]) -> StoredEdit:
+        # serac's counterfactual model: a ROME patch switched on only in scope.
+        delta = self.compute("rome", [request], progress, hparams) if method == "serac" else None
+        vector = self.book.key_vector(parsed.subject, parsed.prompt, parsed.target)
+        new = self._new_edit(parsed, request, method, delta, embedding=vector.astype("float32").tobytes())
+        recorded = self.book.record(new, vector)
+        for old in recorded.superseded:
+            self.runtime.remove_patch(old)
+        if delta is not None:
+            self.runtime.add_patch(recorded.edit.id, delta)
+        return recorded.edit
+
+    def compute(self, method: str, requests: Sequence[EditRequest], progress: ProgressFn,
+                hparams: Mapping[str, Any], prior: Sequence[Delta] = ()) -> Delta:
+        """The method's delta for `requests`; the model is unchanged afterwards (EditFailed on failure)."""
+        impl = methods.get(method)
+        options: dict[str, Any] = {"progress": method_progress(progress)}
+        if impl.uses_statistics:
+            options.update(stats=self.stats, model_id=self.runtime.base_fingerprint())
+        if impl.protects_prior:
+            options["prior"] = list(prior)
+        try:
+            hp = impl.hparams_from_dict(self.runtime.loaded.model, dict(hparams)) if hparams else None
+        except TypeError as exc:  # unknown or ill-typed hyperparameters
+            raise KbchatError(str(exc)) from exc
+        try:
+            with self.runtime.exclusive() as (model, tokenizer):
+                return impl.compute(model, tokenizer, list(requests), hp, **options)
+        except KbchatError:
+            raise
+        except Exception as exc:  # a failed optimisation must not leave anything behind
+            raise EditFailed(f"{method} could not compute the edit: {exc}") from exc
+
+    def _apply(self, new: NewEdit, delta: Delta, retire: Sequence[int] = ()) -> StoredEdit:
+        """Apply a weight delta and record it (with the weights' new fingerprint) in one transaction."""
+        def record(before: str, after: str) -> StoredEdit:
+            done = replace(new, weights_before=before, weights_after=after)
+            try:
+                return self.ledger.record_edit(done, retire=retire, meta={self.runtime.state_key: after})
+            except LedgerError as exc:
+                raise EditFailed(f"the edit was not recorded, nothing changed: {exc}") from exc
+
+        return self.runtime.apply(delta, record)
+
+    def _new_edit(self, parsed: ParsedEdit, request: EditRequest, method: str, delta: Delta | None,
+                  embedding: bytes | None = None) -> NewEdit:
+        return NewEdit(
+            raw_text=parsed.raw_text, subject=parsed.subject, prompt=parsed.prompt, relation=parsed.relation,
+            target=parsed.target, target_true=request.target_true, method=method, kind=method_kind(method),
+            hparams=delta.meta if delta is not None else None,
+            delta=delta.to_bytes() if delta is not None else None,
+            model_fingerprint=self.runtime.base_fingerprint() if delta is not None else None,
+            embedding=embedding, embedder=self.book.embedder.name if embedding is not None else None,
+        )
+
+    # -- committing ---------------------------------------------------------------------------------
+
+    def commit(self, progress: ProgressFn) -> tuple[StoredEdit, list[int]]:
+        """Write the active memory edits into the weights in one MEMIT batch: (the new edit, retired ids).
+
+        A memory edit is retired (status 'committed') only if, from the weights alone, its prompt now
+        yields its target; the others stay active as memory.
+        """
+        rows = self.book.rows()
+        if not rows:
+            raise KbchatError("no active memory edits to commit")
+        requests = [EditRequest(r.subject, r.prompt, r.target, r.target_true) for r in rows]
+        delta = self.compute(COMMIT_METHOD, requests, progress, {})
+        said = self.runtime.trial(delta, [q.text for q in requests], 8)
+        passing = [r.id for r, q, s in zip(rows, requests, said, strict=True) if q.target.lower() in s.lower()]
+        if not passing:
+            raise EditFailed("commit failed its reliability check: no edit's prompt yields its target "
+                             "from the weights; the memory edits stay active")
+        ids = ", ".join(f"#{i}" for i in passing)
+        new = NewEdit(
+            raw_text=f"commit of memory edits {ids}", subject="; ".join(r.subject for r in rows),
+            prompt="; ".join(r.prompt for r in rows), relation="(batch)",
+            target="; ".join(r.target for r in rows), method=COMMIT_METHOD, kind="weight", hparams=delta.meta,
+            delta=delta.to_bytes(), model_fingerprint=self.runtime.base_fingerprint(),
+            notes=f"committed memory edits {ids}",
+        )
+        stored = self._apply(new, delta, retire=passing)
+        self.book.retire(passing)
+        for edit_id in passing:
+            self.runtime.remove_patch(edit_id)
+        return stored, passing
+
+    # -- reverting ----------------------------------------------------------------------------------
+
+    def revert(self, row: StoredEdit) -> tuple[StoredEdit, list[str]]:
+        """Undo active edit `row` in one ledger transaction: (the reverted edit, problems found)."""
+        if row.status != "active":
+            raise KbchatError(f"edit #{row.id} is {row.status}; only active edits can be reverted")
+        if row.kind == "memory":
+            result = self.book.revert(row.id)
+            self.runtime.remove_patch(row.id)
+            problems = []
+            for again in result.revived:
+                if again.method == "serac":
+                    loaded = row_delta(again)
+                    if loaded.delta is not None:
+                        self.runtime.add_patch(again.id, loaded.delta)
+                    elif loaded.problem:
+                        problems.append(loaded.problem)
+            return result.edit, problems
+        return self._revert_weights(row)
+
+    def _revert_weights(self, row: StoredEdit) -> tuple[StoredEdit, list[str]]:
+        active = self.ledger.active(kind="weight")
+        newest = active[-1].id == row.id
+        later = [r.id for r in active if r.id > row.id]
+        remaining = [d for r in active if r.id != row.id and (d := row_delta(r).delta) is not None]
+        problems: list[str] = []
+
+        def record(after: str) -> StoredEdit:
+            exact = newest and after == row.weights_before
+            if newest and row.weights_before and not exact:
+                problems.append(f"revert of #{row.id}: weights differ from those recorded before it")
+            note = ("reverted: the weights are exactly those before the edit" if exact
+                    else f"reverted out of order: its delta was removed from under {len(later)} later edit(s), "
+                         "which were computed with it applied")
+            renote = {i: f"computed with #{row.id} applied; #{row.id} was reverted later" for i in later}
+            return self.ledger.revert(row.id, notes=note, renote=renote,
+                                      meta={self.runtime.state_key: after}).edit
+
+        stored = self.runtime.rebuild(remaining, record)
+        self.runtime.remove_patch(("undo", row.id))  # the audit's "before" patch, if one was made
+        return stored, problems
+
+
+def method_progress(progress: ProgressFn):
+    """Adapt kbchat's Progress events to the methods library's callback signature."""
+    def report(stage: str, step: int, total: int | None, loss: float | None = None) -> None:
+        progress(Progress(stage, step, total, STAGES.get(stage, stage), loss))
+
+    return report

@@ -1,0 +1,54 @@
+"""How a question is put to the model: the in-scope memory edits decide the prompt and the patches.
+
+In-scope serac edits switch on their in-model patches (and, for chat, are quoted as data in a system
+message); in-scope ike edits turn the input into IKE's completion-format prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from kbchat.config import EngineSettings
+from kbchat.engine.ike import IkeDemos, ike_prompt
+from kbchat.memory.active import fact_of, facts_message
+from kbchat.memory.book import MemoryBook
+from kbchat.runtime import Prompt
+from kbchat.service import Message
+
+
+@dataclass(frozen=True)
+class Plan:
+    prompt: Prompt
+    used: tuple[int, ...]  # every in-scope memory edit
+    patches: tuple[int, ...]  # the serac patches to switch on
+
+
+class Planner:
+    def __init__(self, book: MemoryBook, settings: EngineSettings) -> None:
+        self.book = book
+        self.settings = settings
+        self._ike: IkeDemos | None = None  # loaded when an ike edit is first in scope
+
+    def plan(self, text: str, *, history: Sequence[Message] = (), chat: bool = True, memory: bool = True,
+             exclude: frozenset[int] = frozenset()) -> Plan:
+        """The plan for `text`: a chat question after `history` (chat=True) or a raw prompt to continue."""
+        used = self.book.retrieve(text, exclude) if memory else []
+        ids = tuple(r.id for r in used)
+        serac = [r for r in used if r.method == "serac"]
+        patches = tuple(r.id for r in serac)
+        if any(r.method == "ike" for r in used):
+            facts = [fact_of(r) for r in used]
+            demos = self._demos().select(facts[0], self.settings.ike_demos)
+            return Plan(Prompt(text=ike_prompt(facts, text, demos), stops=("\n",)), ids, patches)
+        if not chat:
+            return Plan(Prompt(text=text), ids, patches)
+        messages = [*(dict(m) for m in history), {"role": "user", "content": text}]
+        if serac and self.settings.quote_facts:
+            messages = [facts_message(serac), *messages]
+        return Plan(Prompt(messages=tuple(messages)), ids, patches)
+
+    def _demos(self) -> IkeDemos:
+        if self._ike is None:
+            self._ike = IkeDemos.load(self.book.embedder)
+        return self._ike

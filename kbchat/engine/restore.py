@@ -1,0 +1,44 @@
+"""Opening the engine: the weights and the memory rebuilt from the ledger, problems reported."""
+
+from __future__ import annotations
+
+from kbchat.engine.deltas import row_delta
+from kbchat.memory.book import MemoryBook
+from kbchat.records import Progress, ProgressFn
+from kbchat.runtime import ModelRuntime
+
+
+def restore(runtime: ModelRuntime, book: MemoryBook, progress: ProgressFn) -> list[str]:
+    """Replay the active weight deltas (checking the weights against the ledger's fingerprint) and
+    index the active memory edits with their in-model patches. Returns the problems found: a delta that
+    is missing or altered is not applied, and said so."""
+    ledger = book.ledger
+    problems: list[str] = []
+    deltas = []
+    for row in ledger.active(kind="weight"):
+        loaded = row_delta(row)
+        if loaded.problem:
+            problems.append(loaded.problem)
+        if loaded.delta is not None:
+            deltas.append(loaded.delta)
+    if deltas:
+        progress(Progress("replay", 0, len(deltas), f"replaying {len(deltas)} weight edit(s)"))
+        actual = runtime.replay(deltas)
+        expected = ledger.get_meta(runtime.state_key)
+        if expected is None:
+            ledger.set_meta(runtime.state_key, actual)
+        elif expected != actual:
+            problems.append(f"weights after replaying the ledger do not match its fingerprint ({actual[:12]} != "
+                            f"{expected[:12]}): the base model changed or a delta was altered; see `kbchat verify`")
+    memory = book.load()
+    if memory:
+        progress(Progress("memory", 0, len(memory), f"indexing {len(memory)} memory edit(s)"))
+    for row in memory:
+        if row.method != "serac":
+            continue
+        loaded = row_delta(row)
+        if loaded.problem:
+            problems.append(loaded.problem)
+        if loaded.delta is not None:
+            runtime.add_patch(row.id, loaded.delta)
+    return list(dict.fromkeys(problems))

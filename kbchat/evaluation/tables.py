@@ -1,0 +1,53 @@
+"""`kbchat bench`'s table: a `BenchResult` as plain text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kbchat.audit.checks import GENERATION, TEACHER_FORCED
+from kbchat.audit.probes import FLUENCY, METRICS, PORTABILITY
+from kbchat.evaluation.runner import BenchResult
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def format_table(result: BenchResult) -> str:
+    """The result as a plain-text table: one row per metric, teacher-forced and generation side by
+    side (percentages), then fluency's entropies, seconds per edit and case counts."""
+    figures = result.metrics()
+    editing = ("sequential editing (all edits kept, reliability re-checked at the end)" if result.sequential
+               else "single editing (each edit undone before the next)")
+    lines = [
+        f"{result.method} on {Path(result.data).name}: {len(result.completed)} case(s), {editing}",
+        "",
+        f"{'metric':<16}{'forced score':>14}{'forced pass':>13}{'generation':>12}{'cases':>7}",
+    ]
+    rows: list[tuple[str, dict[str, dict[str, float | int]]]] = [(m, figures.get(m, {})) for m in METRICS]
+    if result.sequential:
+        rows.append(("retention", result.retention()))
+    for name, modes in rows:
+        if name == PORTABILITY and not modes:
+            continue  # the dataset has no portability questions
+        forced, generated = modes.get(TEACHER_FORCED, {}), modes.get(GENERATION, {})
+        forced_score = None if name == FLUENCY else forced.get("score")
+        cases = max(int(forced.get("cases", 0)), int(generated.get("cases", 0)))
+        lines.append(f"{name:<16}{_pct(forced_score):>14}{_pct(forced.get('passed')):>13}"
+                     f"{_pct(generated.get('passed')):>12}{cases:>7}")
+    lines.append("")
+    entropy = result.fluency()
+    if entropy is not None:
+        lines.append(f"fluency: n-gram entropy {entropy['before']:.3f} before, {entropy['after']:.3f} after")
+    seconds = result.seconds_per_edit()
+    lines.append(f"seconds per edit (median): {'—' if seconds is None else f'{seconds:.2f}'}")
+    counts = f"cases: {len(result.completed)} checked"
+    if result.failed:
+        counts += f", {len(result.failed)} failed"
+    if result.skipped:
+        counts += f", {result.skipped} unusable record(s) skipped"
+    lines.append(counts)
+    for case in result.failed:
+        lines.append(f"  case {case.case_id}: {case.error}")
+    return "\n".join(lines)
+

@@ -1,0 +1,203 @@
+"""`ModelRuntime`: the only owner of the weights and of the in-model patch table.
+
+Answers read the model under a readers-writer lock; computing a delta, applying one and rebuilding
+the weights take it exclusively, so an answer sees the weights before or after a change, never a
+mix. Patches (the in-model memory of serac, the audit's "without this edit" negations) are selected
+per generation; removing one while an answer that selected it is streaming is safe: that answer
+keeps it to its end (see `methods.scoped`).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kbchat.errors import KbchatError
+from kbchat.runtime.decoding import chat_input_ids, completion_input_ids, next_word_gaps, stream_tokens
+from kbchat.runtime.loading import LoadedModel
+from kbchat.runtime.locks import ReadWriteLock
+from kbchat.runtime.weights import WeightState
+from methods import Delta
+from methods.scoped import ScopedDeltas
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """What the model is given: chat messages (answered in the assistant's turn) or raw text to continue."""
+
+    messages: tuple[dict[str, str], ...] | None = None
+    text: str | None = None
+    stops: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.messages is None) == (self.text is None):
+            raise ValueError("a Prompt has either messages or text")
+
+
+class ModelRuntime:
+    """The loaded model with its weights = base + active deltas, and the patches answers may select."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self._lock = ReadWriteLock()
+        self._weights = WeightState(loaded.model)
+        self._patches = ScopedDeltas(loaded.model)
+        self._base_fingerprint: str | None = None
+        self._deltas: tuple[Delta, ...] = ()  # the active deltas, in the order they were applied
+        self._fingerprint_lock = threading.Lock()
+
+    # -- what the model is --------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def device_label(self) -> str:
+        dev = self.loaded.device
+        return f"{dev.name} ({str(dev.dtype).removeprefix('torch.')})"
+
+    @property
+    def state_key(self) -> str:
+        """The ledger meta key under which the fingerprint of this model's edited weights is kept."""
+        dev = self.loaded.device
+        return f"weights:{self.name}:{dev.name.split(':')[0]}:{str(dev.dtype).removeprefix('torch.')}"
+
+    def close(self) -> None:
+        self._patches.close()
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the current weights (base + active deltas, no patches) as a Hugging Face checkpoint
+        into `folder`, which must be new or empty."""
+        target = Path(folder).expanduser()
+        if target.exists() and any(target.iterdir()):
+            raise KbchatError(f"{target} is not empty: choose a new folder for the export")
+        with self._lock.read():
+            self.loaded.model.save_pretrained(target)
+            self.loaded.tokenizer.save_pretrained(target)
+        return target
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def generate(self, prompt: Prompt, patches: Sequence[Hashable], limit: int,
+                 cancel: threading.Event | None = None) -> Iterator[str]:
+        """Greedy answer pieces for `prompt` with `patches` switched on; a generator that holds the read
+        lock while it runs (close it, or exhaust it, on the thread that iterates it)."""
+        tokenizer, device = self.loaded.tokenizer, self.loaded.device.name
+        if prompt.messages is not None:
+            ids = chat_input_ids(tokenizer, prompt.messages, device)
+        else:
+            ids = completion_input_ids(tokenizer, prompt.text or "", device)
+        with self._lock.read(), self._patches.select(patches):
+            yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, prompt.stops)
+
+    def complete(self, text: str, limit: int, stops: Sequence[str] = ()) -> str:
+        """The unpatched model's greedy continuation of `text`."""
+        return "".join(self.generate(Prompt(text=text, stops=tuple(stops)), (), limit)).strip()
+
+    def score(self, fn: Callable[[Any, Any, Sequence[tuple[str, str]]], list[float]],
+              pairs: Sequence[tuple[str, str]], patches: Sequence[Hashable] = ()) -> list[float]:
+        """`fn(model, tokenizer, pairs)` (a teacher-forced scorer) with `patches` switched on."""
+        with self._lock.read(), self._patches.select(patches):
+            return fn(self.loaded.model, self.loaded.tokenizer, pairs)
+
+    def word_gaps(self, text: str, offsets: Sequence[int]) -> list[float]:
+        """See `decoding.next_word_gaps`: how far each word of `text` is from the model's own choice."""
+        with self._lock.read():
+            return next_word_gaps(self.loaded.model, self.loaded.tokenizer, text, offsets)
+
+    # -- computing edits ----------------------------------------------------------------------------
+
+    @contextmanager
+    def exclusive(self) -> Iterator[tuple[Any, Any]]:
+        """(model, tokenizer) with no answer running: for computing a delta (it hooks the model)."""
+        with self._lock.write():
+            yield self.loaded.model, self.loaded.tokenizer
+
+    # -- the weights --------------------------------------------------------------------------------
+
+    @property
+    def deltas(self) -> tuple[Delta, ...]:
+        return self._deltas
+
+    def fingerprint(self) -> str:
+        with self._lock.read():
+            return self._weights.fingerprint()
+
+    def base_fingerprint(self) -> str:
+        """Fingerprint of the weights before any delta; computed once, when first needed."""
+        with self._fingerprint_lock:
+            if self._base_fingerprint is None:
+                with self._lock.write():
+                    active = self._deltas
+                    if active:  # rebuild the base briefly
+                        self._weights.rebuild([])
+                    self._base_fingerprint = self._weights.fingerprint()
+                    if active:
+                        self._weights.rebuild(active)
+            return self._base_fingerprint
+
+    def replay(self, deltas: Sequence[Delta]) -> str:
+        """Weights := base + `deltas` in order (at start-up); returns their fingerprint."""
+        with self._lock.write():
+            self._weights.rebuild(deltas)
+            self._deltas = tuple(deltas)
+            return self._weights.fingerprint()
+
+    def apply(self, delta: Delta, record: Callable[[str, str], T]) -> T:
+        """Apply `delta` on top, then `record(before, after)` (the ledger write); if recording fails the
+        weights are restored exactly and the error propagates."""
+        with self._lock.write():
+            before = self._weights.fingerprint()
+            applied = self._weights.apply(delta)
+            try:
+                result = record(before, self._weights.fingerprint())
+            except BaseException:
+                applied.undo()
+                raise
+            self._deltas = (*self._deltas, delta)
+            return result
+
+    def trial(self, delta: Delta, prompts: Sequence[str], limit: int) -> list[str]:
+        """The greedy continuations of `prompts` with `delta` applied to the weights (then removed
+        exactly): what the weights alone would say after the delta."""
+        model, tokenizer, device = self.loaded.model, self.loaded.tokenizer, self.loaded.device.name
+        with self._lock.write():
+            applied = self._weights.apply(delta)
+            try:
+                return ["".join(stream_tokens(model, tokenizer, completion_input_ids(tokenizer, p, device),
+                                              limit, None, ("\n",))) for p in prompts]
+            finally:
+                applied.undo()
+
+    def rebuild(self, deltas: Sequence[Delta], record: Callable[[str], T]) -> T:
+        """Weights := base + `deltas`, then `record(after)`; if recording fails the previous weights come
+        back (rebuilt from the previous deltas) and the error propagates."""
+        with self._lock.write():
+            previous = self._deltas
+            self._weights.rebuild(deltas)
+            try:
+                result = record(self._weights.fingerprint())
+            except BaseException:
+                self._weights.rebuild(previous)
+                raise
+            self._deltas = tuple(deltas)
+            return result
+
+    # -- the patch table ----------------------------------------------------------------------------
+
+    def add_patch(self, key: Hashable, delta: Delta) -> None:
+        self._patches.add(key, delta)
+
+    def remove_patch(self, key: Hashable) -> None:
+        """Answers already using the patch keep it to their end; later ones no longer see it."""
+        self._patches.remove(key)
+
+    def has_patch(self, key: Hashable) -> bool:
+        return key in self._patches

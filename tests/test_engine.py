@@ -1,0 +1,145 @@
+"""The local engine on a tiny random model: what only it can show (concurrency with the patch table,
+crashes between the ledger's writes). The behaviour every implementation shares is in tests/contract."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from kbchat.ledger import Ledger
+from tests.engines import local_engine, save_tiny_llama
+from tests.tiny_models import one_thread
+
+EIFFEL = "Eiffel Tower → The Eiffel Tower is located in Rome"
+BERLIN = "Eiffel Tower → The Eiffel Tower is located in Berlin"
+QUESTION = "Where is the Eiffel Tower?"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny-home")
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from kbchat.memory import Embedder
+
+    return Embedder.load(device="cpu")
+
+
+@pytest.fixture
+def engine(tiny_dir, home, tmp_path, embedder):
+    with one_thread():
+        chat = local_engine(tiny_dir, home, tmp_path / "ledger.db", embedder)
+        try:
+            yield chat
+        finally:
+            chat.close()
+
+
+def test_reverting_a_serac_edit_while_four_answers_use_it(engine) -> None:
+    """100 rounds: 4 answers are streaming with the edit's patch when it is reverted. None fails, and
+    each is the answer with the edit, whole (the patch stays with the answers that selected it)."""
+    record = engine.edit(EIFFEL, audit="off")
+    with_edit = engine.ask(QUESTION, max_new_tokens=16)
+    assert with_edit.used_edits == (record.id,)
+    engine.revert(record.id)
+    without = engine.ask(QUESTION, max_new_tokens=16)
+    assert without.text != with_edit.text  # else the test could not tell the two apart
+    for round_ in range(100):
+        record = engine.edit_request(_request(engine), method="serac", audit="off") if round_ else \
+            engine.edit(EIFFEL, audit="off")
+        answers, errors = _stream_through_revert(engine, record.id, 4)
+        assert errors == []
+        assert [(a.text, a.used_edits) for a in answers] == [(with_edit.text, (record.id,))] * 4
+        assert engine.ask(QUESTION, max_new_tokens=16).text == without.text
+
+
+def _stream_through_revert(engine, edit_id: int, n: int) -> tuple[list, list[BaseException]]:
+    """`n` answers stream; once each has its first piece, `edit_id` is reverted; then they finish."""
+    started = threading.Barrier(n + 1)
+    reverted = threading.Event()
+    answers: list = []
+    errors: list[BaseException] = []
+
+    def answer() -> None:
+        try:
+            stream = engine.stream(QUESTION, max_new_tokens=16)
+            for i, _piece in enumerate(stream):
+                if i == 0:
+                    started.wait(30)
+                    reverted.wait(30)
+            answers.append(stream.answer)
+        except BaseException as exc:  # noqa: BLE001 - reported by the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=answer) for _ in range(n)]
+    for t in threads:
+        t.start()
+    started.wait(30)  # every answer has its first piece: the patch is in use
+    engine.revert(edit_id)
+    reverted.set()
+    for t in threads:
+        t.join(60)
+    return answers, errors
+
+
+def _request(engine):
+    """The Eiffel request as the parser made it (re-used so each round computes the same patch)."""
+    from methods import EditRequest
+
+    first = engine.edits()[0]
+    return EditRequest(first.subject, first.prompt, first.target, first.target_true)
+
+
+def _kbchat(args: list[str], tiny_dir: Path, home: Path, db: str, crash: str | None = None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KBCHAT_HOME": str(home), "KBCHAT_DB": db,
+           "KBCHAT_MODEL": str(tiny_dir)}
+    env.pop("KBCHAT_CRASH_AT", None)
+    if crash:
+        env["KBCHAT_CRASH_AT"] = crash
+    return subprocess.run([sys.executable, "-m", "kbchat.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("method", ["serac", "rome"])
+def test_a_kill_inside_a_revert_leaves_one_consistent_state(engine, tiny_dir, home, tmp_path, method) -> None:
+    """kill -9 between the writes of a revert: the ledger verifies, and reopens as before the revert."""
+    older = engine.edit(EIFFEL, method=method, audit="off")
+    newer = engine.edit(BERLIN, method=method, audit="off")
+    engine.close()
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    killed = _kbchat(["revert", str(newer.id)], tiny_dir, home, db, crash="ledger.revert")
+    assert killed.returncode == -9, killed.stderr
+    with Ledger.open(db) as ledger:
+        states = {e.id: e.status for e in ledger.edits()}
+    expected = {older.id: "superseded" if method == "serac" else "active", newer.id: "active"}
+    assert states == expected
+    verify = _kbchat(["verify"], tiny_dir, home, db)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    done = _kbchat(["revert", str(newer.id)], tiny_dir, home, db)
+    assert done.returncode == 0, done.stderr
+    with Ledger.open(db) as ledger:
+        assert {e.id: e.status for e in ledger.edits()} == {older.id: "active", newer.id: "reverted"}
+    assert _kbchat(["verify"], tiny_dir, home, db).returncode == 0
+
+
+def test_a_kill_while_recording_an_edit_leaves_nothing(engine, tiny_dir, home, tmp_path) -> None:
+    engine.close()
+    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+    killed = _kbchat(["edit", EIFFEL, "--method", "rome", "--no-audit"], tiny_dir, home, db, crash="ledger.record")
+    assert killed.returncode == -9, killed.stderr
+    with Ledger.open(db) as ledger:
+        assert ledger.edits() == []
+    assert _kbchat(["verify"], tiny_dir, home, db).returncode == 0
