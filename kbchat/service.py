@@ -10,9 +10,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from kbchat.errors import KbchatError
 from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, ProgressFn, no_progress
 
 Message = Mapping[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
+
+
+def question_text(text: str) -> str:
+    """The question as it is answered: white space folded; KbchatError when nothing is left."""
+    question = " ".join(text.split())
+    if not question:
+        raise KbchatError("empty question: type something to ask")
+    return question
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,15 @@ class AnswerStream:
             pass
         assert self.answer is not None
         return self.answer
+
+
+class AskByStreaming:
+    """`ask` for a service whose answers come from its `stream`."""
+
+    def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
+            max_new_tokens: int | None = None) -> Answer:
+        return self.stream(text, history=history, memory=memory,  # type: ignore[attr-defined]
+                           max_new_tokens=max_new_tokens).result()
 
 
 @runtime_checkable

@@ -30,11 +30,11 @@ from kbchat.memory.book import MemoryBook
 from kbchat.parsing import follow_model, parse_edit
 from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, Progress, ProgressFn, no_progress
 from kbchat.runtime import ModelRuntime, load_model
-from kbchat.service import AnswerStream, Capabilities, Message
+from kbchat.service import AnswerStream, AskByStreaming, Capabilities, Message, question_text
 from methods import EditRequest, StatsCache
 
 
-class LocalEngine:
+class LocalEngine(AskByStreaming):
     """Chat with a local model whose knowledge is corrected by edits kept in a ledger. Thread-safe."""
 
     def __init__(self, ledger: Ledger, runtime: ModelRuntime, embedder: Embedder, home: Path,
@@ -94,16 +94,10 @@ class LocalEngine:
 
     # -- asking -------------------------------------------------------------------------------------
 
-    def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
-            max_new_tokens: int | None = None) -> Answer:
-        return self.stream(text, history=history, memory=memory, max_new_tokens=max_new_tokens).result()
-
     def stream(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
                max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:
         """Stream the answer to `text`; in-scope memory edits act on it unless `memory` is False."""
-        question = " ".join(text.split())
-        if not question:
-            raise KbchatError("empty question: type something to ask")
+        question = question_text(text)
         plan = self.planner.plan(question, history=history, memory=memory)
         limit = max_new_tokens or self.settings.max_new_tokens
         counter = {"tokens": 0}

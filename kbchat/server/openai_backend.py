@@ -31,13 +31,13 @@ from kbchat.memory.book import MemoryBook
 from kbchat.parsing import parse_edit
 from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, Progress, ProgressFn, no_progress
 from kbchat.remote import base_url, sse_data
-from kbchat.service import AnswerStream, Capabilities, Message
+from kbchat.service import AnswerStream, AskByStreaming, Capabilities, Message, question_text
 
 DEFAULT_MAX_NEW_TOKENS = 80
 DEFAULT_METHOD = "ike"  # in-context: the only memory method that needs no weights in process
 
 
-class OpenAIBackendChat:
+class OpenAIBackendChat(AskByStreaming):
     """A `ChatService` answering through an OpenAI-compatible engine, with kbchat's memory edits in front.
 
     ledger: the ledger (its active memory edits are indexed on construction).
@@ -128,16 +128,10 @@ class OpenAIBackendChat:
             messages = [facts_message(used), *messages]
         return messages, used
 
-    def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
-            max_new_tokens: int | None = None) -> Answer:
-        return self.stream(text, history=history, memory=memory, max_new_tokens=max_new_tokens).result()
-
     def stream(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
                max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:
         """Stream the engine's answer to `text` with the in-scope memory edits stated to it."""
-        question = " ".join(text.split())
-        if not question:
-            raise KbchatError("empty question: type something to ask")
+        question = question_text(text)
         messages, used = self.messages_for(question, history, memory)
         body = {"model": self.model, "messages": messages, "stream": True, "temperature": 0,
                 "max_tokens": max_new_tokens or self.max_new_tokens}
