@@ -128,12 +128,11 @@ def test_chats_in_flight_during_a_weight_edit(host: ServerThread) -> None:
 
 @pytest.mark.anyio
 async def test_tui_story_against_the_host(host: ServerThread, real_service) -> None:
-    from kbchat.tui import KbchatApp
     from kbchat.tui.dialogs import ConfirmScreen
     from kbchat.tui.messages import EditCard
-    from tests.test_tui import answers, messages, submit, wait_for
+    from tests.test_tui import RecordingApp, answers, messages, submit, wait_for
 
-    app = KbchatApp(lambda progress: RemoteChat.connect(host.url, TOKEN, progress=progress))
+    app = RecordingApp(lambda progress: RemoteChat.connect(host.url, TOKEN, progress=progress))
     async with app.run_test(size=(120, 40)) as pilot:
         await wait_for(pilot, lambda: "active edit" in app.sub_title, timeout=60)
         assert "SmolLM2" in app.sub_title
