@@ -1,5 +1,8 @@
 """The `kbchat` command. Every command talks to a `ChatService` (the local engine); errors become one
 line on stderr and a non-zero exit code.
+
+The global options come from, strongest first: the flag, its KBCHAT_* variable, the config file
+(`kbchat config path`), the default; `kbchat config show` tells which one each setting came from.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from kbchat.config import ALL_METHODS
+from kbchat.config import ALL_METHODS, SETTINGS, Config, resolve
 from kbchat.errors import KbchatError
 from kbchat.records import EditRecord, Progress, ProgressFn
 from kbchat.service import ChatService
@@ -34,10 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--db", help="ledger URL (SQLAlchemy), default: SQLite in the data dir; env KBCHAT_DB")
     parser.add_argument("--model", help="Hugging Face model folder or .gguf file; env KBCHAT_MODEL")
     parser.add_argument("--home", help="data dir; env KBCHAT_HOME")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--server", help="talk to a kbchat host (`kbchat serve`) at this URL instead of a local model")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available); env KBCHAT_DEVICE")
+    parser.add_argument("--server", help="talk to a kbchat host (`kbchat serve`) at this URL instead of a local "
+                        "model; env KBCHAT_SERVER")
     parser.add_argument("--token", help="the host's bearer token (default: $KBCHAT_TOKEN or the local token file)")
+    parser.epilog = "Defaults for these options can be set in the config file: see `kbchat config show`."
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    config = sub.add_parser("config", help="where the config file is and the settings in effect")
+    config.add_argument("action", choices=["path", "show"], help="path: the file's path; show: every setting "
+                        "and where it came from (default, file, env or flag)")
+    config.add_argument("--json", action="store_true")
 
     serve = sub.add_parser("serve", help="serve chat (OpenAI-compatible) and the edit API over HTTP")
     serve.add_argument("--host", default="127.0.0.1")
@@ -91,6 +101,22 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write the edited model as a Hugging Face checkpoint")
     export.add_argument("folder")
 
+    train = sub.add_parser("train-editor", help="train a MEND or InstructEdit editor for the model (hours on CPU)")
+    train.add_argument("--method", choices=["mend", "instructedit"], required=True)
+    train.add_argument("--steps", type=int, default=2000)
+    train.add_argument("--out", help="editor file (default: <data dir>/editors/<method>-<model name>.safetensors)")
+    train.add_argument("--resume", action="store_true", help="carry on from the state file beside --out")
+    train.add_argument("--tasks", nargs="+", default=["counterfact", "qa", "chat"],
+                       help="tasks to train on: counterfact, qa, chat (default: all three)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    train.add_argument("--data", help="the shared data dir (default: ../shared/data beside the checkout)")
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--val-every", type=int, default=50)
+    train.add_argument("--val-size", type=int, default=48)
+    train.add_argument("--rank", type=int, default=None, help="the editor's inner rank (default: the model's)")
+    train.add_argument("--json", action="store_true")
+
     verify = sub.add_parser("verify", help="check ledger rows, deltas and weights against their fingerprints")
     verify.add_argument("--json", action="store_true")
     return parser
@@ -116,18 +142,27 @@ def _print_edit(record: EditRecord, as_json: bool) -> None:
         print(f"    {c.metric:<14} {c.mode:<15} {mark:<7} {c.probe}")
 
 
+GLOBAL_FLAGS = ("db", "model", "home", "device", "server", "token")
+
+
 def run(argv: Sequence[str], open_chat: Callable[..., object] | None = None) -> int:
     """Run one command; returns the exit code. `open_chat(db=, model=, home=, device=, progress=)`."""
     args = build_parser().parse_args(list(argv))
+    config = resolve({name: getattr(args, name) for name in GLOBAL_FLAGS})
+    if args.command == "config":
+        return _config(config, args)
+    for name in GLOBAL_FLAGS:  # flag, else env, else file; None keeps the callee's own default
+        setattr(args, name, config.given(name))
+    args.config = config
     opener = open_chat or _opener(args)
     if args.command is None:
-        from kbchat.tui import run as run_tui
-
-        run_tui(lambda progress: opener(db=args.db, model=args.model, home=args.home, device=args.device,
-                                        progress=progress))
+        _run_tui(lambda progress: opener(db=args.db, model=args.model, home=args.home, device=args.device,
+                                         progress=progress), config.given("theme"))
         return 0
     if args.command == "serve":
         return _serve(args, opener)
+    if args.command == "train-editor":
+        return _train_editor(args)
     interactive = sys.stderr.isatty()
     chat = opener(db=args.db, model=args.model, home=args.home, device=args.device,
                   progress=_stderr_progress(interactive))
@@ -148,7 +183,41 @@ def _dispatch(chat: ChatService, args) -> int:
     return command(chat, args)
 
 
+def _run_tui(open_service: Callable[..., object], theme: str | None) -> None:
+    if theme is None:
+        from kbchat.tui import run as run_tui
+
+        run_tui(open_service)
+        return
+    from kbchat.tui.app import KbchatApp
+
+    app = KbchatApp(open_service)
+    if theme not in app.available_themes:
+        raise CliError(f"unknown theme {theme!r} (from the config file or $KBCHAT_THEME); "
+                       f"choose one of: {', '.join(sorted(app.available_themes))}")
+    app.theme = theme
+    app.run()
+
+
+def _config(config: Config, args) -> int:
+    if args.action == "path":
+        print(json.dumps({"path": str(config.path), "exists": config.path.is_file()}) if args.json
+              else config.path)
+        return 0
+    shown = config.to_json()
+    if args.json:
+        print(json.dumps(shown))
+        return 0
+    state = "" if shown["exists"] else " (no such file: defaults, environment and flags only)"
+    print(f"config file: {config.path}{state}")
+    for key, setting in shown["settings"].items():
+        value = "-" if setting["value"] is None else setting["value"]
+        print(f"{key:<11} {str(value):<50} {setting['source']:<8} {SETTINGS[key][2]}")
+    return 0
+
+
 def _ask(chat: ChatService, args) -> int:
+    args.max_tokens = args.max_tokens or args.config.given("max_tokens")
     if args.json:
         answer = chat.ask(args.text, memory=not args.no_memory, max_new_tokens=args.max_tokens)
         print(json.dumps({"text": answer.text, "used_edits": list(answer.used_edits),
@@ -176,7 +245,8 @@ def _parse(chat: ChatService, args) -> int:
 def _edit(chat: ChatService, args) -> int:
     hparams = _json_object(args.hparams) if args.hparams else None
     # The CLI prints the checks, so it waits for them (or skips them with --no-audit).
-    record = chat.edit(args.text, method=args.method, probes=args.probe, hparams=hparams,
+    method = args.method or args.config.given("method")  # a host has its own default otherwise
+    record = chat.edit(args.text, method=method, probes=args.probe, hparams=hparams,
                        progress=_stderr_progress(sys.stderr.isatty()), audit="off" if args.no_audit else "wait")
     if sys.stderr.isatty():
         print("\r\033[K", end="", file=sys.stderr)
@@ -271,9 +341,29 @@ def _opener(args) -> Callable[..., object]:
     def local(**kwargs):
         from kbchat.engine.local import LocalEngine
 
-        return LocalEngine.open(**kwargs)
+        return LocalEngine.open(settings=args.config.engine_settings(), **kwargs)
 
     return local
+
+
+def _train_editor(args) -> int:
+    from kbchat.training.command import TrainOptions, run_training, usage_hint
+
+    if args.server:
+        raise CliError("train-editor trains on the local model; drop --server")
+    summary = run_training(TrainOptions(
+        method=args.method, model=args.model, home=args.home, device=args.device, steps=args.steps, out=args.out,
+        resume=args.resume, tasks=tuple(args.tasks), seed=args.seed, threads=args.threads, data=args.data,
+        batch_size=args.batch_size, val_every=args.val_every, val_size=args.val_size, rank=args.rank,
+        quiet=False))
+    if args.json:
+        print(json.dumps(summary, ensure_ascii=False))
+    else:
+        best = summary["best_val"]
+        print(f"best step {summary['best_step']}: validation edit success {best['success']:.2f}, "
+              f"edit loss {best['edit']:.3f}, locality KL {best['loc']:.4f} ({summary['seconds']:.0f} s)")
+        print(usage_hint(summary["out"], args.method))
+    return 0
 
 
 def _serve(args, opener) -> int:

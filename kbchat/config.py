@@ -1,5 +1,10 @@
-"""Configuration in one place: the environment (every `KBCHAT_*` variable is read here and nowhere
-else), the data dir, the ledger's statuses, the method names and the limits the front ends share."""
+"""Configuration in one place: the config file, the environment (every `KBCHAT_*` variable is read
+here and nowhere else), the data dir, the ledger's statuses, the method names and the limits the front
+ends share.
+
+A setting comes from, strongest first: a command-line flag, its `KBCHAT_*` variable, the TOML config
+file (`config_path()`), the default. `resolve()` says which one each setting came from.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,26 @@ import platformdirs
 
 from kbchat.errors import KbchatError
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser is the tomli package, if installed
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        tomllib = None  # type: ignore[assignment]
+
 # -- the environment ------------------------------------------------------------------------------------
 
 ENV_HOME = "KBCHAT_HOME"
 ENV_DB = "KBCHAT_DB"
 ENV_MODEL = "KBCHAT_MODEL"
 ENV_TOKEN = "KBCHAT_TOKEN"
+ENV_METHOD = "KBCHAT_METHOD"
+ENV_SERVER = "KBCHAT_SERVER"
+ENV_MAX_TOKENS = "KBCHAT_MAX_TOKENS"
+ENV_DEVICE = "KBCHAT_DEVICE"
+ENV_THEME = "KBCHAT_THEME"
+ENV_CONFIG = "KBCHAT_CONFIG"  # the config file's path (tests, or a second profile)
 ENV_CRASH_AT = "KBCHAT_CRASH_AT"  # fault injection for tests: see kbchat.faults
 
 
@@ -27,22 +46,27 @@ def env(name: str) -> str | None:
     return os.environ.get(name) or None
 
 
+def _home(home: str | os.PathLike[str] | None = None) -> Path:
+    chosen = home or env(ENV_HOME) or file_setting("home") or platformdirs.user_data_dir("kbchat", appauthor=False)
+    return Path(chosen).expanduser()
+
+
 def data_dir(home: str | os.PathLike[str] | None = None) -> Path:
-    """The data dir (created if missing): `home`, else $KBCHAT_HOME, else the user data dir."""
-    chosen = home or env(ENV_HOME) or platformdirs.user_data_dir("kbchat", appauthor=False)
-    path = Path(chosen).expanduser()
+    """The data dir (created if missing): `home`, else $KBCHAT_HOME, else the config file's `home`,
+    else the user data dir."""
+    path = _home(home)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def default_db_url(home: str | os.PathLike[str] | None = None) -> str:
-    """$KBCHAT_DB, else an SQLite file in the data dir."""
-    return env(ENV_DB) or f"sqlite:///{data_dir(home) / 'ledger.db'}"
+    """$KBCHAT_DB, else the config file's `db`, else an SQLite file in the data dir."""
+    return env(ENV_DB) or file_setting("db") or f"sqlite:///{data_dir(home) / 'ledger.db'}"
 
 
 def model_spec(spec: str | None = None) -> str | None:
-    """--model, else $KBCHAT_MODEL, else None (the default model)."""
-    return spec or env(ENV_MODEL)
+    """--model, else $KBCHAT_MODEL, else the config file's `model`, else None (the default model)."""
+    return spec or env(ENV_MODEL) or file_setting("model")
 
 
 def env_token() -> str | None:
@@ -54,7 +78,8 @@ def env_token() -> str | None:
 STATUSES = ("active", "reverted", "failed", "superseded", "committed")
 KINDS = ("memory", "weight")
 MEMORY_METHODS = ("serac", "ike")
-WEIGHT_METHODS = ("rome", "memit", "alphaedit", "ft")
+WEIGHT_METHODS = ("rome", "memit", "alphaedit", "ft", "mend", "instructedit", "kn")
+LEARNED_METHODS = ("mend", "instructedit")  # need a trained editor (see kbchat.editors)
 ALL_METHODS = MEMORY_METHODS + WEIGHT_METHODS
 DEFAULT_METHOD = "serac"
 COMMIT_METHOD = "memit"
@@ -93,3 +118,170 @@ class EngineSettings:
     # them; the in-model patch carries the edit for those (like the default) that do not.
     quote_facts: bool = True
     ike_demos: int = 16  # demonstrations in an IKE prompt
+
+
+# -- the config file ------------------------------------------------------------------------------------
+
+
+class ConfigError(KbchatError):
+    """The config file or a KBCHAT_* variable holds something kbchat cannot use."""
+
+    code = "config_error"
+    exit_code = 2
+
+
+# Every key the file may hold: its type, its environment variable and what it means.
+SETTINGS: dict[str, tuple[type, str | None, str]] = {
+    "db": (str, ENV_DB, "ledger URL (SQLAlchemy), e.g. postgresql+psycopg://user@host/kbchat"),
+    "device": (str, ENV_DEVICE, "cpu or cuda"),
+    "home": (str, ENV_HOME, "data dir (model cache, statistics, the default SQLite ledger)"),
+    "max_tokens": (int, ENV_MAX_TOKENS, "most tokens in an answer"),
+    "method": (str, ENV_METHOD, "edit method when none is given"),
+    "model": (str, ENV_MODEL, "Hugging Face model folder or .gguf file"),
+    "server": (str, ENV_SERVER, "URL of a kbchat host to use instead of a local model"),
+    "theme": (str, ENV_THEME, "TUI theme (a Textual theme name)"),
+    "token": (str, ENV_TOKEN, "the host's bearer token"),
+}
+SOURCES = ("default", "file", "env", "flag")
+
+
+def config_path() -> Path:
+    """$KBCHAT_CONFIG, else config.toml in the user config dir (which need not exist)."""
+    chosen = env(ENV_CONFIG) or Path(platformdirs.user_config_dir("kbchat", appauthor=False)) / "config.toml"
+    return Path(chosen).expanduser()
+
+
+def read_config_file(path: Path | None = None) -> dict[str, Any]:
+    """The file's settings, checked; {} when there is no file. ConfigError (one line) otherwise."""
+    path = path or config_path()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{path}: cannot read the config file ({reason})") from exc
+    if tomllib is None:
+        raise ConfigError(f"{path}: reading a config file needs Python 3.11+ or the tomli package")
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {' '.join(str(exc).split())}") from exc
+    for key, value in values.items():
+        if key not in SETTINGS:
+            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(SETTINGS)})")
+        wanted = SETTINGS[key][0]
+        if not isinstance(value, wanted) or isinstance(value, bool):
+            shown = type(value).__name__ if not isinstance(value, dict) else "table"
+            raise ConfigError(f"{path}: {key} must be {_type_name(wanted)}, not {shown} ({value!r})")
+        _check_value(key, value, f"{path}: {key}")
+    return values
+
+
+def file_setting(key: str) -> Any:
+    """One setting from the config file, or None."""
+    return read_config_file().get(key)
+
+
+def _type_name(wanted: type) -> str:
+    return {int: "an integer", str: "a string"}[wanted]
+
+
+def _check_value(key: str, value: Any, where: str) -> None:
+    if key == "method" and value not in ALL_METHODS:
+        raise ConfigError(f"{where}: unknown method {value!r}; choose one of: {', '.join(ALL_METHODS)}")
+    if key == "max_tokens" and not 1 <= value <= MAX_TOKENS_LIMIT:
+        raise ConfigError(f"{where}: must be between 1 and {MAX_TOKENS_LIMIT}, not {value}")
+    if isinstance(value, str) and not value.strip():
+        raise ConfigError(f"{where}: must not be empty")
+
+
+def _from_env(key: str) -> Any:
+    name = SETTINGS[key][1]
+    raw = env(name) if name else None
+    if raw is None:
+        return None
+    if SETTINGS[key][0] is int:
+        try:
+            value: Any = int(raw)
+        except ValueError:
+            raise ConfigError(f"${name}: must be an integer, not {raw!r}") from None
+    else:
+        value = raw
+    _check_value(key, value, f"${name}")
+    return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    value: Any
+    source: str  # one of SOURCES
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every setting with where it came from; `path` is the config file (which may not exist)."""
+
+    path: Path
+    settings: dict[str, Setting]
+
+    def __getitem__(self, key: str) -> Any:
+        return self.settings[key].value
+
+    def given(self, key: str) -> Any:
+        """The value unless it is the default: what to pass on so callees keep their own defaults."""
+        setting = self.settings[key]
+        return None if setting.source == "default" else setting.value
+
+    def engine_settings(self) -> EngineSettings:
+        return EngineSettings(default_method=self["method"], max_new_tokens=self["max_tokens"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "exists": self.path.is_file(),
+            "settings": {k: {"value": _shown(k, s.value), "source": s.source} for k, s in self.settings.items()},
+        }
+
+
+def _shown(key: str, value: Any) -> Any:
+    """The value as `config show` prints it: the token hidden, any password in the ledger URL too."""
+    if value is None:
+        return None
+    if key == "token":
+        return "***"
+    if key == "db" and "://" in value and "@" in value:
+        scheme, rest = value.split("://", 1)
+        credentials, at, host = rest.rpartition("@")
+        if ":" in credentials:
+            credentials = credentials.split(":", 1)[0] + ":***"
+        return f"{scheme}://{credentials}{at}{host}"
+    return value
+
+
+def resolve(flags: Mapping[str, Any] | None = None) -> Config:
+    """Every setting: a flag that is not None, else its environment variable, else the config file,
+    else the default. Raises ConfigError (one line, naming the key) for a bad file or variable."""
+    path = config_path()
+    in_file = read_config_file(path)
+    flags = flags or {}
+    resolved: dict[str, Setting] = {}
+    for key in sorted(SETTINGS, key=lambda k: k != "home"):  # home first: db's default lives in it
+        if flags.get(key) is not None:
+            _check_value(key, flags[key], f"--{key.replace('_', '-')}")
+            resolved[key] = Setting(flags[key], "flag")
+        elif (from_env := _from_env(key)) is not None:
+            resolved[key] = Setting(from_env, "env")
+        elif key in in_file:
+            resolved[key] = Setting(in_file[key], "file")
+        else:
+            resolved[key] = Setting(_default(key, resolved), "default")
+    return Config(path, {key: resolved[key] for key in SETTINGS})
+
+
+def _default(key: str, so_far: Mapping[str, Setting]) -> Any:
+    if key == "home":
+        return platformdirs.user_data_dir("kbchat", appauthor=False)
+    if key == "db":
+        return f"sqlite:///{Path(so_far['home'].value).expanduser() / 'ledger.db'}"
+    return {"method": DEFAULT_METHOD, "max_tokens": DEFAULT_MAX_NEW_TOKENS}.get(key)

@@ -11,9 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from methods import alphaedit, ft, memit, rome
+from methods import alphaedit, ft, kn, memit, rome
 from methods.delta import Applied, Delta, Update, load_delta, patched
-from methods.hparams import AlphaEditHParams, FTHParams, MemitHParams, RomeHParams, for_model, from_dict
+from methods.hparams import (
+    AlphaEditHParams,
+    FTHParams,
+    KNHParams,
+    MemitHParams,
+    MendHParams,
+    RomeHParams,
+    for_model,
+    from_dict,
+)
+from methods.mend import compute as mend_compute
+from methods.mend import compute_instructedit
 from methods.requests import EditRequest
 from methods.stats import StatsCache, model_fingerprint
 
@@ -33,6 +44,7 @@ class Method:
     uses_statistics: bool  # needs second moments (pass `stats=StatsCache(...)` to reuse them)
     protects_prior: bool  # accepts `prior=[earlier deltas]` for sequential editing
     summary: str
+    uses_editor: bool = False  # needs a trained editor: pass `editor=` or `editors=[paths]` and `model_id=`
 
     def hparams(self, model, **overrides):
         """Defaults for `model`'s architecture with `overrides` (unknown keys raise TypeError)."""
@@ -50,6 +62,16 @@ _REGISTRY = {
         Method("alphaedit", alphaedit.compute, AlphaEditHParams, True, True,
                "MEMIT projected onto the null space of preserved and earlier-edited keys"),
         Method("ft", ft.compute, FTHParams, False, False, "constrained fine-tuning of one MLP layer (baseline)"),
+        # mend/instructedit need a trained editor: pass `editor=` or `editors=[files or directories]`
+        # (found by `model_id`, the unedited model's fingerprint).
+        Method("mend", mend_compute, MendHParams, False, False,
+               "a trained editor network turns the edit's gradient into a low-rank update of the last MLPs",
+               uses_editor=True),
+        Method("instructedit", compute_instructedit, MendHParams, False, False,
+               "MEND's editor trained on several tasks, each edit input behind a task instruction",
+               uses_editor=True),
+        Method("kn", kn.compute, KNHParams, False, False,
+               "knowledge neurons located by integrated gradients, value vectors moved (baseline)"),
     )
 }
 

@@ -22,12 +22,17 @@ class Architecture:
     lm_head: str
     num_layers_attr: str
     transposed_weight: bool  # GPT-2's Conv1D stores (in, out); nn.Linear stores (out, in)
+    mlp_in: tuple[str, ...] = ()  # the MLP's input projection(s): Llama's gate and up, GPT-2's c_fc
 
     def layer_name(self, i: int) -> str:
         return self.layer.format(i)
 
     def mlp_out_name(self, i: int) -> str:
         return self.mlp_out.format(i)
+
+    def mlp_matrix_names(self, i: int) -> tuple[str, ...]:
+        """Every weight matrix of layer i's MLP, input projections first."""
+        return tuple(t.format(i) for t in self.mlp_in) + (self.mlp_out_name(i),)
 
 
 LLAMA = Architecture(
@@ -39,6 +44,7 @@ LLAMA = Architecture(
     lm_head="lm_head",
     num_layers_attr="num_hidden_layers",
     transposed_weight=False,
+    mlp_in=("model.layers.{}.mlp.gate_proj", "model.layers.{}.mlp.up_proj"),
 )
 
 GPT2 = Architecture(
@@ -50,6 +56,7 @@ GPT2 = Architecture(
     lm_head="lm_head",
     num_layers_attr="n_layer",
     transposed_weight=True,
+    mlp_in=("transformer.h.{}.mlp.c_fc",),
 )
 
 # model_type (from the Hugging Face config) -> family. Llama-shaped decoders share Llama's names.

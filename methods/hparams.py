@@ -98,6 +98,39 @@ class FTHParams:
     contexts: ContextHParams = field(default_factory=ContextHParams)
 
 
+@dataclass(frozen=True)
+class MendHParams:
+    """MEND's editor (Mitchell et al. 2022): which MLP matrices it edits and the network's shape.
+
+    `compute` follows the editor it is given (its own modules, rank and step sizes); these fields
+    shape a new editor when one is trained, plus `scale`, a multiplier on the computed update.
+    """
+
+    layers: tuple[int, ...]  # every MLP matrix of these layers is edited (Llama: gate, up, down)
+    # Low rank inside the editor: on SmolLM2 an (x, delta) pair is 576 + 1,536 = 2,112 wide, and 256 is
+    # ~12% of that, the fraction MEND's 1,920 is of GPT-J's 4,096 + 16,384; it keeps two networks at
+    # ~4.3M parameters (17 MB in float32), trainable in the ~2-hour CPU budget.
+    rank: int = 256
+    n_hidden: int = 1  # residual low-rank layers with a ReLU, before the last linear one (MEND's IDMLP)
+    # The untrained editor's update is -alpha * (the gradient). Measured on SmolLM2-135M, 6 CounterFact
+    # edits: alpha 1e-4 moves the target by ~0.1 nat, 1e-3 by 0.5-1.4 (paraphrase 0.2-0.8), 1e-2 by 4-6
+    # (paraphrase 1.3-3.9). 1e-3 starts clearly downhill and leaves the rise to training.
+    alpha_init: float = 1e-3
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class KNHParams:
+    """Knowledge neurons (Dai et al. 2022): attribution by integrated gradients, then a value-vector edit."""
+
+    layers: tuple[int, ...]  # attributed over every layer's MLP, as in the paper
+    steps: int = 20  # Riemann steps of the integral from 0 to the activation (1 step is a plain gradient)
+    threshold: float = 0.2  # neurons scoring above this fraction of the top score are selected (paper's t)
+    max_neurons: int = 20  # a cap on the selection, in case attribution is flat
+    erase_scale: float = 1.0  # lambda1: how much of the old answer's embedding leaves each value vector
+    write_scale: float = 8.0  # lambda2: how much of the new answer's embedding enters it (the paper's 8)
+
+
 def _scaled(fraction: float, n: int) -> int:
     return max(0, min(n - 1, round(fraction * n)))
 
@@ -120,6 +153,10 @@ def defaults(cls: type[H], model: nn.Module) -> H:
         return cls(layers=span)
     if cls is FTHParams:
         return cls(layer=_scaled(0.17 if arch.family == "llama" else 0.35, n))
+    if cls is MendHParams:
+        return cls(layers=tuple(range(max(0, n - 3), n)))  # MEND edits the last three layers' MLPs
+    if cls is KNHParams:
+        return cls(layers=tuple(range(n)))
     raise TypeError(f"no defaults for {cls.__name__}")
 
 

@@ -1,12 +1,12 @@
 """Alembic environment for the kbchat ledger.
 
 The database is, in order: the connection in `config.attributes["connection"]` (how `Ledger.open`
-migrates, inside its own transaction), `-x db=URL`, $KBCHAT_DB, then `kbchat.config.default_db_url()`.
+migrates, inside its own transaction), `-x db=URL`, then `kbchat.config.default_db_url()` ($KBCHAT_DB, the
+config file's `db`, an SQLite file in the data dir).
 """
 
 from __future__ import annotations
 
-import os
 from logging.config import fileConfig
 from typing import Any, Literal
 
@@ -26,11 +26,8 @@ if config.config_file_name is not None:
 
 
 def database_url() -> str:
-    return (
-        context.get_x_argument(as_dictionary=True).get("db")
-        or os.environ.get("KBCHAT_DB")
-        or default_db_url()
-    )
+    # default_db_url() reads $KBCHAT_DB (kbchat.config is the one reader of KBCHAT_* variables).
+    return context.get_x_argument(as_dictionary=True).get("db") or default_db_url()
 
 
 def render_item(type_: str, obj: Any, autogen_context: Any) -> str | Literal[False]:

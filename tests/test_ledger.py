@@ -1,4 +1,7 @@
-"""The edit ledger: round trips, atomic supersede/retire, fingerprints, bad URLs, two writer processes."""
+"""The edit ledger: round trips, atomic supersede/retire, fingerprints, bad URLs, two writer processes.
+
+Tests taking `url` or `ledger` run on SQLite and on PostgreSQL (a server started by tests/postgres.py).
+"""
 
 from __future__ import annotations
 
@@ -11,12 +14,14 @@ from datetime import timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from kbchat.errors import EditNotFound, LedgerError
 from kbchat.ledger import Ledger, NewEdit, StoredEdit
 from kbchat.ledger import store as store_module  # row_digest is looked up there
 from kbchat.ledger.models import Edit
 from kbchat.records import CheckRecord, EditRecord
+from tests.postgres import BACKENDS, backend_url, postgres_server  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,20 +60,26 @@ def db_path(tmp_path: Path) -> Path:
     return tmp_path / "ledger.db"
 
 
+@pytest.fixture(params=BACKENDS)
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty ledger URL: an SQLite file (tmp_path/ledger.db), or a new PostgreSQL database."""
+    return backend_url(request, tmp_path)
+
+
 @pytest.fixture
-def ledger(db_path: Path):
-    with Ledger.open(f"sqlite:///{db_path}") as opened:
+def ledger(url: str):
+    with Ledger.open(url) as opened:
         yield opened
 
 
-def raw_sql(db_path: Path, sql: str, *params) -> None:
-    """Change the file behind kbchat's back, as a user with the sqlite3 shell could."""
-    connection = sqlite3.connect(db_path)
+def raw_sql(url: str, sql: str, **params) -> None:
+    """Change the database behind kbchat's back, as a user with the sqlite3 shell or psql could."""
+    engine = create_engine(url)
     try:
-        connection.execute(sql, params)
-        connection.commit()
+        with engine.begin() as connection:
+            connection.execute(text(sql), params)
     finally:
-        connection.close()
+        engine.dispose()
 
 
 # --- opening -------------------------------------------------------------------------------------
@@ -96,8 +107,8 @@ def test_open_creates_missing_parent_directories(tmp_path: Path) -> None:
     assert path.is_file()
 
 
-def test_sqlite_connections_use_wal_and_foreign_keys(ledger: Ledger, db_path: Path) -> None:
-    with ledger._engine.connect() as connection:
+def test_sqlite_connections_use_wal_and_foreign_keys(db_path: Path) -> None:
+    with Ledger.open(f"sqlite:///{db_path}") as ledger, ledger._engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
@@ -109,6 +120,7 @@ def test_sqlite_connections_use_wal_and_foreign_keys(ledger: Ledger, db_path: Pa
         "not a url",
         "nosuchdialect://somewhere/db",
         "postgresql://kb:secret@127.0.0.1:1/ledger",  # driver not installed; the password must not leak
+        "postgresql+psycopg://kb:secret@127.0.0.1:1/ledger",  # nothing listens there
     ],
 )
 def test_bad_url_is_a_one_line_ledger_error(url: str) -> None:
@@ -138,8 +150,8 @@ def test_file_that_is_not_a_database_is_a_ledger_error(tmp_path: Path) -> None:
         Ledger.open(f"sqlite:///{path}")
 
 
-def test_closed_ledger_refuses_calls(db_path: Path) -> None:
-    with Ledger.open(f"sqlite:///{db_path}") as ledger:
+def test_closed_ledger_refuses_calls(url: str) -> None:
+    with Ledger.open(url) as ledger:
         pass
     with pytest.raises(LedgerError, match="closed"):
         ledger.edits()
@@ -163,7 +175,7 @@ def test_dataclasses_cover_every_column() -> None:
     assert {f.name for f in fields(NewEdit)} == columns - computed
 
 
-def test_record_and_get_round_trip(ledger: Ledger, db_path: Path) -> None:
+def test_record_and_get_round_trip(ledger: Ledger, url: str) -> None:
     new = make_edit(
         target_true="Paris",
         notes="from chat",
@@ -184,7 +196,7 @@ def test_record_and_get_round_trip(ledger: Ledger, db_path: Path) -> None:
 
     assert ledger.get(stored.id) == stored
     # A fresh process sees the same row, timestamps still aware UTC after SQLite dropped the offset.
-    with Ledger.open(f"sqlite:///{db_path}") as again:
+    with Ledger.open(url) as again:
         assert again.get(stored.id) == stored
 
 
@@ -247,10 +259,10 @@ def test_get_unknown_id(ledger: Ledger) -> None:
         ledger.get(7)
 
 
-def test_ids_are_never_reused(ledger: Ledger, db_path: Path) -> None:
+def test_ids_are_never_reused(ledger: Ledger, url: str) -> None:
     ledger.record_edit(make_edit())
     last = ledger.record_edit(make_edit())
-    raw_sql(db_path, "DELETE FROM edits WHERE id = ?", last.id)
+    raw_sql(url, "DELETE FROM edits WHERE id = :id", id=last.id)
     assert ledger.record_edit(make_edit()).id == last.id + 1
 
 
@@ -305,7 +317,7 @@ def test_same_id_in_supersede_and_retire_is_refused(ledger: Ledger) -> None:
 def test_database_error_mid_transaction_rolls_back(ledger: Ledger) -> None:
     old = ledger.record_edit(make_edit())
     # NOT NULL violation on insert: surfaces as LedgerError, not an SQLAlchemy exception.
-    with pytest.raises(LedgerError, match="NOT NULL"):
+    with pytest.raises(LedgerError, match="(?i)not.null"):  # SQLite: NOT NULL; PostgreSQL: not-null
         ledger.record_edit(replace(make_edit(), subject=None), supersede=[old.id])
     assert ledger.edits() == [old]
 
@@ -363,17 +375,12 @@ def test_checks_on_unknown_edit(ledger: Ledger) -> None:
             call()
 
 
-def test_deleting_an_edit_cascades_to_its_checks(ledger: Ledger, db_path: Path) -> None:
+def test_deleting_an_edit_cascades_to_its_checks(ledger: Ledger) -> None:
     edit = ledger.record_edit(make_edit())
     ledger.add_checks(edit.id, [check()])
-    connection = sqlite3.connect(db_path)
-    try:
-        connection.execute("PRAGMA foreign_keys=ON")
-        connection.execute("DELETE FROM edits WHERE id = ?", (edit.id,))
-        connection.commit()
-        assert connection.execute("SELECT count(*) FROM checks").fetchone() == (0,)
-    finally:
-        connection.close()
+    with ledger._engine.begin() as connection:  # foreign keys are on in kbchat's SQLite connections
+        connection.execute(text("DELETE FROM edits WHERE id = :id"), {"id": edit.id})
+        assert connection.execute(text("SELECT count(*) FROM checks")).scalar() == 0
 
 
 def test_meta(ledger: Ledger) -> None:
@@ -393,33 +400,33 @@ def test_verify_clean(ledger: Ledger) -> None:
     assert ledger.verify() == []
 
 
-def test_verify_detects_tampered_row(ledger: Ledger, db_path: Path) -> None:
+def test_verify_detects_tampered_row(ledger: Ledger, url: str) -> None:
     ledger.record_edit(make_edit())
     tampered = ledger.record_edit(make_edit(subject="B"))
-    raw_sql(db_path, "UPDATE edits SET target = 'Madrid' WHERE id = ?", tampered.id)
+    raw_sql(url, "UPDATE edits SET target = 'Madrid' WHERE id = :id", id=tampered.id)
     problems = ledger.verify()
     assert len(problems) == 1
     assert problems[0].startswith(f"edit #{tampered.id}: row content")
 
 
-def test_verify_detects_tampered_status(ledger: Ledger, db_path: Path) -> None:
+def test_verify_detects_tampered_status(ledger: Ledger, url: str) -> None:
     edit = ledger.record_edit(make_edit())
-    raw_sql(db_path, "UPDATE edits SET status = 'reverted' WHERE id = ?", edit.id)
+    raw_sql(url, "UPDATE edits SET status = 'reverted' WHERE id = :id", id=edit.id)
     assert [p.split(":")[0] for p in ledger.verify()] == [f"edit #{edit.id}"]
 
 
-def test_verify_detects_tampered_delta(ledger: Ledger, db_path: Path) -> None:
+def test_verify_detects_tampered_delta(ledger: Ledger, url: str) -> None:
     edit = ledger.record_edit(make_edit(delta=b"\x01" * 64))
-    raw_sql(db_path, "UPDATE edits SET delta = ? WHERE id = ?", b"\x01" * 63 + b"\x02", edit.id)
+    raw_sql(url, "UPDATE edits SET delta = :delta WHERE id = :id", delta=b"\x01" * 63 + b"\x02", id=edit.id)
     problems = ledger.verify()
     assert len(problems) == 1
     assert problems[0].startswith(f"edit #{edit.id}: delta sha256")
     assert edit.delta_sha256 in problems[0]
 
 
-def test_verify_detects_removed_delta(ledger: Ledger, db_path: Path) -> None:
+def test_verify_detects_removed_delta(ledger: Ledger, url: str) -> None:
     edit = ledger.record_edit(make_edit(delta=b"\x01" * 64))
-    raw_sql(db_path, "UPDATE edits SET delta = NULL WHERE id = ?", edit.id)
+    raw_sql(url, "UPDATE edits SET delta = NULL WHERE id = :id", id=edit.id)
     assert any("delta sha256 is missing" in p for p in ledger.verify())
 
 
@@ -441,10 +448,9 @@ WRITER = textwrap.dedent(
 )
 
 
-def test_two_processes_write_concurrently(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
-    url = f"sqlite:///{path}"
-    # The file does not exist yet: both processes also race to create the schema.
+def test_two_processes_write_concurrently(url: str, tmp_path: Path) -> None:
+    # The database is empty (on SQLite the file does not exist yet): both processes also race to create
+    # the schema.
     writers = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, url, tag],
@@ -466,7 +472,9 @@ def test_two_processes_write_concurrently(tmp_path: Path) -> None:
             f"{t} {i}" for t in ("left", "right") for i in range(40)
         )
         assert ledger.verify() == []
-    connection = sqlite3.connect(path)
+    if not url.startswith("sqlite"):
+        return
+    connection = sqlite3.connect(tmp_path / "ledger.db")
     try:
         assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)

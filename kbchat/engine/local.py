@@ -18,6 +18,7 @@ from typing import Any
 from kbchat.audit import parse_user_probe
 from kbchat.audit.live import LiveEditView
 from kbchat.config import ALL_METHODS, EngineSettings, check_edit_options, data_dir, default_db_url
+from kbchat.editors import editor_dirs
 from kbchat.engine.auditing import AuditRunner
 from kbchat.engine.deltas import negated, row_delta
 from kbchat.engine.pipeline import EditPipeline
@@ -43,7 +44,8 @@ class LocalEngine(AskByStreaming):
         self.runtime = runtime
         self.book = MemoryBook(ledger, embedder)
         self.planner = Planner(self.book, self.settings)
-        self.pipeline = EditPipeline(runtime, self.book, StatsCache(home / "stats"), self.settings)
+        self.pipeline = EditPipeline(runtime, self.book, StatsCache(home / "stats"), self.settings,
+                                     editors=editor_dirs(home))
         self.audits = AuditRunner(ledger, self.audit_view, self._audit_done)
         self._edit_lock = threading.Lock()  # one change at a time (computing one needs exclusive hooks)
         self._problems = restore(runtime, self.book, progress)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import methods
@@ -17,6 +18,7 @@ from kbchat.memory.book import MemoryBook
 from kbchat.records import ParsedEdit, Progress, ProgressFn
 from kbchat.runtime import ModelRuntime
 from methods import Delta, EditRequest, StatsCache
+from methods.mend import EditorNotFound
 
 STAGES = {
     "value": "optimising the new value",
@@ -28,12 +30,13 @@ STAGES = {
 
 class EditPipeline:
     def __init__(self, runtime: ModelRuntime, book: MemoryBook, stats: StatsCache,
-                 settings: EngineSettings) -> None:
+                 settings: EngineSettings, editors: Sequence[Path] = ()) -> None:
         self.runtime = runtime
         self.book = book
         self.ledger = book.ledger
         self.stats = stats
         self.settings = settings
+        self.editors = tuple(editors)  # where trained editors (MEND, InstructEdit) are looked for
 
     # -- making an edit -----------------------------------------------------------------------------
 
@@ -72,6 +75,8 @@ class EditPipeline:
             options.update(stats=self.stats, model_id=self.runtime.base_fingerprint())
         if impl.protects_prior:
             options["prior"] = list(prior)
+        if impl.uses_editor:
+            options.update(editors=list(self.editors), model_id=self.runtime.base_fingerprint())
         try:
             hp = impl.hparams_from_dict(self.runtime.loaded.model, dict(hparams)) if hparams else None
         except TypeError as exc:  # unknown or ill-typed hyperparameters
@@ -81,6 +86,8 @@ class EditPipeline:
                 return impl.compute(model, tokenizer, list(requests), hp, **options)
         except KbchatError:
             raise
+        except EditorNotFound as exc:  # no trained editor for this model: the message says how to train one
+            raise KbchatError(str(exc)) from exc
         except Exception as exc:  # a failed optimisation must not leave anything behind
             raise EditFailed(f"{method} could not compute the edit: {exc}") from exc
 

@@ -1,5 +1,5 @@
-"""The ledger's database: engines for any SQLAlchemy URL (SQLite tuned for several processes) and the
-schema migrations that run on open."""
+"""The ledger's database: engines for any SQLAlchemy URL (SQLite and PostgreSQL tuned for several
+processes) and the schema migrations that run on open."""
 
 from __future__ import annotations
 
@@ -21,8 +21,10 @@ from kbchat.errors import LedgerError
 # The migrations live in the source tree next to the package, not inside it.
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 BUSY_TIMEOUT_MS = 30_000
-# Execution option read by the SQLite "begin" hook: which BEGIN a transaction starts with.
-_SQLITE_BEGIN = "kbchat_sqlite_begin"
+# Execution option read by the "begin" hooks: this transaction writes, so it takes the write lock first.
+_WRITER = "kbchat_writer"
+# Key of the transaction-level advisory lock kbchat's writers take on PostgreSQL (any fixed bigint).
+PG_WRITE_LOCK = 0x6B62636861  # "kbcha"
 
 
 def mask_url(url: str | URL) -> str:
@@ -31,7 +33,8 @@ def mask_url(url: str | URL) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An Engine for `url`. SQLite gets WAL, a 30 s busy timeout, foreign keys and explicit BEGINs.
+    """An Engine for `url`. SQLite gets WAL, a 30 s busy timeout, foreign keys and explicit BEGINs;
+    PostgreSQL a 30 s lock timeout and an advisory lock that writers take (see `writer`).
 
     The parent directory of an SQLite file is created. Raises LedgerError naming the URL when it cannot
     be parsed, its dialect or driver is missing, or the directory cannot be created. No connection is
@@ -66,6 +69,8 @@ def make_engine(url: str) -> Engine:
         ) from exc
     if engine.dialect.name == "sqlite":
         _configure_sqlite(engine)
+    elif engine.dialect.name == "postgresql":
+        _configure_postgresql(engine)
     return engine
 
 
@@ -88,13 +93,35 @@ def _configure_sqlite(engine: Engine) -> None:
     def _on_begin(conn: Connection) -> None:
         # Writers take the write lock up front: a deferred transaction that reads, then writes, fails at
         # once with SQLITE_BUSY when another process wrote in between; BEGIN IMMEDIATE waits instead.
-        mode = conn.get_execution_options().get(_SQLITE_BEGIN, "DEFERRED")
+        mode = "IMMEDIATE" if conn.get_execution_options().get(_WRITER) else "DEFERRED"
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
+def _configure_postgresql(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Like SQLite's busy timeout: wait at most this long for a lock, then fail with a clear reason.
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET lock_timeout = {BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # The same one-writer-at-a-time rule as BEGIN IMMEDIATE on SQLite: a writer reads rows, then
+        # changes them (revert checks the status first; a migration checks the schema version first),
+        # which under READ COMMITTED would let two writers act on the same stale read. Concurrent
+        # creators of the schema wait here too instead of both running CREATE TABLE.
+        if conn.get_execution_options().get(_WRITER):
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK})")
+
+
 def writer(engine: Engine) -> Engine:
-    """The same engine (and pool) whose transactions start with BEGIN IMMEDIATE on SQLite."""
-    return engine.execution_options(**{_SQLITE_BEGIN: "IMMEDIATE"})
+    """The same engine (and pool) whose transactions take the write lock first: BEGIN IMMEDIATE on
+    SQLite, a transaction-level advisory lock on PostgreSQL (released at commit or rollback)."""
+    return engine.execution_options(**{_WRITER: True})
 
 
 def _pragma_outside_transaction(conn: Connection, sql: str) -> None:
@@ -170,6 +197,6 @@ def one_line(exc: BaseException) -> str:
 
 def db_reason(exc: SQLAlchemyError) -> str:
     reason = one_line(getattr(exc, "orig", None) or exc)
-    if "locked" in reason or "busy" in reason:
+    if "locked" in reason or "busy" in reason or "lock timeout" in reason:
         reason += f" (another kbchat process held it for over {BUSY_TIMEOUT_MS // 1000} s; retry)"
     return reason

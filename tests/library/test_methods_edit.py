@@ -275,7 +275,7 @@ def test_hparams_json_round_trip(cls):
 
 
 def test_registry():
-    assert methods.names() == ["rome", "memit", "alphaedit", "ft"]
+    assert methods.names() == ["rome", "memit", "alphaedit", "ft", "mend", "instructedit", "kn"]
     assert methods.get("alphaedit").protects_prior and not methods.get("memit").protects_prior
     assert not methods.get("ft").uses_statistics
     with pytest.raises(KeyError, match="nope"):

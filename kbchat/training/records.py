@@ -1,0 +1,241 @@
+"""Edit records for training MEND / InstructEdit editors, from `../shared/data` training splits only.
+
+Three tasks (the names of `methods.mend.instruct.DEFAULT_TASKS`):
+
+- counterfactual completion: CounterFact (`counterfact-train.json`, flattened EasyEdit layout): the
+  prompt is completed by `target_new`; the paraphrase is `rephrase_prompt`; the locality input is
+  `locality_prompt` followed by its true answer.
+- question answering: zsRE (`zsre-train-1k.json`, MEND layout): the question `src` answered by
+  `alt`; the paraphrase is `rephrase`; the locality input is the NQ question `loc` ("nq question:
+  ..." turned into a question) followed by `loc_ans`.
+- chat: a question put through the model's chat template, ending where the assistant's reply begins;
+  the reply is the new answer. The questions come from CounterFact cases whose relation kbchat knows
+  (`kbchat.audit.relations.questions`: the first asks, the second is the paraphrase) and from zsRE
+  (`src` / `rephrase`). The locality input is an NQ question from zsRE in the same chat format,
+  answered.
+
+`counterfact-val.json` is never read here (the benchmark's held-out cases). The validation split is
+held out *by case* (a CounterFact case id, a zsRE row), seeded: a held-out case gives no record of any
+task to training, and the locality inputs of training records come from training cases only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from kbchat.errors import KbchatError
+from methods.mend import EditRecord
+from methods.mend.instruct import CHAT, COUNTERFACT, QUESTION_ANSWERING
+from methods.requests import EditRequest
+
+TASKS = (COUNTERFACT.name, QUESTION_ANSWERING.name, CHAT.name)
+TASK_ALIASES = {"counterfact": COUNTERFACT.name, "completion": COUNTERFACT.name, "zsre": QUESTION_ANSWERING.name,
+                "qa": QUESTION_ANSWERING.name, "chat": CHAT.name}
+COUNTERFACT_FILE = Path("counterfact") / "counterfact-train.json"
+ZSRE_FILE = Path("zsre") / "zsre-train-1k.json"
+FORBIDDEN = "counterfact-val.json"  # the benchmark's cases: never training data
+
+
+class TrainingDataError(KbchatError):
+    code = "training_data"
+    exit_code = 2
+
+
+def default_data_dir() -> Path:
+    """`../shared/data` beside the checkout (`/work/shared/data` here)."""
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def task_name(text: str) -> str:
+    """A task's full name from its name or a short alias ("chat", "qa", "zsre", "counterfact")."""
+    key = text.strip().lower()
+    if key in TASKS:
+        return key
+    if key in TASK_ALIASES:
+        return TASK_ALIASES[key]
+    known = ", ".join(sorted(set(TASK_ALIASES) | set(TASKS)))
+    raise TrainingDataError(f"unknown task {text!r} (known: {known})")
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[EditRecord]
+    val: list[EditRecord]
+    files: tuple[Path, ...]  # the data files read
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for part, records in (("train", self.train), ("val", self.val)):
+            for r in records:
+                out.setdefault(r.task, {"train": 0, "val": 0})[part] += 1
+        return out
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _load(path: Path) -> list[dict]:
+    if path.name == FORBIDDEN:
+        raise TrainingDataError(f"{path} is the held-out benchmark split; training never reads it")
+    if not path.is_file():
+        raise TrainingDataError(f"training data file not found: {path} (pass --data DIR)")
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise TrainingDataError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(rows, list):
+        raise TrainingDataError(f"{path}: expected a JSON list of records")
+    return rows
+
+
+def _question(text: str) -> str:
+    """zsRE's locality field "nq question: who sang ..." as a question: "Who sang ...?"."""
+    text = text.strip()
+    if text.lower().startswith("nq question:"):
+        text = text[len("nq question:"):].strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith("?") else text + "?"
+
+
+def chat_formatter(tokenizer) -> Callable[[str, str | None], str]:
+    """(question, reply or None) -> the chat text, ending where the assistant's reply begins (the reply
+    appended after it when given). Base models without a template get kbchat's plain transcript."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def fmt(question: str, reply: str | None = None) -> str:
+        if has_template:
+            text = tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                                 add_generation_prompt=True, tokenize=False)
+        else:  # as kbchat.runtime.decoding.chat_input_ids
+            text = f"User: {question}\nAssistant:"
+        return text if reply is None else f"{text}{reply}"
+
+    return fmt
+
+
+def _cf_chat_questions(row: dict) -> list[str]:
+    """Chat questions of a CounterFact case from kbchat's relation table ([] if the relation is unknown)."""
+    from kbchat.audit.relations import questions, relation_of
+
+    try:
+        request = EditRequest(row["subject"], row["prompt"], row["target_new"])
+    except (ValueError, KeyError):
+        return []
+    if relation_of(request) is None:
+        return []
+    return questions(request)
+
+
+def build(
+    data_dir: Path | None = None,
+    tasks: Iterable[str] = TASKS,
+    tokenizer=None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    limit: int | None = None,
+) -> Split:
+    """Training and validation records for `tasks`; `tokenizer` is needed for the chat task.
+
+    Each source's cases are shuffled with `seed` and the first `val_fraction` held out. Within each
+    part the records are shuffled (seeded) and, with `limit`, at most `limit` kept per task and part.
+    """
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    wanted = [task_name(t) for t in tasks]
+    if not wanted:
+        raise TrainingDataError("no tasks given")
+    if CHAT.name in wanted and tokenizer is None:
+        raise TrainingDataError("the chat task needs the model's tokenizer")
+    chat = chat_formatter(tokenizer) if tokenizer is not None else None
+    need_cf = COUNTERFACT.name in wanted or CHAT.name in wanted
+    need_zsre = QUESTION_ANSWERING.name in wanted or CHAT.name in wanted
+    files: list[Path] = []
+    cf_rows = _load(data_dir / COUNTERFACT_FILE) if need_cf else []
+    if need_cf:
+        files.append(data_dir / COUNTERFACT_FILE)
+    zsre_rows = _load(data_dir / ZSRE_FILE) if need_zsre else []
+    if need_zsre:
+        files.append(data_dir / ZSRE_FILE)
+
+    rng = random.Random(seed)
+    cf_val = _held_out([str(r.get("case_id", i)) for i, r in enumerate(cf_rows)], val_fraction, rng)
+    zs_val = _held_out([str(i) for i in range(len(zsre_rows))], val_fraction, rng)
+    parts: dict[str, dict[str, list[EditRecord]]] = {"train": {}, "val": {}}
+
+    # Chat locality inputs: answered NQ questions of the same part's zsRE cases.
+    chat_loc = {"train": [], "val": []}
+    if chat is not None:
+        for i, row in enumerate(zsre_rows):
+            chat_loc["val" if str(i) in zs_val else "train"].append(chat(_question(row["loc"]), row["loc_ans"]))
+
+    for i, row in enumerate(cf_rows):
+        part = "val" if str(row.get("case_id", i)) in cf_val else "train"
+        locality = f"{row['locality_prompt']} {row['locality_ground_truth']}"
+        if COUNTERFACT.name in wanted:
+            _add(parts[part], EditRecord(row["prompt"], row["subject"], row["target_new"],
+                                         row.get("rephrase_prompt") or row["prompt"], locality, COUNTERFACT.name))
+        if CHAT.name in wanted and chat is not None:
+            qs = _cf_chat_questions(row)
+            if len(qs) >= 2 and chat_loc[part]:
+                loc = chat_loc[part][i % len(chat_loc[part])]
+                _add(parts[part], EditRecord(chat(qs[0]), row["subject"], row["target_new"], chat(qs[1]), loc,
+                                             CHAT.name))
+
+    for i, row in enumerate(zsre_rows):
+        part = "val" if str(i) in zs_val else "train"
+        target = row["alt"]
+        if not str(target).strip():
+            continue
+        para = row.get("rephrase") or row["src"]
+        if QUESTION_ANSWERING.name in wanted:
+            locality = f"{_question(row['loc'])} {row['loc_ans']}"
+            _add(parts[part], EditRecord(row["src"], row["subject"], target, para, locality, QUESTION_ANSWERING.name))
+        if CHAT.name in wanted and chat is not None and chat_loc[part]:
+            loc = chat_loc[part][(i * 7 + 3) % len(chat_loc[part])]  # another case's question
+            _add(parts[part], EditRecord(chat(row["src"]), row["subject"], target, chat(para), loc, CHAT.name))
+
+    out: dict[str, list[EditRecord]] = {}
+    for part in ("train", "val"):
+        records: list[EditRecord] = []
+        for task in wanted:
+            group = parts[part].get(task, [])
+            rng.shuffle(group)
+            records.extend(group[:limit] if limit is not None else group)
+        if part == "val":
+            records = _interleave(records, wanted)  # the first val_size cover every task
+        out[part] = records
+    for task in wanted:
+        if not any(r.task == task for r in out["train"]):
+            raise TrainingDataError(f"no training records for task {task!r} in {data_dir}")
+    return Split(out["train"], out["val"], tuple(files))
+
+
+def _add(part: dict[str, list[EditRecord]], record: EditRecord) -> None:
+    part.setdefault(record.task, []).append(record)
+
+
+def _held_out(keys: Sequence[str], fraction: float, rng: random.Random) -> set[str]:
+    unique = sorted(set(keys))
+    rng.shuffle(unique)
+    n = max(1, round(len(unique) * fraction)) if unique else 0
+    return set(unique[:n])
+
+
+def _interleave(records: list[EditRecord], tasks: Sequence[str]) -> list[EditRecord]:
+    """Round-robin over tasks, so that any prefix of the validation list mixes them evenly."""
+    groups = [[r for r in records if r.task == t] for t in tasks]
+    out: list[EditRecord] = []
+    for i in range(max((len(g) for g in groups), default=0)):
+        out.extend(g[i] for g in groups if i < len(g))
+    return out

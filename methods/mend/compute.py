@@ -1,0 +1,162 @@
+"""MEND's edit: one forward/backward pass on the request, then the editor, giving a factored `Delta`.
+
+For each edited matrix the loss gradient is sum_t delta_t x_t^T over the positions that predict the
+target's tokens (the direct path; earlier positions reach the loss only through attention); the
+editor maps each pair to (x~, delta~) and the update is -alpha * sum_t delta~_t x~_t^T, stored as
+`Update(module, left=-alpha * delta~ (out, r), right=x~ (in, r))` with r = the target's tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from methods.architecture import architecture_of, get_module
+from methods.delta import Delta, Update, weight_of
+from methods.gradients import Taps
+from methods.hooks import added_output
+from methods.hparams import MendHParams, for_model
+from methods.kv import frozen
+from methods.mend.batch import TokenBatch, encode, gather_rows, position_mask, row_nll
+from methods.mend.checkpoint import find_editor, load_editor
+from methods.mend.editor import Editor
+from methods.mend.instruct import find_task, guess_task
+from methods.mend.instruct import instruction as instruction_text
+from methods.progress import ProgressFn, silent
+from methods.requests import EditRequest
+from methods.stats import model_fingerprint
+
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (left (B, out, R), right (B, in, R))
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What one forward/backward pass on a batch of edit inputs yields, per edited module."""
+
+    x: dict[str, torch.Tensor]  # (B, R, in) inputs at the target-predicting positions, zero-padded
+    delta: dict[str, torch.Tensor]  # (B, R, out) gradients of each row's mean target NLL at the outputs
+    mask: torch.Tensor  # (B, R) 1.0 on real positions
+    nll: torch.Tensor  # (B,) each row's mean target NLL before the edit
+
+
+def capture(model: nn.Module, batch: TokenBatch, names: Sequence[str]) -> Signals:
+    """One forward/backward pass (parameters frozen, weights untouched) collecting (x, delta) per module."""
+    with frozen(model), Taps(model, names) as taps:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        nll = row_nll(logits, batch)  # (B,)
+        grads = taps.gradients(nll.sum())  # rows are independent: row b's gradient is its own loss's
+    width = batch.rank
+    xs = {n: gather_rows(taps.inputs[n], batch.positions, width).float() for n in names}
+    deltas = {n: gather_rows(grads[n], batch.positions, width).float() for n in names}
+    return Signals(xs, deltas, position_mask(batch.positions, width, batch.input_ids.device), nll.detach())
+
+
+def editor_factors(editor: Editor, signals: Signals) -> Factors:
+    """The editor's per-edit factors for every module (differentiable in the editor's parameters)."""
+    return {n: editor.factors(n, signals.x[n], signals.delta[n], signals.mask) for n in editor.spec.names}
+
+
+@contextmanager
+def edited(model: nn.Module, factors: Factors) -> Iterator[None]:
+    """While inside, row b of any batch sees W + left_b right_b^T (through hooks; weights untouched)."""
+
+    def make(left: torch.Tensor, right: torch.Tensor):
+        def add(x: torch.Tensor) -> torch.Tensor:  # (B, T, in)
+            return (x @ right.to(x.dtype)) @ left.to(x.dtype).transpose(1, 2)  # (B, T, R) -> (B, T, out)
+        return add
+
+    with added_output(model, {n: make(left, right) for n, (left, right) in factors.items()}):
+        yield
+
+
+def check_fits(editor: Editor, model: nn.Module) -> None:
+    """The editor's matrices exist in `model` with the shapes it was trained on (ValueError if not)."""
+    for name, out, inp in editor.spec.modules:
+        shape = tuple(weight_of(get_module(model, name)).shape)
+        if shape != (out, inp):
+            raise ValueError(f"editor expects {name} to be {out}x{inp}, the model's is {shape[0]}x{shape[1]}")
+
+
+class EditorNotFound(LookupError):
+    """No trained editor of the asked kind exists for this model."""
+
+
+def resolve_editor(model: nn.Module, kind: str, editor: Editor | None, editors: Sequence[Path | str],
+                   model_id: str | None) -> Editor:
+    """The explicit editor, else the first of `kind` in `editors` made for this model's fingerprint."""
+    if editor is None:
+        model_id = model_id or model_fingerprint(model)
+        path = find_editor(editors, model_id, kind)
+        if path is None:
+            raise EditorNotFound(f"no {'MEND' if kind == 'mend' else 'InstructEdit'} editor for this model "
+                             f"(fingerprint {model_id[:12]}…); train one with `kbchat train-editor --method {kind}`")
+        editor = load_editor(path, model_id).to(next(model.parameters()).device)
+    check_fits(editor, model)
+    return editor
+
+
+def compute(
+    model: nn.Module,
+    tokenizer,
+    requests: Sequence[EditRequest],
+    hparams: MendHParams | None = None,
+    *,
+    editor: Editor | None = None,
+    editors: Sequence[Path | str] = (),
+    model_id: str | None = None,
+    instruction: str | None = None,
+    task: str | None = None,
+    wording: int = 0,
+    kind: str = "mend",
+    progress: ProgressFn = silent,
+    **_unused,
+) -> Delta:
+    """The delta that writes `requests` (one batched forward/backward pass, then the editor).
+
+    `editor` is used as given; else the first editor file of `kind` whose fingerprint is `model_id`
+    (the *unedited* model's `methods.model_fingerprint`; computed from `model` when omitted) is
+    loaded from `editors` (files or directories); none found is a ValueError saying how to train one.
+    `instruction` is put on a line before each prompt; for InstructEdit it defaults to `task`'s
+    wording number `wording` (the task guessed from the prompt when not named). Updates of all
+    requests are concatenated: rank = total target tokens. The model is left unchanged.
+    """
+    architecture_of(model)  # UnsupportedModel before anything else
+    hparams = hparams or for_model(MendHParams, model)
+    editor = resolve_editor(model, kind, editor, editors, model_id)
+    if instruction is None and editor.spec.tasks:
+        chosen = find_task(editor.spec.tasks, task) if task else None
+        chosen = chosen or guess_task(editor.spec.tasks, requests[0].text, chat_template=False)
+        instruction = instruction_text(chosen, wording)
+    texts = [f"{instruction}\n{r.text}" if instruction else r.text for r in requests]
+    device = next(model.parameters()).device
+    batch = encode(tokenizer, [(t, r.target) for t, r in zip(texts, requests, strict=True)], device)
+    progress("gradient", 0, 1)
+    signals = capture(model, batch, editor.spec.names)
+    with torch.no_grad():
+        factors = editor_factors(editor, signals)
+    progress("gradient", 1, 1)
+    updates = []
+    for name, (left, right) in factors.items():
+        keep = signals.mask.reshape(-1) > 0
+        flat_left = left.transpose(1, 2).reshape(-1, left.shape[1])[keep].T  # (out, total r)
+        flat_right = right.transpose(1, 2).reshape(-1, right.shape[1])[keep].T  # (in, total r)
+        updates.append(Update(name, (hparams.scale * flat_left).cpu().contiguous(), flat_right.cpu().contiguous()))
+    meta = {
+        "method": kind,
+        "requests": [vars(r) for r in requests],
+        "instruction": instruction,
+        "editor": {"kind": editor.spec.kind, "fingerprint": editor.spec.fingerprint, "rank": editor.spec.rank},
+        "nll_before": [float(v) for v in signals.nll],
+    }
+    return Delta(kind, tuple(updates), meta)
+
+
+def compute_instructedit(model: nn.Module, tokenizer, requests: Sequence[EditRequest],
+                         hparams: MendHParams | None = None, **options) -> Delta:
+    """`compute` with an InstructEdit editor (see there for `task`, `wording`, `instruction`)."""
+    return compute(model, tokenizer, requests, hparams, **{**options, "kind": "instructedit"})

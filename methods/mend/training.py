@@ -1,0 +1,296 @@
+"""Training a MEND or InstructEdit editor (Mitchell et al. 2022's objective).
+
+Each step samples a batch of edits, captures (x, delta) on each edit input with one forward/backward
+pass, lets the editor turn them into per-edit updates, and applies those functionally (through hooks;
+the weights never change) to measure
+    loss = c_edit * NLL(target | paraphrase, edited) + c_loc * KL(original || edited) on an unrelated input.
+Adam trains the networks and the per-matrix steps alpha, with gradient clipping. Every `val_every`
+steps the held-out edits are scored; the best editor is kept in `out`, and the full training state
+(editor, optimiser, step, RNG, statistics) beside it, so that `resume=True` carries on exactly.
+InstructEdit is the same loop with each edit input behind its task's instruction (a sampled training
+wording); tasks are sampled uniformly, then a record of that task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.architecture import architecture_of
+from methods.delta import weight_of
+from methods.hparams import MendHParams, for_model
+from methods.kv import frozen
+from methods.mend.batch import encode, row_hits, row_nll
+from methods.mend.checkpoint import load_state, read_spec, save_editor, save_state, state_path
+from methods.mend.compute import capture, edited, editor_factors
+from methods.mend.editor import Editor, EditorSpec
+from methods.mend.instruct import DEFAULT_TASKS, Task, find_task, wrap
+from methods.stats import model_fingerprint
+
+
+@dataclass(frozen=True)
+class EditRecord:
+    """One training or validation edit; the texts have the subject filled in and end before the target."""
+
+    prompt: str  # the edit input (its gradient is what the editor sees)
+    subject: str
+    target: str
+    paraphrase: str  # another wording of the prompt: the edit loss is measured here
+    locality: str  # an unrelated input whose next-token distributions must not move
+    task: str = "counterfactual completion"  # a Task name (InstructEdit wraps the prompt in its instruction)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 4  # edits per step, each with its own update
+    lr: float = 1e-4  # Adam on the editor networks
+    alpha_lr: float = 1e-2  # Adam on log alpha: each step changes a matrix's alpha by at most ~1%
+    c_edit: float = 0.1  # EasyEdit's weights
+    c_loc: float = 1.0
+    grad_clip: float = 100.0  # MEND's
+    val_every: int = 100
+    val_size: int = 64  # held-out edits scored at each validation
+    seed: int = 0
+    instructions: bool = False  # InstructEdit: wrap each edit input in its task's instruction
+    tasks: tuple[Task, ...] = DEFAULT_TASKS
+    hparams: MendHParams | None = None  # the editor's shape; the model's defaults when None
+
+    @property
+    def kind(self) -> str:
+        return "instructedit" if self.instructions else "mend"
+
+
+@dataclass(frozen=True)
+class TrainStatus:
+    """Reported after every step; the `val_*` fields are those of the latest validation."""
+
+    step: int
+    steps: int
+    edit_loss: float
+    loc_loss: float
+    val_edit_loss: float | None
+    val_loc_loss: float | None
+    val_success: float | None  # share of held-out edits whose paraphrase yields every target token
+    best_step: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    out: Path
+    best_step: int
+    best_val: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per validation
+    seconds: float = 0.0
+
+
+def new_spec(model: nn.Module, hparams: MendHParams, kind: str, model_id: str, tasks: Sequence[Task]) -> EditorSpec:
+    """The spec of a fresh editor for every MLP matrix of `hparams.layers`."""
+    arch = architecture_of(model)
+    modules = []
+    for layer in hparams.layers:
+        for name in arch.mlp_matrix_names(layer):
+            out, inp = weight_of(model.get_submodule(name)).shape
+            modules.append((name, int(out), int(inp)))
+    return EditorSpec(kind, arch.family, model_id, tuple(modules), hparams.rank, hparams.n_hidden,
+                      hparams.alpha_init, tuple(tasks) if kind == "instructedit" else ())
+
+
+@dataclass(frozen=True)
+class Losses:
+    edit: torch.Tensor  # mean target NLL on the paraphrases after the edit
+    loc: torch.Tensor  # mean per-token KL(original || edited) on the locality inputs
+    hits: torch.Tensor  # (B,) 1.0 where the paraphrase yields every target token
+
+
+def edit_losses(model: nn.Module, tokenizer, editor: Editor, records: Sequence[EditRecord],
+                texts: Sequence[str], observe: bool, grad: bool) -> Losses:
+    """The objective's two terms for a batch; `texts` are the (possibly wrapped) edit inputs."""
+    device = next(model.parameters()).device
+    signals = capture(model, encode(tokenizer, [(t, r.target) for t, r in zip(texts, records, strict=True)], device),
+                      editor.spec.names)
+    if observe:
+        for name in editor.spec.names:
+            editor.observe(name, signals.x[name], signals.delta[name], signals.mask)
+    para = encode(tokenizer, [(r.paraphrase or r.prompt, r.target) for r in records], device)
+    loc = encode(tokenizer, [(r.locality, None) for r in records], device)
+    with torch.no_grad():
+        base = F.log_softmax(model(input_ids=loc.input_ids, attention_mask=loc.attention_mask).logits.float(), -1)
+    with torch.set_grad_enabled(grad):
+        factors = editor_factors(editor, signals)
+        with edited(model, factors):
+            para_logits = model(input_ids=para.input_ids, attention_mask=para.attention_mask).logits
+            loc_logits = model(input_ids=loc.input_ids, attention_mask=loc.attention_mask).logits
+        after = F.log_softmax(loc_logits.float(), -1)  # (B, T, V)
+        kl = (base.exp() * (base - after)).sum(-1)  # (B, T)
+        mask = loc.attention_mask.float()
+        return Losses(row_nll(para_logits, para).mean(), (kl * mask).sum() / mask.sum(), row_hits(para_logits, para))
+
+
+class TaskSampler:
+    """Uniform over tasks, then over that task's records; a training wording per sampled edit."""
+
+    def __init__(self, records: Sequence[EditRecord], tasks: Sequence[Task], instructions: bool) -> None:
+        self.groups: dict[str, list[EditRecord]] = {}
+        for r in records:
+            self.groups.setdefault(r.task, []).append(r)
+        if not self.groups:
+            raise ValueError("no training records")
+        self.names = sorted(self.groups)
+        self.tasks = {n: find_task(tasks, n) for n in self.names} if instructions else {}
+
+    def sample(self, n: int, generator: torch.Generator) -> tuple[list[EditRecord], list[str]]:
+        """n records and their edit inputs (wrapped in an instruction for InstructEdit)."""
+        records, texts = [], []
+        for _ in range(n):
+            name = self.names[int(torch.randint(len(self.names), (1,), generator=generator))]
+            group = self.groups[name]
+            record = group[int(torch.randint(len(group), (1,), generator=generator))]
+            text = record.prompt
+            if self.tasks:
+                task = self.tasks[name]
+                wording = int(torch.randint(len(task.training_wordings), (1,), generator=generator))
+                text = wrap(task, wording, text)
+            records.append(record)
+            texts.append(text)
+        return records, texts
+
+
+def edit_inputs(records: Sequence[EditRecord], tasks: Sequence[Task], instructions: bool,
+                wording: int = 0) -> list[str]:
+    """Each record's edit input, behind its task's instruction number `wording` when `instructions`."""
+    if not instructions:
+        return [r.prompt for r in records]
+    return [wrap(find_task(tasks, r.task), wording, r.prompt) for r in records]
+
+
+def validate(model: nn.Module, tokenizer, editor: Editor, records: Sequence[EditRecord], config: TrainConfig,
+             wording: int = 0) -> dict[str, float]:
+    """Mean edit loss, locality loss and success over `records` (statistics and weights untouched)."""
+    edit, loc, hits = [], [], []
+    for start in range(0, len(records), config.batch_size):
+        chunk = records[start : start + config.batch_size]
+        texts = edit_inputs(chunk, config.tasks, config.instructions, wording)
+        losses = edit_losses(model, tokenizer, editor, chunk, texts, observe=False, grad=False)
+        edit.append(float(losses.edit) * len(chunk))
+        loc.append(float(losses.loc) * len(chunk))
+        hits.extend(losses.hits.tolist())
+    n = len(records)
+    return {"edit": sum(edit) / n, "loc": sum(loc) / n, "success": sum(hits) / n}
+
+
+def objective(val: dict[str, float], config: TrainConfig) -> float:
+    return config.c_edit * val["edit"] + config.c_loc * val["loc"]
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def make_optimizer(editor: Editor, config: TrainConfig) -> torch.optim.Adam:
+    """Adam with two groups: the networks (lr) and the per-matrix log steps (alpha_lr)."""
+    nets = [p for name, p in editor.named_parameters() if name != "log_alpha"]
+    return torch.optim.Adam([{"params": nets, "lr": config.lr}, {"params": [editor.log_alpha], "lr": config.alpha_lr}])
+
+
+def records_sha256(records: Sequence[EditRecord]) -> str:
+    """A hash of the training data, recorded with the editor."""
+    return hashlib.sha256(json.dumps([asdict(r) for r in records]).encode()).hexdigest()
+
+
+def train(
+    model: nn.Module,
+    tokenizer,
+    train_records: Sequence[EditRecord],
+    val_records: Sequence[EditRecord],
+    config: TrainConfig,
+    progress: Callable[[TrainStatus], None] | None = None,
+    out: Path = Path("editor.safetensors"),
+    resume: bool = False,
+) -> TrainResult:
+    """Train an editor for `model`; the best one (by validation objective) is written to `out`.
+
+    Deterministic for a seed. With `resume`, carries on from the state file beside `out` (ValueError
+    if it is missing or was made for another model or editor shape). The model's weights, mode and
+    requires_grad flags are unchanged afterwards.
+    """
+    started = time.monotonic()
+    out = Path(out)
+    model_id = model_fingerprint(model)
+    spec = new_spec(model, config.hparams or for_model(MendHParams, model), config.kind, model_id, config.tasks)
+    editor = Editor(spec, seed=config.seed).to(next(model.parameters()).device)
+    optimizer = make_optimizer(editor, config)
+    generator = torch.Generator().manual_seed(config.seed)
+    val_set = list(val_records[: config.val_size])
+    sampler = TaskSampler(train_records, config.tasks, config.instructions)
+    about = {"config": asdict(config), "train_records": len(train_records),
+             "train_sha256": records_sha256(train_records), "val_records": len(val_set)}
+    with eval_mode(model), frozen(model):
+        state = _start(model, tokenizer, editor, optimizer, generator, val_set, config, out, resume, about)
+        for step in range(state["step"] + 1, config.steps + 1):
+            records, texts = sampler.sample(config.batch_size, generator)
+            losses = edit_losses(model, tokenizer, editor, records, texts, observe=True, grad=True)
+            optimizer.zero_grad()
+            (config.c_edit * losses.edit + config.c_loc * losses.loc).backward()
+            torch.nn.utils.clip_grad_norm_(editor.parameters(), config.grad_clip)
+            optimizer.step()
+            state["step"] = step
+            if step % config.val_every == 0 or step == config.steps:
+                _checkpoint(model, tokenizer, editor, optimizer, generator, val_set, config, out, state, about)
+            if progress is not None:
+                progress(_status(state, config, float(losses.edit.detach()), float(losses.loc.detach())))
+    best = state["history"][state["best_index"]]
+    return TrainResult(out, best["step"], best, state["history"], time.monotonic() - started)
+
+
+def _start(model: nn.Module, tokenizer, editor: Editor, optimizer: torch.optim.Optimizer,
+           generator: torch.Generator, val_set: list[EditRecord], config: TrainConfig, out: Path,
+           resume: bool, about: dict) -> dict:
+    """The training state: loaded from the state file (resume), or step 0 validated (and kept as the
+    best so far, so that `out` always holds an editor no worse on validation than the untrained one)."""
+    path = state_path(out)
+    if resume:
+        if not path.is_file():
+            raise ValueError(f"nothing to resume: {path} does not exist")
+        saved = read_spec(path)
+        if saved != editor.spec:
+            raise ValueError(f"{path.name} is for another model or editor shape "
+                             f"(model {saved.fingerprint[:12]}…, this one {editor.spec.fingerprint[:12]}…)")
+        return load_state(path, editor, optimizer, generator)
+    val = validate(model, tokenizer, editor, val_set, config)
+    save_editor(editor, out, {**about, "step": 0, "val": val})
+    return {"step": 0, "history": [{"step": 0, **val}], "best_index": 0, "best": objective(val, config)}
+
+
+def _checkpoint(model: nn.Module, tokenizer, editor: Editor, optimizer: torch.optim.Optimizer,
+                generator: torch.Generator, val_set: list[EditRecord], config: TrainConfig, out: Path,
+                state: dict, about: dict) -> None:
+    """Validate; keep the editor in `out` if it is the best so far; save the resumable state."""
+    val = validate(model, tokenizer, editor, val_set, config)
+    state["history"].append({"step": state["step"], **val})
+    score = objective(val, config)
+    if score < state["best"]:
+        state["best"], state["best_index"] = score, len(state["history"]) - 1
+        save_editor(editor, out, {**about, "step": state["step"], "val": val})
+    save_state(state_path(out), editor, optimizer, generator, state)
+
+
+def _status(state: dict, config: TrainConfig, edit: float, loc: float) -> TrainStatus:
+    last = state["history"][-1]
+    return TrainStatus(state["step"], config.steps, edit, loc, last["edit"], last["loc"], last["success"],
+                       state["history"][state["best_index"]]["step"])
