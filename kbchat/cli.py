@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from kbchat.config import ALL_METHODS, SETTINGS, Config, resolve
+from kbchat.config import ALL_METHODS, Config, resolve
 from kbchat.errors import KbchatError
 from kbchat.records import EditRecord, Progress, ProgressFn
 from kbchat.service import ChatService
@@ -98,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     commit = sub.add_parser("commit", help="write the active memory edits into the weights (MEMIT)")
     commit.add_argument("--json", action="store_true")
 
-    export = sub.add_parser("export", help="write the edited model as a Hugging Face checkpoint")
+    export = sub.add_parser("export", help="write the edited model as a Hugging Face checkpoint or a LoRA adapter")
     export.add_argument("folder")
+    export.add_argument("--format", choices=["checkpoint", "lora"], default="checkpoint",
+                        help="checkpoint: the whole edited model (default); lora: the weight edits as a PEFT "
+                             "LoRA adapter on the base model (for vLLM --enable-lora)")
 
     train = sub.add_parser("train-editor", help="train a MEND or InstructEdit editor for the model (hours on CPU)")
     train.add_argument("--method", choices=["mend", "instructedit"], required=True)
@@ -204,15 +207,7 @@ def _config(config: Config, args) -> int:
         print(json.dumps({"path": str(config.path), "exists": config.path.is_file()}) if args.json
               else config.path)
         return 0
-    shown = config.to_json()
-    if args.json:
-        print(json.dumps(shown))
-        return 0
-    state = "" if shown["exists"] else " (no such file: defaults, environment and flags only)"
-    print(f"config file: {config.path}{state}")
-    for key, setting in shown["settings"].items():
-        value = "-" if setting["value"] is None else setting["value"]
-        print(f"{key:<11} {str(value):<50} {setting['source']:<8} {SETTINGS[key][2]}")
+    print(json.dumps(config.to_json()) if args.json else "\n".join(config.lines()))
     return 0
 
 
@@ -298,7 +293,8 @@ def _bench(chat: ChatService, args) -> int:
 
 
 def _export(chat: ChatService, args) -> int:
-    print(f"exported to {chat.export(args.folder)}")
+    folder = chat.export(args.folder, format=args.format)
+    print(f"exported {'a LoRA adapter ' if args.format == 'lora' else ''}to {folder}")
     return 0
 
 

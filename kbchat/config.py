@@ -236,6 +236,16 @@ class Config:
     def engine_settings(self) -> EngineSettings:
         return EngineSettings(default_method=self["method"], max_new_tokens=self["max_tokens"])
 
+    def lines(self) -> list[str]:
+        """`kbchat config show`: the file, then one line per setting: value, source, meaning."""
+        shown = self.to_json()
+        state = "" if shown["exists"] else " (no such file: defaults, environment and flags only)"
+        lines = [f"config file: {self.path}{state}"]
+        for key, setting in shown["settings"].items():
+            value = "-" if setting["value"] is None else setting["value"]
+            lines.append(f"{key:<11} {str(value):<50} {setting['source']:<8} {SETTINGS[key][2]}")
+        return lines
+
     def to_json(self) -> dict[str, Any]:
         return {
             "path": str(self.path),

@@ -199,9 +199,10 @@ class RemoteChat:
             data = self._progress_stream("/edits/commit", {"stream": True}, progress)["edits"]
         return [record_from_json(r) for r in data]
 
-    def export(self, folder: str | Path) -> Path:
+    def export(self, folder: str | Path, format: str = "checkpoint") -> Path:
+        flag = "" if format == "checkpoint" else f" --format {format}"
         raise UnsupportedOperation(f"export writes a checkpoint on the machine that holds the weights: run "
-                                   f"`kbchat export {folder}` on the host of {self.url}")
+                                   f"`kbchat export {folder}{flag}` on the host of {self.url}")
 
     def close(self) -> None:
         self._client.close()

@@ -24,6 +24,15 @@ def question_text(text: str) -> str:
     return question
 
 
+EXPORT_FORMATS = ("checkpoint", "lora")
+
+
+def check_export_format(format: str) -> None:
+    """KbchatError unless `format` is one `export` knows."""
+    if format not in EXPORT_FORMATS:
+        raise KbchatError(f"unknown export format {format!r}: choose {' or '.join(EXPORT_FORMATS)}")
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What one implementation of the service can do. Operations it cannot do raise
@@ -32,7 +41,7 @@ class Capabilities:
     methods: tuple[str, ...]  # accepted by edit(); the first memory method is usually the default
     default_method: str
     weight_edits: bool  # rome/memit/alphaedit/ft, commit and reverting weight edits
-    export: bool  # export(folder) writes a checkpoint
+    export: bool  # export(folder, format) writes a checkpoint or a LoRA adapter
     hparams: bool  # edit(hparams=...) is honoured
     audit: bool  # edits are checked (audit modes other than "off" mean something)
 
@@ -144,8 +153,9 @@ class ChatService(Protocol):
         """Write the active memory edits into the weights; returns the new edit, then the retired ones."""
         ...
 
-    def export(self, folder: str | Path) -> Path:
-        """Write the current weights as a standard checkpoint into the new or empty `folder`."""
+    def export(self, folder: str | Path, format: str = "checkpoint") -> Path:
+        """Write into the new or empty `folder` the current weights as a standard checkpoint (format
+        "checkpoint"), or the active weight edits as a PEFT LoRA adapter for the base model ("lora")."""
         ...
 
     def close(self) -> None: ...

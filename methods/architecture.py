@@ -5,7 +5,7 @@ The architecture is data. Adding a family means adding one `Architecture` entry,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -59,17 +59,43 @@ GPT2 = Architecture(
     mlp_in=("transformer.h.{}.mlp.c_fc",),
 )
 
-# model_type (from the Hugging Face config) -> family. Llama-shaped decoders share Llama's names.
+# Llama-shaped decoders (pre-norm blocks, a gated MLP gate/up -> down) share Llama's module names; each
+# keeps its own family name so that per-family defaults (methods/hparams.py) can tell them apart.
+QWEN2 = replace(LLAMA, family="qwen2")
+MISTRAL = replace(LLAMA, family="mistral")
+# Gemma 3's text model (Gemma3ForCausalLM, model_type "gemma3_text"): Llama's names, its norms and
+# embedding scale differ only inside the modules.
+GEMMA3 = replace(LLAMA, family="gemma3")
+# Phi-3 fuses gate and up into one projection (out = 2 * intermediate); down_proj is as Llama's.
+PHI3 = replace(LLAMA, family="phi3", mlp_in=("model.layers.{}.mlp.gate_up_proj",))
+
+GPT_NEOX = Architecture(
+    family="gpt_neox",
+    layer="gpt_neox.layers.{}",
+    mlp="gpt_neox.layers.{}.mlp",
+    mlp_out="gpt_neox.layers.{}.mlp.dense_4h_to_h",
+    final_norm="gpt_neox.final_layer_norm",
+    lm_head="lm_head",  # transformers 5 (4.x named it embed_out)
+    num_layers_attr="num_hidden_layers",
+    transposed_weight=False,
+    mlp_in=("gpt_neox.layers.{}.mlp.dense_h_to_4h",),
+)
+
+# model_type (from the Hugging Face config) -> templates. Families with tests on tiny random models
+# (tests/library/test_families.py): llama, gpt2, qwen2, mistral, phi3, gemma3_text, gpt_neox; the
+# other Llama-shaped entries share Llama's names and defaults untested.
 _FAMILIES = {
     "llama": LLAMA,
-    "mistral": LLAMA,
-    "qwen2": LLAMA,
+    "mistral": MISTRAL,
+    "qwen2": QWEN2,
     "qwen3": LLAMA,
     "gemma": LLAMA,
     "gemma2": LLAMA,
-    "phi3": LLAMA,
+    "gemma3_text": GEMMA3,
+    "phi3": PHI3,
     "olmo": LLAMA,
     "gpt2": GPT2,
+    "gpt_neox": GPT_NEOX,
 }
 
 

@@ -135,24 +135,50 @@ def _scaled(fraction: float, n: int) -> int:
     return max(0, min(n - 1, round(fraction * n)))
 
 
+@dataclass(frozen=True)
+class Depth:
+    """Where one family's locate-then-edit layers sit, as fractions of its depth."""
+
+    single: float  # ROME's and FT-L's layer
+    span: tuple[float, float]  # MEMIT's and AlphaEdit's first and last layer
+
+
+# Llama: ROME edits layer 5/32 of Llama-2-7B, MEMIT 4-8/32. GPT-2: ROME 17/48 of GPT-2 XL, MEMIT 3-8/48.
+_LLAMA_DEPTH = Depth(0.17, (0.12, 0.28))
+_GPT2_DEPTH = Depth(0.35, (0.08, 0.35))
+_DEPTHS = {
+    "llama": _LLAMA_DEPTH,
+    "gpt2": _GPT2_DEPTH,
+    # Pre-norm rotary decoders with a gated MLP, as Llama: EasyEdit's Qwen and Mistral settings put ROME
+    # at layer 5 and MEMIT at 4-8 of 28-32, Llama's fractions; Phi-3 and Gemma 3 are the same shape.
+    "qwen2": _LLAMA_DEPTH,
+    "mistral": _LLAMA_DEPTH,
+    "phi3": _LLAMA_DEPTH,
+    "gemma3": _LLAMA_DEPTH,
+    # GPT-NeoX: ROME's GPT-NeoX-20B setting edits layer 15/44 (0.34), GPT-2's fraction; MEMIT's span as GPT-2's.
+    "gpt_neox": _GPT2_DEPTH,
+}
+
+
 def defaults(cls: type[H], model: nn.Module) -> H:
     """Per-architecture defaults for `cls`, scaled to the model's depth.
 
     Locate-then-edit layers sit early-to-middle: ROME edits layer 17/48 of GPT-2 XL and 5/32 of
-    Llama-2-7B; MEMIT spreads over 3-8 of 48 and 4-8 of 32.
+    Llama-2-7B; MEMIT spreads over 3-8 of 48 and 4-8 of 32 (per family: `_DEPTHS`).
     """
     arch, n = architecture_of(model), num_layers(model)
-    early = (0.12, 0.28) if arch.family == "llama" else (0.08, 0.35)
+    depth = _DEPTHS.get(arch.family, _LLAMA_DEPTH)
+    early = depth.span
     lo, hi = _scaled(early[0], n), max(_scaled(early[0], n), _scaled(early[1], n))
     span = tuple(range(lo, hi + 1))
     if cls is RomeHParams:
-        return cls(layer=_scaled(0.17 if arch.family == "llama" else 0.35, n), value=ValueHParams(contexts=ROME_CONTEXTS))
+        return cls(layer=_scaled(depth.single, n), value=ValueHParams(contexts=ROME_CONTEXTS))
     if cls is MemitHParams:
         return cls(layers=span, mom2_weight=float(_mlp_width(model)))
     if cls is AlphaEditHParams:
         return cls(layers=span)
     if cls is FTHParams:
-        return cls(layer=_scaled(0.17 if arch.family == "llama" else 0.35, n))
+        return cls(layer=_scaled(depth.single, n))
     if cls is MendHParams:
         return cls(layers=tuple(range(max(0, n - 3), n)))  # MEND edits the last three layers' MLPs
     if cls is KNHParams:

@@ -27,7 +27,7 @@ from kbchat.records import (
     ProgressFn,
     no_progress,
 )
-from kbchat.service import AnswerStream, Capabilities, ChatService, Message
+from kbchat.service import AnswerStream, Capabilities, ChatService, Message, check_export_format
 
 FIXED_TIME = datetime(2025, 1, 1, 12, 0, 0)
 DEFAULT_SCRIPT = {
@@ -127,14 +127,18 @@ class FakeChatService:
         self._maybe_fail("verify")
         return []
 
-    def export(self, folder: str | Path) -> Path:
-        self.calls.append(("export", str(folder)))
+    def export(self, folder: str | Path, format: str = "checkpoint") -> Path:
+        self.calls.append(("export", str(folder)) if format == "checkpoint" else ("export", str(folder), format))
         self._maybe_fail("export")
+        check_export_format(format)
         target = Path(folder).expanduser()
         if target.exists() and any(target.iterdir()):
             raise KbchatError(f"{target} is not empty: choose a new folder for the export")
         target.mkdir(parents=True, exist_ok=True)
-        (target / "config.json").write_text("{}", encoding="utf-8")
+        if format == "lora":
+            (target / "adapter_config.json").write_text('{"peft_type": "LORA"}', encoding="utf-8")
+        else:
+            (target / "config.json").write_text("{}", encoding="utf-8")
         return target
 
     def ask(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,

@@ -87,6 +87,7 @@ def raw_sql(url: str, sql: str, **params) -> None:
 
 def test_open_without_url_uses_kbchat_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KBCHAT_DB", raising=False)
+    monkeypatch.setenv("KBCHAT_CONFIG", str(tmp_path / "no-config.toml"))
     monkeypatch.setenv("KBCHAT_HOME", str(tmp_path / "home"))
     with Ledger.open() as ledger:
         ledger.record_edit(make_edit())
@@ -96,6 +97,7 @@ def test_open_without_url_uses_kbchat_home(tmp_path: Path, monkeypatch: pytest.M
 
 def test_open_with_home_argument(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KBCHAT_DB", raising=False)
+    monkeypatch.setenv("KBCHAT_CONFIG", str(tmp_path / "no-config.toml"))
     with Ledger.open(home=tmp_path / "elsewhere") as ledger:
         assert ledger.url.endswith("elsewhere/ledger.db")
 

@@ -87,6 +87,7 @@ def current_revision(url: str) -> list[tuple[str]]:
 def run_cli(*args: str, home: Path, db: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "KBCHAT_DB"}
     env["KBCHAT_HOME"] = str(home)
+    env["KBCHAT_CONFIG"] = str(home / "no-config.toml")  # a user's config file must not choose the ledger
     if db is not None:
         env["KBCHAT_DB"] = db
     return subprocess.run(

@@ -31,7 +31,7 @@ from kbchat.memory.book import MemoryBook
 from kbchat.parsing import follow_model, parse_edit
 from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, Progress, ProgressFn, no_progress
 from kbchat.runtime import ModelRuntime, load_model
-from kbchat.service import AnswerStream, AskByStreaming, Capabilities, Message, question_text
+from kbchat.service import AnswerStream, AskByStreaming, Capabilities, Message, check_export_format, question_text
 from methods import EditRequest, StatsCache
 
 
@@ -195,6 +195,10 @@ class LocalEngine(AskByStreaming):
 
     # -- export -------------------------------------------------------------------------------------
 
-    def export(self, folder: str | Path) -> Path:
-        """A standard Hugging Face checkpoint of the current weights (memory edits are not included)."""
+    def export(self, folder: str | Path, format: str = "checkpoint") -> Path:
+        """The current weights (memory edits are not included) as a standard Hugging Face checkpoint, or
+        (format "lora") the active weight edits as a PEFT LoRA adapter on the base model."""
+        check_export_format(format)
+        if format == "lora":
+            return self.runtime.save_adapter(folder)
         return self.runtime.save(folder)

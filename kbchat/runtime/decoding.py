@@ -15,15 +15,45 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# Base models (no chat template) are asked in a plain question/answer format, which they continue
+# naturally; the answer ends at the next line or at the next "Question:" the model invents.
+QUESTION, ANSWER = "Question:", "Answer:"
+PLAIN_STOPS = ("\n", QUESTION)
+
+
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def plain_transcript(messages: Sequence[Mapping[str, str]]) -> str:
+    """`messages` as "Question: ...\nAnswer: ..." pairs, a blank line apart, system messages first as
+    plain paragraphs; it ends with "Answer:" after the last question. For base models (no chat format)."""
+    head = "".join(f"{m['content'].strip()}\n\n" for m in messages if m["role"] == "system")
+    turns: list[str] = []
+    for m in messages:
+        text = " ".join(m["content"].split())
+        if m["role"] == "user":
+            turns.append(f"{QUESTION} {text}\n{ANSWER}")
+        elif m["role"] == "assistant" and turns:
+            turns[-1] += f" {text}\n"
+    return head + "\n".join(turns)
+
+
+def chat_stops(tokenizer) -> tuple[str, ...]:
+    """Stop strings that end an answer in the model's chat format: none with a template (EOS does it),
+    the next line or "Question:" in the plain format."""
+    return () if has_chat_template(tokenizer) else PLAIN_STOPS
+
+
 def chat_input_ids(tokenizer, messages: Sequence[Mapping[str, str]], device) -> torch.Tensor:
-    """(1, T) ids of `messages` in the model's chat format, ready for the assistant's turn."""
-    if getattr(tokenizer, "chat_template", None):
+    """(1, T) ids of `messages` in the model's chat format, ready for the assistant's turn; for a model
+    without a chat template, the plain question/answer format (`plain_transcript`; stop with `chat_stops`)."""
+    if has_chat_template(tokenizer):
         ids = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, return_tensors="pt")
         if not isinstance(ids, torch.Tensor):  # transformers 5 may return a BatchEncoding
             ids = ids["input_ids"]
-    else:  # base models: a plain transcript
-        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant:"
-        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    else:
+        ids = tokenizer(plain_transcript(messages), return_tensors="pt")["input_ids"]
     return ids.to(device)
 
 

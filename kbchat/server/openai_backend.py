@@ -225,7 +225,7 @@ class OpenAIBackendChat(AskByStreaming):
             f"commit writes memory edits into the weights, which live in the engine at {self.engine_url}: "
             "commit with a local kbchat on this ledger, then `kbchat export FOLDER` and serve FOLDER")
 
-    def export(self, folder: str | Path) -> Path:
+    def export(self, folder: str | Path, format: str = "checkpoint") -> Path:
         raise UnsupportedOperation(
             f"export writes the weights, which live in the engine at {self.engine_url}: export with a local "
             "kbchat on this ledger")

@@ -11,7 +11,6 @@ success, and every step's figures go to `<out>.log.jsonl` (validations marked), 
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -60,12 +59,6 @@ def run_training(options: TrainOptions) -> dict:
     """Train; returns a summary (out path, best step and validation figures, seconds)."""
     import torch
 
-    from kbchat.config import data_dir
-    from kbchat.runtime import load_model
-    from methods.hparams import MendHParams, for_model
-    from methods.mend import TrainConfig, state_path, train
-    from methods.mend.instruct import DEFAULT_TASKS
-
     if options.method not in METHODS:
         raise TrainEditorError(f"unknown method {options.method!r} (train-editor trains: {', '.join(METHODS)})")
     if options.steps < 1:
@@ -77,8 +70,24 @@ def run_training(options: TrainOptions) -> dict:
         needed = name in tasks or training_records.CHAT.name in tasks
         if needed and not (data / rel).is_file():
             raise TrainEditorError(f"training data file not found: {data / rel} (pass --data DIR)")
+    threads_before = torch.get_num_threads()
     if options.threads:
         torch.set_num_threads(options.threads)
+    try:
+        return _run(options, tasks, data)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run(options: TrainOptions, tasks: tuple[str, ...], data: Path) -> dict:
+    import torch
+
+    from kbchat.config import data_dir
+    from kbchat.runtime import load_model
+    from methods.hparams import MendHParams, for_model
+    from methods.mend import TrainConfig, state_path, train
+    from methods.mend.instruct import DEFAULT_TASKS
+
     home = data_dir(options.home)
     out_given = Path(options.out).expanduser() if options.out else None
     if options.resume and out_given is not None and not state_path(out_given).is_file():
@@ -173,6 +182,3 @@ def usage_hint(out: str, method: str) -> str:
             f"(editors are looked for in <data dir>/editors/ and the shipped kbchat/editors/)")
 
 
-def threads_default() -> int | None:
-    value = os.environ.get("OMP_NUM_THREADS")
-    return int(value) if value and value.isdigit() else None

@@ -15,8 +15,9 @@ Three tasks (the names of `methods.mend.instruct.DEFAULT_TASKS`):
   answered.
 
 `counterfact-val.json` is never read here (the benchmark's held-out cases). The validation split is
-held out *by case* (a CounterFact case id, a zsRE row), seeded: a held-out case gives no record of any
-task to training, and the locality inputs of training records come from training cases only.
+held out *by case*, grouped by subject and seeded: a held-out case (and any other case about the same
+subject, in either file) gives no record of any task to training, and the locality inputs of training
+records come from training cases only.
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ def build(
 ) -> Split:
     """Training and validation records for `tasks`; `tokenizer` is needed for the chat task.
 
-    Each source's cases are shuffled with `seed` and the first `val_fraction` held out. Within each
+    The subjects of both sources are shuffled with `seed` and the first `val_fraction` held out: every
+    case about a held-out subject (CounterFact has several per subject; zsRE shares a few) goes to
+    validation. Within each
     part the records are shuffled (seeded) and, with `limit`, at most `limit` kept per task and part.
     """
     data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
@@ -169,8 +172,10 @@ def build(
         files.append(data_dir / ZSRE_FILE)
 
     rng = random.Random(seed)
-    cf_val = _held_out([str(r.get("case_id", i)) for i, r in enumerate(cf_rows)], val_fraction, rng)
-    zs_val = _held_out([str(i) for i in range(len(zsre_rows))], val_fraction, rng)
+    held = _held_out([_key(r["subject"]) for r in cf_rows] + [_key(r["subject"]) for r in zsre_rows],
+                     val_fraction, rng)
+    cf_val = {str(r.get("case_id", i)) for i, r in enumerate(cf_rows) if _key(r["subject"]) in held}
+    zs_val = {str(i) for i, r in enumerate(zsre_rows) if _key(r["subject"]) in held}
     parts: dict[str, dict[str, list[EditRecord]]] = {"train": {}, "val": {}}
 
     # Chat locality inputs: answered NQ questions of the same part's zsRE cases.
@@ -178,6 +183,8 @@ def build(
     if chat is not None:
         for i, row in enumerate(zsre_rows):
             chat_loc["val" if str(i) in zs_val else "train"].append(chat(_question(row["loc"]), row["loc_ans"]))
+        seen_in_val = set(chat_loc["val"])  # NQ questions recur across zsRE rows: keep the pools apart
+        chat_loc["train"] = [t for t in chat_loc["train"] if t not in seen_in_val]
 
     for i, row in enumerate(cf_rows):
         part = "val" if str(row.get("case_id", i)) in cf_val else "train"
@@ -223,6 +230,10 @@ def build(
 
 def _add(part: dict[str, list[EditRecord]], record: EditRecord) -> None:
     part.setdefault(record.task, []).append(record)
+
+
+def _key(subject: str) -> str:
+    return " ".join(subject.lower().split())
 
 
 def _held_out(keys: Sequence[str], fraction: float, rng: random.Random) -> set[str]:

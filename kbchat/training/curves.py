@@ -1,0 +1,104 @@
+"""Training curves of `kbchat train-editor` runs: the per-step logs (`<editor>.log.jsonl`) as JSON and a
+plot (edit loss, locality KL, validation edit success against the step).
+
+    python -m kbchat.training.curves --run instructedit=LOG --run mend=LOG \
+        --json-dir bench/results --png bench/results/editor-training.png [--about KEY=VALUE ...]
+
+Each run becomes `bench/results/editor-training-<name>.json` (its steps, validations, wall time); the
+plot shows all runs side by side. Needs matplotlib (the `dev` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def read_log(path: Path) -> list[dict]:
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    by_step: dict[int, dict] = {}
+    for row in rows:  # a resumed run may repeat steps after its last checkpoint: keep the later rows
+        by_step[row["step"]] = row
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def summarise(name: str, rows: list[dict], about: dict | None = None) -> dict:
+    vals = [r for r in rows if "val_success" in r]
+    best = min(vals, key=lambda r: 0.1 * r["val_edit_loss"] + r["val_loc_loss"]) if vals else None
+    return {
+        "run": name,
+        "about": about or {},
+        "steps": rows[-1]["step"] if rows else 0,
+        "wall_seconds": rows[-1]["seconds"] if rows else 0.0,
+        "best": best,
+        "validations": [{k: r[k] for k in ("step", "val_edit_loss", "val_loc_loss", "val_success", "seconds")}
+                        for r in vals],
+        "train": [{k: r[k] for k in ("step", "edit_loss", "loc_loss", "seconds")} for r in rows],
+    }
+
+
+def smooth(values: list[float], window: int = 10) -> list[float]:
+    out = []
+    for i in range(len(values)):
+        chunk = values[max(0, i - window + 1) : i + 1]
+        out.append(sum(chunk) / len(chunk))
+    return out
+
+
+def plot(runs: list[dict], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for run in runs:
+        steps = [r["step"] for r in run["train"]]
+        line = axes[0].plot(steps, smooth([r["edit_loss"] for r in run["train"]]), label=f"{run['run']} (train, 10-step mean)")
+        colour = line[0].get_color()
+        vsteps = [v["step"] for v in run["validations"]]
+        axes[0].plot(vsteps, [v["val_edit_loss"] for v in run["validations"]], "o--", color=colour,
+                     label=f"{run['run']} (validation)")
+        axes[1].plot(steps, smooth([r["loc_loss"] for r in run["train"]]), color=colour, label=f"{run['run']} (train)")
+        axes[1].plot(vsteps, [v["val_loc_loss"] for v in run["validations"]], "o--", color=colour,
+                     label=f"{run['run']} (validation)")
+        axes[2].plot(vsteps, [v["val_success"] for v in run["validations"]], "o-", color=colour, label=run["run"])
+    axes[0].set(title="edit loss: target NLL on the paraphrase after the edit", xlabel="step", ylabel="nats")
+    axes[1].set(title="locality loss: KL(original || edited)", xlabel="step", ylabel="nats per token")
+    axes[2].set(title="validation edit success (held-out edits)", xlabel="step", ylabel="share", ylim=(-0.02, 1.02))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Editor training for SmolLM2-135M-Instruct (CounterFact + zsRE + chat training splits)", fontsize=10)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", action="append", required=True, help="NAME=LOG (a .log.jsonl file)")
+    parser.add_argument("--about", action="append", default=[], help="NAME:KEY=VALUE, recorded in NAME's JSON")
+    parser.add_argument("--json-dir", type=Path, required=True)
+    parser.add_argument("--png", type=Path, required=True)
+    args = parser.parse_args(argv)
+    abouts: dict[str, dict] = {}
+    for item in args.about:
+        name, rest = item.split(":", 1)
+        key, value = rest.split("=", 1)
+        abouts.setdefault(name, {})[key] = value
+    runs = []
+    for item in args.run:
+        name, log = item.split("=", 1)
+        run = summarise(name, read_log(Path(log)), abouts.get(name))
+        runs.append(run)
+        out = args.json_dir / f"editor-training-{name}.json"
+        out.write_text(json.dumps(run, indent=1) + "\n")
+        print(out)
+    plot(runs, args.png)
+    print(args.png)
+
+
+if __name__ == "__main__":
+    main()

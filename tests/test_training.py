@@ -1,0 +1,183 @@
+"""`kbchat train-editor` and its training records, on the tiny random Llama.
+
+The records come from the shared data's training files (`../shared/data`); the tests are skipped when
+that folder is missing. The end-to-end test trains a MEND editor for 10 steps through the CLI, then a
+LocalEngine finds it in `<home>/editors/` and makes a `--method mend` edit with it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from kbchat.errors import KbchatError
+from kbchat.training import records
+from methods.mend.instruct import DEFAULT_TASKS
+from tests.engines import WordEmbedder, local_engine, save_tiny_llama
+from tests.tiny_models import one_thread, tiny
+
+DATA = records.default_data_dir()
+needs_data = pytest.mark.skipif(not (DATA / records.COUNTERFACT_FILE).is_file() or not (DATA / records.ZSRE_FILE).is_file(),
+                                reason="../shared/data is not here")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return tiny("llama")[1]
+
+
+@pytest.fixture(scope="module")
+def split(tokenizer):
+    return records.build(DATA, records.TASKS, tokenizer, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@needs_data
+def test_every_task_has_training_and_validation_records(split) -> None:
+    counts = split.counts()
+    assert set(counts) == set(records.TASKS) == {t.name for t in DEFAULT_TASKS}
+    for task, c in counts.items():
+        assert c["train"] > 100 and c["val"] > 10, (task, c)
+    assert all(r.prompt and r.target.strip() and r.paraphrase and r.locality for r in split.train + split.val)
+    # the first validation records mix the tasks (train() scores a prefix of them)
+    assert {r.task for r in split.val[:6]} == set(records.TASKS)
+
+
+@needs_data
+def test_no_validation_case_leaks_into_training(split, tokenizer) -> None:
+    def key(r):
+        return (r.subject, r.target)
+
+    val_keys = {key(r) for r in split.val}
+    assert not val_keys & {key(r) for r in split.train}
+    assert not {r.prompt for r in split.val} & {r.prompt for r in split.train}
+    assert not {r.locality for r in split.val if r.task == "chat"} & {r.locality for r in split.train if r.task == "chat"}
+    # a held-out subject has no training record of any task
+    assert not {r.subject.lower() for r in split.val} & {r.subject.lower() for r in split.train}
+    # and the split is the seed's: the same twice, another with another seed
+    again = records.build(DATA, records.TASKS, tokenizer, seed=0)
+    assert again.val == split.val and again.train == split.train
+    assert records.build(DATA, ["counterfact"], seed=1).val != [r for r in split.val if r.task == "counterfactual completion"]
+
+
+@needs_data
+def test_chat_prompts_end_at_the_assistant_turn(split, tokenizer) -> None:
+    header = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                           tokenize=False).split("x", 1)[1]
+    chats = [r for r in split.train + split.val if r.task == "chat"]
+    assert chats
+    for r in chats[:500]:
+        assert r.prompt.endswith(header) and r.paraphrase.endswith(header)
+        assert not r.locality.endswith(header)  # the locality input carries its answer
+        assert r.target not in r.prompt.split(header)[-1]
+
+
+def test_bad_input_is_a_one_line_error(tmp_path, tokenizer) -> None:
+    with pytest.raises(KbchatError, match="unknown task"):
+        records.task_name("poetry")
+    with pytest.raises(KbchatError, match="not found"):
+        records.build(tmp_path, ["counterfact"])
+    (tmp_path / "counterfact").mkdir()
+    (tmp_path / "counterfact" / "counterfact-val.json").write_text("[]")
+    with pytest.raises(KbchatError, match="never reads"):
+        records._load(tmp_path / "counterfact" / "counterfact-val.json")
+
+
+def test_cli_rejects_bad_options(tmp_path, tiny_dir) -> None:
+    from kbchat.cli import run
+
+    base = ["--model", str(tiny_dir), "--home", str(tmp_path / "home"), "train-editor", "--method", "mend"]
+    with pytest.raises(KbchatError, match="unknown task"):
+        run([*base, "--tasks", "poetry"])
+    with pytest.raises(KbchatError, match="not found"):
+        run([*base, "--data", str(tmp_path / "nowhere")])
+    with pytest.raises(KbchatError, match="nothing to resume"):
+        run([*base, "--resume", "--out", str(tmp_path / "none.safetensors")])
+
+
+@needs_data
+def test_train_editor_end_to_end(tmp_path, tiny_dir, capsys) -> None:
+    """10 steps through the CLI into <home>/editors/; the engine finds the editor and edits with it;
+    another model (no editor) is told how to train one."""
+    from kbchat.cli import run
+    from methods.mend import read_spec, state_path
+
+    home = tmp_path / "home"
+    args = ["--model", str(tiny_dir), "--home", str(home), "train-editor", "--method", "mend", "--steps", "10",
+            "--val-every", "5", "--val-size", "6", "--threads", "1", "--batch-size", "2"]
+    with one_thread():
+        assert run(args) == 0
+    out = home / "editors" / f"mend-{tiny_dir.name}.safetensors"
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "--method mend" in printed
+    assert out.is_file() and state_path(out).is_file()
+    assert read_spec(out).kind == "mend"
+    log = [json.loads(line) for line in out.with_name(out.name.replace(".safetensors", ".log.jsonl")).open()]
+    assert [row["step"] for row in log] == list(range(1, 11))
+    assert [row["step"] for row in log if "val_success" in row] == [5, 10]
+
+    # resuming to 12 steps carries on from step 10 (and appends to the log)
+    with one_thread():
+        assert run([*args[:-8], "--steps", "12", "--val-every", "5", "--val-size", "6", "--threads", "1",
+                    "--batch-size", "2", "--resume"]) == 0
+    log = [json.loads(line) for line in out.with_name(out.name.replace(".safetensors", ".log.jsonl")).open()]
+    assert [row["step"] for row in log] == list(range(1, 13))
+
+    with one_thread():
+        engine = local_engine(tiny_dir, home, tmp_path / "ledger.db", WordEmbedder())
+        try:
+            model, tok = engine.runtime.loaded.model, engine.runtime.loaded.tokenizer
+            prompt, target = "The Eiffel Tower is located in", "Rome"
+            before = _target_nll(model, tok, prompt, target)
+            record = engine.edit(f"Eiffel Tower | {prompt} | {target}", method="mend", audit="off")
+            assert record.method == "mend" and record.status == "active"
+            after = _target_nll(model, tok, prompt, target)
+            assert after < before  # the edit raised P(target)
+        finally:
+            engine.close()
+
+        # the shipped form (network factors in bfloat16) loads and gives nearly the same delta
+        from kbchat.training.ship import ship
+        from methods.mend import compute, load_editor
+        from methods.requests import EditRequest
+
+        small = ship(out, tmp_path / "shipped.safetensors")
+        assert small.stat().st_size < 0.75 * out.stat().st_size
+        model, tok = tiny("llama")
+        request = [EditRequest("Eiffel Tower", prompt, target)]
+        full = compute(model, tok, request, editor=load_editor(out))
+        shipped = compute(model, tok, request, editor=load_editor(small))
+        for a, b in zip(full.updates, shipped.updates, strict=True):
+            da, db = a.left @ a.right.T, b.left @ b.right.T
+            assert float((da - db).norm() / da.norm()) < 0.02
+
+        other = save_tiny_llama(tmp_path / "other-llama")  # same weights, another folder: same fingerprint
+        torch.manual_seed(1)
+        # a different model: perturb one weight so its fingerprint differs
+        from transformers import AutoModelForCausalLM
+
+        m = AutoModelForCausalLM.from_pretrained(other)
+        with torch.no_grad():
+            m.lm_head.weight.mul_(1.01)
+        m.save_pretrained(other)
+        engine = local_engine(other, tmp_path / "other-home", tmp_path / "ledger2.db", WordEmbedder())
+        try:
+            with pytest.raises(KbchatError, match="kbchat train-editor"):
+                engine.edit(f"Eiffel Tower | {prompt} | {target}", method="mend", audit="off")
+        finally:
+            engine.close()
+
+
+def _target_nll(model, tokenizer, prompt: str, target: str) -> float:
+    from methods.mend.batch import encode, row_nll
+
+    batch = encode(tokenizer, [(prompt, target)])
+    with torch.no_grad():
+        return float(row_nll(model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits, batch)[0])
