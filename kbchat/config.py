@@ -9,6 +9,7 @@ file (`config_path()`), the default. `resolve()` says which one each setting cam
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,10 @@ import platformdirs
 
 from kbchat.errors import KbchatError
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10: the same parser is the tomli package, if installed
-    try:
-        import tomli as tomllib  # type: ignore[no-redef]
-    except ModuleNotFoundError:
-        tomllib = None  # type: ignore[assignment]
+else:  # the same parser, a dependency on Python 3.10
+    import tomli as tomllib
 
 # -- the environment ------------------------------------------------------------------------------------
 
@@ -161,8 +159,6 @@ def read_config_file(path: Path | None = None) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"{path}: cannot read the config file ({reason})") from exc
-    if tomllib is None:
-        raise ConfigError(f"{path}: reading a config file needs Python 3.11+ or the tomli package")
     try:
         values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
