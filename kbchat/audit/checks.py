@@ -93,7 +93,8 @@ def _summary(probe: Probe, scores: _Forced) -> str:
     """E.g. "P(Rome)=0.71 P(Paris)=0.02 acc=1.00"."""
     parts = [f"P({probe.expected})={_prob(scores.expected)}"]
     if scores.old is not None:
-        parts.append(f"P({probe.old})={_prob(scores.old)}")
+        label = f" ({probe.rival})" if probe.rival else ""
+        parts.append(f"P({probe.old}){label}={_prob(scores.old)}")
     parts.append(f"acc={scores.accuracy:.2f}")
     return " ".join(parts)
 

@@ -42,7 +42,7 @@ class LiveEditView:
     def _answer(self, text: str, limit: int, *, chat: bool, edited: bool) -> str:
         plan, patches = self._plan(text, chat=chat, edited=edited)
         # An out-of-scope probe of a memory edit is generated once for "before" and "after".
-        key = (plan.prompt, patches, limit)
+        key = (repr(plan.prompt), patches, limit)  # a Prompt holds dicts: not hashable itself
         if key not in self._answers:
             self._answers[key] = "".join(self.runtime.generate(plan.prompt, patches, limit)).strip()
         return self._answers[key]

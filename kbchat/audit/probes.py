@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,6 +38,9 @@ CANARIES_FILE = "data/canaries.json"
 
 _ARROWS = re.compile(r"\s*(?:→|->|=>)\s*")
 
+CHAT_ANSWER = "chat answer"  # where a probe's old answer came from (see kbchat.audit.rivals)
+RAW_CONTINUATION = "raw continuation"
+
 
 @dataclass(frozen=True)
 class Probe:
@@ -47,7 +50,8 @@ class Probe:
     when given, is a completion prompt asking the same thing, used for teacher forcing instead of
     `text` (a canary's "The capital of France is" beside "What is the capital of France?").
     `old` is the answer expected before the edit when it differs from `expected` (the fact being
-    replaced); teacher forcing then also reports P(old). Fluency probes have no expected answer.
+    replaced); teacher forcing then also reports P(old), labelled with `rival` (where `old` came from:
+    the model's chat answer, its raw continuation) when given. Fluency probes have no expected answer.
     """
 
     metric: str
@@ -56,6 +60,7 @@ class Probe:
     old: str | None = None
     kind: str = PROMPT
     cloze: str | None = None
+    rival: str | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -190,6 +195,7 @@ def plan_probes(
     user_probes: Sequence[str] = (),
     paraphrases: Sequence[str] | None = None,
     canaries: Canaries | None = None,
+    rivals: Mapping[str, str] | None = None,
 ) -> list[Probe]:
     """The probes for one chat edit, in metric order.
 
@@ -198,15 +204,23 @@ def plan_probes(
     - locality: the canaries (the shipped set unless `canaries` is given) and two neighbours;
     - portability: the user's probes (see `parse_user_probe`);
     - fluency: "Tell me about {subject}." in chat.
+
+    `rivals` (see `rivals.find_rivals`): the old answer is the model's chat answer when known, else
+    `request.target_true`; a raw continuation that differs from it adds a second reliability probe.
     """
-    old = request.target_true
+    rivals = dict(rivals or {})
+    chat = rivals.get(CHAT_ANSWER)
+    old, label = (chat, CHAT_ANSWER) if chat else (request.target_true, None)
     target = request.target
     probes = [
-        Probe(RELIABILITY, request.text, target, old, PROMPT),
-        Probe(RELIABILITY, questions(request)[0], target, old, QUESTION),
+        Probe(RELIABILITY, request.text, target, old, PROMPT, rival=label),
+        Probe(RELIABILITY, questions(request)[0], target, old, QUESTION, rival=label),
     ]
+    raw = rivals.get(RAW_CONTINUATION)
+    if raw and old and raw.casefold() != old.casefold() and raw.casefold() != target.casefold():
+        probes.append(Probe(RELIABILITY, request.text, target, raw, PROMPT, rival=RAW_CONTINUATION))
     wordings = list(dict.fromkeys([*template_paraphrases(request, n=PARAPHRASES), *(paraphrases or ())]))
-    probes += [Probe(GENERALIZATION, p, target, old, kind_of(p)) for p in wordings if p.strip()]
+    probes += [Probe(GENERALIZATION, p, target, old, kind_of(p), rival=label) for p in wordings if p.strip()]
     probes += locality_probes(request, canaries if canaries is not None else load_canaries())
     probes += [parse_user_probe(p, target) for p in user_probes if p.strip()]
     probes.append(fluency_probe(request))

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from kbchat.audit import EditView, plan_probes, run_checks
+from kbchat.audit.rivals import find_rivals
 from kbchat.ledger import Ledger
 from kbchat.records import CheckRecord
 
@@ -43,7 +44,8 @@ class AuditRunner:
 
         try:
             view = self._view(edit_id)
-            run_checks(view, plan_probes(view.request, user_probes=probes), on_check=store)
+            rivals = find_rivals(view, view.request)
+            run_checks(view, plan_probes(view.request, user_probes=probes, rivals=rivals), on_check=store)
         except AuditStopped:
             pass  # closing: the checks stored so far stay
         except Exception as exc:  # a background audit must never take the app down; say why it stopped

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,14 @@ from kbchat.memory.book import MemoryBook
 from kbchat.parsing import follow_model, parse_edit
 from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, Progress, ProgressFn, no_progress
 from kbchat.runtime import ModelRuntime, load_model
-from kbchat.service import AnswerStream, AskByStreaming, Capabilities, Message, check_export_format, question_text
+from kbchat.service import (
+    AnswerStream,
+    AskByStreaming,
+    Capabilities,
+    Message,
+    check_export_format,
+    question_text,
+)
 from methods import EditRequest, StatsCache
 
 
@@ -146,8 +154,9 @@ class LocalEngine(AskByStreaming):
                 parse_user_probe(probe, parsed.target)
             except ValueError as exc:
                 raise KbchatError(f"bad --probe {probe!r}: {exc}") from exc
-        request = EditRequest(parsed.subject, parsed.prompt, parsed.target,
-                              target_true or self.pipeline.predict(parsed.prompt))
+        request = EditRequest(parsed.subject, parsed.prompt, parsed.target, target_true)
+        if target_true is None:
+            request = replace(request, target_true=self.pipeline.predict(request))
         with self._edit_lock:
             stored = self.pipeline.edit(parsed, request, method, progress, dict(hparams or {}))
         self.audits.start(stored.id, probes, audit)

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import methods
+from kbchat.audit.relations import questions
+from kbchat.audit.rivals import chat_rival, raw_rival
 from kbchat.config import COMMIT_METHOD, MEMORY_METHODS, EngineSettings, method_kind
 from kbchat.engine.deltas import row_delta
 from kbchat.errors import EditFailed, KbchatError, LedgerError
@@ -20,6 +22,7 @@ from kbchat.runtime import ModelRuntime
 from methods import Delta, EditRequest, StatsCache
 from methods.mend import EditorNotFound
 
+RIVAL_TOKENS = 32
 STAGES = {
     "value": "optimising the new value",
     "statistics": "key statistics over Wikipedia text (once per model and layer)",
@@ -40,9 +43,11 @@ class EditPipeline:
 
     # -- making an edit -----------------------------------------------------------------------------
 
-    def predict(self, prompt: str) -> str | None:
-        """The model's own continuation of the prompt (a few words): the fact being replaced."""
-        return self.runtime.complete(prompt, 6, ("\n", ".", ",")) or None
+    def predict(self, request: EditRequest) -> str | None:
+        """What the model says before the edit, the fact being replaced: the object of its chat answer
+        to the relation's question, else the first words of its raw continuation of the prompt."""
+        answer = self.runtime.answer(questions(request)[0], RIVAL_TOKENS)
+        return chat_rival(answer, request) or raw_rival(self.runtime.complete(request.text, 6, ("\n",)))
 
     def edit(self, parsed: ParsedEdit, request: EditRequest, method: str, progress: ProgressFn,
              hparams: Mapping[str, Any]) -> StoredEdit:

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 # Base models (no chat template) are asked in a plain question/answer format, which they continue
 # naturally; the answer ends at the next line or at the next "Question:" the model invents.
 QUESTION, ANSWER = "Question:", "Answer:"

@@ -121,6 +121,11 @@ class ModelRuntime:
         with self._lock.read(), self._patches.select(patches):
             yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, stops)
 
+    def answer(self, question: str, limit: int) -> str:
+        """The unpatched model's greedy chat answer to `question` (no memory, no history)."""
+        prompt = Prompt(messages=({"role": "user", "content": question},))
+        return "".join(self.generate(prompt, (), limit)).strip()
+
     def complete(self, text: str, limit: int, stops: Sequence[str] = ()) -> str:
         """The unpatched model's greedy continuation of `text`."""
         return "".join(self.generate(Prompt(text=text, stops=tuple(stops)), (), limit)).strip()

@@ -157,6 +157,8 @@ def test_audit_modes(service) -> None:
     record = service.edit(EIFFEL, audit="wait")
     if service.capabilities().audit:
         assert record.checks and {c.metric for c in record.checks} >= {"reliability", "locality"}
+        assert {c.mode for c in record.checks} == {"teacher_forced", "generation"}
+        assert "audit stopped" not in (record.notes or "")
     else:
         assert record.checks == ()
     assert service.edit(BERLIN, audit="off").checks == () or not service.capabilities().audit

@@ -211,7 +211,7 @@ def test_memit_batch_and_alphaedit_sequence(model_type, stats):
     applied_first = first.apply(model)
     second = alphaedit.compute(model, tok, requests[1:2], hparams, stats=stats, prior=[first])
     applied_second = second.apply(model)
-    gains = [target_logprob(model, tok, r.text, r.target) - b for r, b in zip(requests[:2], befores, strict=True)]
+    gains = [target_logprob(model, tok, r.text, r.target) - b for r, b in zip(requests[:2], befores[:2], strict=True)]
     applied_second.undo()
     applied_first.undo()
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
