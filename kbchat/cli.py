@@ -29,7 +29,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors are one line and exit 2 through our own handler."""
 
     def error(self, message: str):  # type: ignore[override]
-        raise CliError(f"{message} (see `kbchat --help`)")
+        raise CliError(f"{' '.join(message.split())} (see `kbchat --help`)")  # one line, whatever was typed
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -391,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = run(sys.argv[1:] if argv is None else argv)
     except KbchatError as exc:
-        print(f"kbchat: error: {exc}", file=sys.stderr)
+        print(f"kbchat: error: {' '.join(str(exc).split())}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         print("kbchat: interrupted", file=sys.stderr)

@@ -61,6 +61,11 @@ def test_no_validation_case_leaks_into_training(split, tokenizer) -> None:
     assert not {r.locality for r in split.val if r.task == "chat"} & {r.locality for r in split.train if r.task == "chat"}
     # a held-out subject has no training record of any task
     assert not {r.subject.lower() for r in split.val} & {r.subject.lower() for r in split.train}
+    # the split does not depend on the tasks trained (single-task editors are validated alike), and
+    # the benchmark's zsRE rows are exactly the held-out ones
+    qa = "question answering"
+    assert set(records.build(DATA, ["qa"], seed=0).val) == {r for r in split.val if r.task == qa}
+    assert {row["src"] for row in records.held_out_zsre_rows(DATA, seed=0)} == {r.prompt for r in split.val if r.task == qa}
     # and the split is the seed's: the same twice, another with another seed
     again = records.build(DATA, records.TASKS, tokenizer, seed=0)
     assert again.val == split.val and again.train == split.train
@@ -206,3 +211,29 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path, tiny_dir) -> No
     for key, value in first.items():
         assert torch.equal(value, again[key]), key
         assert torch.equal(value, resumed[key]), key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["instructedit", "mend"])
+def test_the_shipped_editors_edit_the_default_model(model_home, kind) -> None:
+    """The editors in kbchat/editors/ are found for the default model by its fingerprint (searching the
+    shipped folder), and their edit raises P(Rome) on the edited prompt by more than a nat."""
+    import methods
+    from kbchat.editors import SHIPPED
+    from kbchat.runtime import load_model
+    from methods.mend import find_editor
+    from methods.requests import EditRequest
+
+    loaded = load_model(None, model_home)
+    model, tok = loaded.model, loaded.tokenizer
+    fingerprint = methods.model_fingerprint(model)
+    assert find_editor([SHIPPED], fingerprint, kind) is not None
+    prompt = "The Eiffel Tower is located in"
+    before = _target_nll(model, tok, prompt, "Rome")
+    delta = methods.get(kind).compute(model, tok, [EditRequest("Eiffel Tower", prompt, "Rome")],
+                                      editors=[SHIPPED])
+    applied = delta.apply(model)
+    try:
+        assert _target_nll(model, tok, prompt, "Rome") < before - 1.0
+    finally:
+        applied.undo()

@@ -65,10 +65,8 @@ def run_training(options: TrainOptions) -> dict:
         raise TrainEditorError("--steps must be at least 1")
     tasks = tuple(dict.fromkeys(training_records.task_name(t) for t in options.tasks))  # checked before loading
     data = Path(options.data) if options.data else training_records.default_data_dir()
-    for name, rel in ((training_records.COUNTERFACT.name, training_records.COUNTERFACT_FILE),
-                      (training_records.QUESTION_ANSWERING.name, training_records.ZSRE_FILE)):
-        needed = name in tasks or training_records.CHAT.name in tasks
-        if needed and not (data / rel).is_file():
+    for rel in (training_records.COUNTERFACT_FILE, training_records.ZSRE_FILE):  # both define the split
+        if not (data / rel).is_file():
             raise TrainEditorError(f"training data file not found: {data / rel} (pass --data DIR)")
     threads_before = torch.get_num_threads()
     if options.threads:

@@ -18,8 +18,12 @@ from pathlib import Path
 def read_log(path: Path) -> list[dict]:
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
     by_step: dict[int, dict] = {}
+    offset, last = 0.0, 0.0
     for row in rows:  # a resumed run may repeat steps after its last checkpoint: keep the later rows
-        by_step[row["step"]] = row
+        if row["seconds"] < last:  # a resumed process counts its seconds from 0: continue the clock
+            offset += last
+        last = row["seconds"]
+        by_step[row["step"]] = {**row, "seconds": round(row["seconds"] + offset, 2)}
     return [by_step[k] for k in sorted(by_step)]
 
 

@@ -161,15 +161,10 @@ def build(
     if CHAT.name in wanted and tokenizer is None:
         raise TrainingDataError("the chat task needs the model's tokenizer")
     chat = chat_formatter(tokenizer) if tokenizer is not None else None
-    need_cf = COUNTERFACT.name in wanted or CHAT.name in wanted
-    need_zsre = QUESTION_ANSWERING.name in wanted or CHAT.name in wanted
-    files: list[Path] = []
-    cf_rows = _load(data_dir / COUNTERFACT_FILE) if need_cf else []
-    if need_cf:
-        files.append(data_dir / COUNTERFACT_FILE)
-    zsre_rows = _load(data_dir / ZSRE_FILE) if need_zsre else []
-    if need_zsre:
-        files.append(data_dir / ZSRE_FILE)
+    # Both files are always read: the held-out subjects are drawn from both, so that the split is the
+    # same whichever tasks are trained (single-task and multi-task editors are validated alike).
+    files = [data_dir / COUNTERFACT_FILE, data_dir / ZSRE_FILE]
+    cf_rows, zsre_rows = _load(files[0]), _load(files[1])
 
     rng = random.Random(seed)
     held = _held_out([_key(r["subject"]) for r in cf_rows] + [_key(r["subject"]) for r in zsre_rows],
@@ -250,3 +245,15 @@ def _interleave(records: list[EditRecord], tasks: Sequence[str]) -> list[EditRec
     for i in range(max((len(g) for g in groups), default=0)):
         out.extend(g[i] for g in groups if i < len(g))
     return out
+
+
+def held_out_zsre_rows(data_dir: Path | None = None, seed: int = 0, val_fraction: float = 0.1) -> list[dict]:
+    """The zsRE rows (MEND layout, unchanged) that `build(seed=seed)` holds out of training: the zsRE
+    cases an editor trained with that seed never saw (about 100), for benchmarks. (The first few of
+    them were scored during training's validation, which picks the checkpoint, but none was trained on.)"""
+    data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+    cf_rows = _load(data_dir / COUNTERFACT_FILE)
+    zsre_rows = _load(data_dir / ZSRE_FILE)
+    held = _held_out([_key(r["subject"]) for r in cf_rows] + [_key(r["subject"]) for r in zsre_rows],
+                     val_fraction, random.Random(seed))
+    return [r for r in zsre_rows if _key(r["subject"]) in held]  # the same split as build(seed=seed)
