@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -78,10 +79,12 @@ def markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {result['machine']}, torch threads {result['threads']}, float32 on CPU, one run, "
-        f"{result['date']}. Edit time is `edit()` (parse, compute, record, index); the first edit's time "
-        "includes the one-time layer statistics. Tokens/s: whole `ask` calls over "
-        f"{len(THROUGHPUT_QUESTIONS)} questions (up to 48 tokens each), rounds alternating between the models.",
+        f"Machine: {result['machine']} (shared: 1-min load average {result['load_average_start']} at the start, "
+        f"{result['load_average_end']} at the end), torch threads {result['threads']}, float32 on CPU, one run, "
+        f"{result['date']}. Edit time is `edit()` (parse, compute, record, index); the first edit "
+        f"(an unrelated serac edit) {'includes the one-time layer statistics and open the one-time dequantisation (a fresh data dir)' if result['fresh_home'] else 'found statistics and model caches in the data dir'}. "
+        f"Tokens/s: whole `ask` calls over {len(THROUGHPUT_QUESTIONS)} questions (up to 48 tokens each), "
+        "rounds alternating between the models.",
         "",
         *rows,
         "",
@@ -102,8 +105,9 @@ def main(argv: list[str] | None = None) -> None:
     ledgers = Path(tempfile.mkdtemp())
     chats: dict[str, LocalEngine] = {}
     result: dict = {"command": "python -m bench.bench_models " + " ".join(argv if argv is not None else sys.argv[1:]),
-                    "machine": f"{platform.machine()}, {torch.get_num_threads()} torch thread(s)",
-                    "threads": args.threads, "date": time.strftime("%Y-%m-%d"), "models": {}}
+                    "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                    "threads": args.threads, "date": time.strftime("%Y-%m-%d"), "fresh_home": args.home is None,
+                    "load_average_start": round(os.getloadavg()[0], 2), "models": {}}
     try:
         for label, model in MODELS.items():
             started = time.perf_counter()
@@ -127,6 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         for chat in chats.values():
             chat.close()
+    result["load_average_end"] = round(os.getloadavg()[0], 2)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")

@@ -95,7 +95,8 @@ class OpenAIBackendChat(AskByStreaming):
         if weight:
             problems.append(
                 f"the ledger has {len(weight)} active weight edit(s); answers from {self.engine_url} include "
-                "them only if the engine serves a checkpoint exported after them (`kbchat export`)")
+                "them only if the engine serves a checkpoint or LoRA adapter exported after them "
+                "(`kbchat export DIR [--format lora]`; an adapter as --engine-model)")
         if any(r.method == "serac" for r in rows):
             problems.append("serac edits are served as stated facts only: their in-model patches need "
                             "the weights in process")
