@@ -5,6 +5,15 @@ so concurrent generations on different threads can each select their own in-scop
 weights stay untouched. A selection holds the deltas themselves, not their keys: removing a delta
 while a generation that selected it is running leaves that generation as it began (it keeps the
 delta to its end), and hooks stay installed until `close`, so no forward pass finds one missing.
+
+Where a selected delta acts is its *positions* policy:
+
+- "prompt" (the default): only on a forward pass that starts with an empty KV cache, i.e. the input;
+  never on tokens generated after it. The edit still reaches the answer through attention to the
+  patched input positions, while a generated mention of the subject (whose key the delta matches) is
+  not itself patched;
+- "all": every position of every pass, as if the delta were in the weights (an audit's negation of a
+  weight edit must cancel it exactly).
 """
 
 from __future__ import annotations
@@ -19,15 +28,21 @@ from torch import nn
 from methods.architecture import get_module
 from methods.delta import Delta, weight_of
 
+POLICIES = ("prompt", "all")
+
 
 class ScopedDeltas:
     """A set of keyed deltas attached to `model`; each acts only inside `select(keys)` on that thread."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, positions: str = "prompt") -> None:
+        _check_policy(positions)
         self.model = model
-        self._deltas: dict[Hashable, Delta] = {}
+        self.positions = positions  # the policy of deltas added without one
+        self._deltas: dict[Hashable, tuple[Delta, str]] = {}
         self._handles: dict[str, object] = {}
-        self._selected: ContextVar[tuple[Delta, ...]] = ContextVar(f"scoped-{id(self)}", default=())
+        self._selected: ContextVar[tuple[tuple[Delta, str], ...]] = ContextVar(f"scoped-{id(self)}", default=())
+        self._offset: ContextVar[int] = ContextVar(f"scoped-offset-{id(self)}", default=0)
+        self._pass_hook = model.register_forward_pre_hook(self._offset_hook(), with_kwargs=True)
 
     def __contains__(self, key: Hashable) -> bool:
         return key in self._deltas
@@ -35,8 +50,11 @@ class ScopedDeltas:
     def __len__(self) -> int:
         return len(self._deltas)
 
-    def add(self, key: Hashable, delta: Delta) -> None:
-        self._deltas[key] = delta
+    def add(self, key: Hashable, delta: Delta, positions: str | None = None) -> None:
+        """Attach `delta` under `key`, acting where `positions` (default: this table's policy) says."""
+        policy = positions or self.positions
+        _check_policy(policy)
+        self._deltas[key] = (delta, policy)
         for name in delta.modules:
             if name not in self._handles:
                 self._handles[name] = get_module(self.model, name).register_forward_hook(self._hook(name))
@@ -60,18 +78,30 @@ class ScopedDeltas:
             handle.remove()
         self._handles.clear()
         self._deltas.clear()
+        self._pass_hook.remove()
+
+    def _offset_hook(self):
+        def pre_hook(_model, _args, kwargs):
+            """Before each pass: how many positions precede it (the KV cache's length)."""
+            if self._selected.get():
+                self._offset.set(_past_length(kwargs.get("cache", kwargs.get("past_key_values"))))
+
+        return pre_hook
 
     def _hook(self, name: str):
         module = get_module(self.model, name)
 
         def hook(_module, args, output):
-            deltas = self._selected.get()
-            if not deltas:
+            selected = self._selected.get()
+            if not selected:
                 return output
-            x = args[0]
+            on_input = self._offset.get() == 0
+            x = args[0]  # (..., T, in)
             w = weight_of(module)
             extra = 0
-            for delta in deltas:
+            for delta, policy in selected:
+                if policy == "prompt" and not on_input:
+                    continue
                 for u in delta.updates:
                     if u.module != name:
                         continue
@@ -83,3 +113,16 @@ class ScopedDeltas:
             return output + extra if isinstance(extra, torch.Tensor) else output
 
         return hook
+
+
+def _check_policy(policy: str) -> None:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown positions policy {policy!r}; choose one of: {', '.join(POLICIES)}")
+
+
+def _past_length(cache) -> int:
+    if cache is None:
+        return 0
+    if hasattr(cache, "get_seq_length"):
+        return int(cache.get_seq_length())
+    return int(cache[0][0].shape[-2])  # legacy tuple of (key, value) per layer: (B, heads, T, d)

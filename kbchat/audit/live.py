@@ -34,17 +34,18 @@ class LiveEditView:
         self._answers: dict[tuple, str] = {}  # this view's own memo: identical greedy inputs, one answer
 
     def _plan(self, text: str, *, chat: bool, edited: bool) -> tuple[Plan, tuple[Hashable, ...]]:
+        """The plan, and the patch that hides a weight edit ("before") if any."""
         hidden = frozenset() if edited or self.row.kind == "weight" else frozenset({self.row.id})
         plan = self.planner.plan(text, chat=chat, exclude=hidden)
-        extra = (self.undo_key,) if not edited and self.undo_key is not None else ()
-        return plan, (*plan.patches, *extra)
+        return plan, (self.undo_key,) if not edited and self.undo_key is not None else ()
 
     def _answer(self, text: str, limit: int, *, chat: bool, edited: bool) -> str:
-        plan, patches = self._plan(text, chat=chat, edited=edited)
+        plan, undo = self._plan(text, chat=chat, edited=edited)
         # An out-of-scope probe of a memory edit is generated once for "before" and "after".
-        key = (repr(plan.prompt), patches, limit)  # a Prompt holds dicts: not hashable itself
+        key = (repr(plan.prompt), plan.patches, undo, limit)  # a Prompt holds dicts: not hashable itself
         if key not in self._answers:
-            self._answers[key] = "".join(self.runtime.generate(plan.prompt, patches, limit)).strip()
+            pieces = self.runtime.generate(plan.prompt, plan.patches, limit, names=plan.names, fixed=undo)
+            self._answers[key] = "".join(pieces).strip()
         return self._answers[key]
 
     def generate(self, question: str, *, edited: bool) -> str:
@@ -58,9 +59,9 @@ class LiveEditView:
         groups: dict[tuple, list[int]] = {}
         prompts: list[str] = []
         for i, (prompt, _target) in enumerate(pairs):
-            plan, patches = self._plan(prompt, chat=False, edited=edited)
+            plan, undo = self._plan(prompt, chat=False, edited=edited)
             prompts.append(plan.prompt.text or prompt)
-            groups.setdefault(patches, []).append(i)
+            groups.setdefault((*plan.patches, *undo), []).append(i)
         out = [0.0] * len(pairs)
         for patches, rows in groups.items():
             batch = [(prompts[i], pairs[i][1]) for i in rows]

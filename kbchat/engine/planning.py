@@ -22,6 +22,7 @@ class Plan:
     prompt: Prompt
     used: tuple[int, ...]  # every in-scope memory edit
     patches: tuple[int, ...]  # the serac patches to switch on
+    names: tuple[str, ...] = ()  # their subjects: an answer that names one copies it unpatched
 
 
 class Planner:
@@ -37,16 +38,17 @@ class Planner:
         ids = tuple(r.id for r in used)
         serac = [r for r in used if r.method == "serac"]
         patches = tuple(r.id for r in serac)
+        names = tuple(dict.fromkeys(r.subject for r in serac))
         if any(r.method == "ike" for r in used):
             facts = [fact_of(r) for r in used]
             demos = self._demos().select(facts[0], self.settings.ike_demos)
-            return Plan(Prompt(text=ike_prompt(facts, text, demos), stops=("\n",)), ids, patches)
+            return Plan(Prompt(text=ike_prompt(facts, text, demos), stops=("\n",)), ids, patches, names)
         if not chat:
-            return Plan(Prompt(text=text), ids, patches)
+            return Plan(Prompt(text=text), ids, patches, names)
         messages = [*(dict(m) for m in history), {"role": "user", "content": text}]
         if serac and self.settings.quote_facts:
             messages = [facts_message(serac), *messages]
-        return Plan(Prompt(messages=tuple(messages)), ids, patches)
+        return Plan(Prompt(messages=tuple(messages)), ids, patches, names)
 
     def _demos(self) -> IkeDemos:
         if self._ike is None:

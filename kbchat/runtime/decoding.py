@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import nullcontext
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from kbchat.runtime.guard import NameGuard
 
 # Base models (no chat template) are asked in a plain question/answer format, which they continue
 # naturally; the answer ends at the next line or at the next "Question:" the model invents.
@@ -68,18 +73,23 @@ def stream_tokens(
     max_new_tokens: int,
     cancel: threading.Event | None = None,
     stop_strings: Sequence[str] = (),
+    guard: NameGuard | None = None,
 ) -> Iterator[str]:
     """Greedy decoding, yielding text pieces as soon as they decode cleanly; stops at EOS, a stop
-    string, `max_new_tokens` or `cancel`."""
+    string, `max_new_tokens` or `cancel`. With `guard`, names in the answer are copied unpatched."""
     eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
     past = None
+    swap = None
     step_ids = input_ids
     new: list[int] = []
-    sent = ""
+    sent = text = ""
     for _ in range(max_new_tokens):
         if cancel is not None and cancel.is_set():
             return
-        out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
+        with swap.unpatched() if swap is not None and guard.naming(text) else nullcontext():
+            out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
+        if past is None and guard is not None:
+            swap = guard.start(model, input_ids, out.past_key_values)
         past = out.past_key_values
         token = int(out.logits[0, -1].argmax())
         if token in eos:

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 from kbchat.errors import KbchatError
 from kbchat.runtime.decoding import (
     chat_input_ids,
-    chat_stops,
     completion_input_ids,
     next_word_gaps,
     stream_tokens,
 )
+from kbchat.runtime.guard import NameGuard, chat_text, name_positions
 from kbchat.runtime.loading import LoadedModel
 from kbchat.runtime.locks import ReadWriteLock
 from kbchat.runtime.weights import WeightState
@@ -108,18 +108,27 @@ class ModelRuntime:
     # -- reading ------------------------------------------------------------------------------------
 
     def generate(self, prompt: Prompt, patches: Sequence[Hashable], limit: int,
-                 cancel: threading.Event | None = None) -> Iterator[str]:
-        """Greedy answer pieces for `prompt` with `patches` switched on; a generator that holds the read
-        lock while it runs (close it, or exhaust it, on the thread that iterates it)."""
+                 cancel: threading.Event | None = None, *, names: Sequence[str] = (),
+                 fixed: Sequence[Hashable] = ()) -> Iterator[str]:
+        """Greedy answer pieces for `prompt` with `patches` and `fixed` switched on; a generator that
+        holds the read lock while it runs (close it, or exhaust it, on the thread that iterates it).
+
+        `names` (the subjects of the edits in `patches`) are copied into the answer without `patches`
+        (see `guard`); `fixed` patches act throughout.
+        """
         tokenizer, device = self.loaded.tokenizer, self.loaded.device.name
-        stops = prompt.stops
         if prompt.messages is not None:
             ids = chat_input_ids(tokenizer, prompt.messages, device)
-            stops = tuple(dict.fromkeys(stops + chat_stops(tokenizer)))
+            text = chat_text(tokenizer, prompt.messages) if names and patches else ""
         else:
             ids = completion_input_ids(tokenizer, prompt.text or "", device)
-        with self._lock.read(), self._patches.select(patches):
-            yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, stops)
+            text = prompt.text or ""
+        guard = None
+        if names and patches:
+            guard = NameGuard(tuple(names), name_positions(tokenizer, text, ids, names),
+                              lambda: self._patches.select(fixed))
+        with self._lock.read(), self._patches.select([*patches, *fixed]):
+            yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, prompt.stops, guard)
 
     def answer(self, question: str, limit: int) -> str:
         """The unpatched model's greedy chat answer to `question` (no memory, no history)."""
@@ -221,8 +230,10 @@ class ModelRuntime:
 
     # -- the patch table ----------------------------------------------------------------------------
 
-    def add_patch(self, key: Hashable, delta: Delta) -> None:
-        self._patches.add(key, delta)
+    def add_patch(self, key: Hashable, delta: Delta, *, everywhere: bool = False) -> None:
+        """A patch acts on the input's positions (a memory edit); `everywhere` also on generated
+        tokens (what cancelling a weight delta exactly needs)."""
+        self._patches.add(key, delta, positions="all" if everywhere else "prompt")
 
     def remove_patch(self, key: Hashable) -> None:
         """Answers already using the patch keep it to their end; later ones no longer see it."""
