@@ -74,6 +74,8 @@ def markdown(result: dict) -> str:
     for label, r in result["models"].items():
         speed.append(f"| {label} | {r['parameters'] / 1e6:.0f}M | {r['tokens_per_second']} | "
                      f"{', '.join(map(str, r['tokens_per_second_rounds']))} |")
+    caches = ("includes the one-time layer statistics, and 'open' the one-time dequantisation (a fresh data dir)"
+              if result["fresh_home"] else "found the statistics, and 'open' the model, cached in the data dir")
     return "\n".join([
         "# Gemma 3 270M beside SmolLM2-135M: the Eiffel story and chat speed",
         "",
@@ -82,7 +84,7 @@ def markdown(result: dict) -> str:
         f"Machine: {result['machine']} (shared: 1-min load average {result['load_average_start']} at the start, "
         f"{result['load_average_end']} at the end), torch threads {result['threads']}, float32 on CPU, one run, "
         f"{result['date']}. Edit time is `edit()` (parse, compute, record, index); the first edit "
-        f"(an unrelated serac edit) {'includes the one-time layer statistics and open the one-time dequantisation (a fresh data dir)' if result['fresh_home'] else 'found statistics and model caches in the data dir'}. "
+        f"(an unrelated serac edit) {caches}. "
         f"Tokens/s: whole `ask` calls over {len(THROUGHPUT_QUESTIONS)} questions (up to 48 tokens each), "
         "rounds alternating between the models.",
         "",

@@ -227,8 +227,8 @@ def test_limit_applies(tmp_path):
 
 def test_unknown_method_is_refused_before_anything_runs(tmp_path):
     chat = FakeChat()
-    with pytest.raises(KbchatError, match="unknown method 'mend'"):
-        run_bench(chat, write(tmp_path, FLAT), "mend")
+    with pytest.raises(KbchatError, match="unknown method 'telepathy'"):
+        run_bench(chat, write(tmp_path, FLAT), "telepathy")
     assert chat.log == []
 
 

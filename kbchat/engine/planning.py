@@ -16,6 +16,8 @@ from kbchat.memory.book import MemoryBook
 from kbchat.runtime import Prompt
 from kbchat.service import Message
 
+HISTORY_TURNS = 2  # earlier user turns whose edits stay in scope
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -34,7 +36,7 @@ class Planner:
     def plan(self, text: str, *, history: Sequence[Message] = (), chat: bool = True, memory: bool = True,
              exclude: frozenset[int] = frozenset()) -> Plan:
         """The plan for `text`: a chat question after `history` (chat=True) or a raw prompt to continue."""
-        used = self.book.retrieve(text, exclude) if memory else []
+        used = self.in_scope(text, history, exclude) if memory else []
         ids = tuple(r.id for r in used)
         serac = [r for r in used if r.method == "serac"]
         patches = tuple(r.id for r in serac)
@@ -49,6 +51,18 @@ class Planner:
         if serac and self.settings.quote_facts:
             messages = [facts_message(serac), *messages]
         return Plan(Prompt(messages=tuple(messages)), ids, patches, names)
+
+    def in_scope(self, text: str, history: Sequence[Message] = (),
+                 exclude: frozenset[int] = frozenset()) -> list:
+        """Memory edits in scope for the conversation: those the question is about, then those of the
+        user's earlier turns (newest first, up to HISTORY_TURNS), so a follow-up that only refers to
+        the subject ("Which continent is it on?") keeps the edit."""
+        found = {r.id: r for r in self.book.retrieve(text, exclude)}
+        earlier = [m["content"] for m in history if m.get("role") == "user"][-HISTORY_TURNS:]
+        for turn in reversed(earlier):
+            for r in self.book.retrieve(turn, exclude):
+                found.setdefault(r.id, r)
+        return list(found.values())
 
     def _demos(self) -> IkeDemos:
         if self._ike is None:
