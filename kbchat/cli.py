@@ -118,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-every", type=int, default=50)
     train.add_argument("--val-size", type=int, default=48)
     train.add_argument("--rank", type=int, default=None, help="the editor's inner rank (default: the model's)")
+    train.add_argument("--c-loc", type=float, default=None, help="weight of the locality KL (default 1.0)")
+    train.add_argument("--c-edit", type=float, default=None, help="weight of the edit loss (default 0.1)")
+    train.add_argument("--lr", type=float, default=None, help="Adam's rate for the editor networks (default 1e-4)")
+    train.add_argument("--alpha-lr", type=float, default=None, help="Adam's rate for the log steps (default 1e-2)")
     train.add_argument("--json", action="store_true")
 
     verify = sub.add_parser("verify", help="check ledger rows, deltas and weights against their fingerprints")
@@ -351,6 +355,7 @@ def _train_editor(args) -> int:
         method=args.method, model=args.model, home=args.home, device=args.device, steps=args.steps, out=args.out,
         resume=args.resume, tasks=tuple(args.tasks), seed=args.seed, threads=args.threads, data=args.data,
         batch_size=args.batch_size, val_every=args.val_every, val_size=args.val_size, rank=args.rank,
+        c_edit=args.c_edit, c_loc=args.c_loc, lr=args.lr, alpha_lr=args.alpha_lr,
         quiet=False))
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))

@@ -4,6 +4,8 @@ model (slow: the first run joins and dequantises the GGUF, ~2 min, and computes 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from kbchat.errors import ModelLoadError
@@ -28,6 +30,30 @@ def test_plain_transcript_for_models_without_a_chat_template():
     assert chat_stops(base) == PLAIN_STOPS == ("\n", "Question:")
     assert chat_stops(chat) == ()  # a chat template ends answers with its own end token
     assert "Question:" not in chat.decode(chat_input_ids(chat, messages, "cpu")[0])
+
+
+def test_runtime_stops_plain_answers_at_the_next_line(monkeypatch):
+    """ModelRuntime.generate adds the plain format's stops for a model without a chat template."""
+    import torch
+
+    from kbchat.runtime import model as runtime_model
+    from kbchat.runtime.loading import Device, LoadedModel
+    from kbchat.runtime.model import ModelRuntime, Prompt
+    from tests.tiny_models import tiny_gpt2
+
+    seen = []
+
+    def fake_stream(model, tok, ids, limit, cancel, stops, *rest):
+        seen.append(tuple(stops))
+        yield "x"
+
+    monkeypatch.setattr(runtime_model, "stream_tokens", fake_stream)
+    for chat in (False, True):
+        tok = tokenizer(chat=chat)
+        runtime = ModelRuntime(LoadedModel(tiny_gpt2(len(tok)), tok, "tiny", Path("."), Device("cpu", torch.float32)))
+        list(runtime.generate(Prompt(messages=({"role": "user", "content": QUESTION},), stops=("END",)), (), 4))
+        runtime.close()
+    assert seen == [("END", "\n", "Question:"), ("END",)]
 
 
 def test_named_model_needs_its_packages(monkeypatch, tmp_path):

@@ -113,9 +113,10 @@ def test_train_editor_end_to_end(tmp_path, tiny_dir, capsys) -> None:
     another model (no editor) is told how to train one."""
     from kbchat.cli import run
     from methods.mend import read_spec, state_path
+    from methods.mend.checkpoint import read_header
 
     home = tmp_path / "home"
-    args = ["--model", str(tiny_dir), "--home", str(home), "train-editor", "--method", "mend", "--steps", "10",
+    args = ["--model", str(tiny_dir), "--home", str(home), "train-editor", "--method", "mend", "--c-loc", "2", "--steps", "10",
             "--val-every", "5", "--val-size", "6", "--threads", "1", "--batch-size", "2"]
     with one_thread():
         assert run(args) == 0
@@ -124,6 +125,7 @@ def test_train_editor_end_to_end(tmp_path, tiny_dir, capsys) -> None:
     assert str(out) in printed and "--method mend" in printed
     assert out.is_file() and state_path(out).is_file()
     assert read_spec(out).kind == "mend"
+    assert json.loads(read_header(out)["about"])["config"]["c_loc"] == 2.0
     log = [json.loads(line) for line in out.with_name(out.name.replace(".safetensors", ".log.jsonl")).open()]
     assert [row["step"] for row in log] == list(range(1, 11))
     assert [row["step"] for row in log if "val_success" in row] == [5, 10]

@@ -193,7 +193,7 @@ class LocalEngine(AskByStreaming):
             undo_key = ("undo", edit_id)
             loaded = row_delta(row)
             if not self.runtime.has_patch(undo_key) and loaded.delta is not None:
-                self.runtime.add_patch(undo_key, negated(loaded.delta), everywhere=True)
+                self.runtime.add_patch(undo_key, negated(loaded.delta))
         return LiveEditView(self.runtime, self.planner, row, undo_key)
 
     def _audit_done(self, edit_id: int) -> None:

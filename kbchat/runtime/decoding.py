@@ -86,7 +86,7 @@ def stream_tokens(
     for _ in range(max_new_tokens):
         if cancel is not None and cancel.is_set():
             return
-        with swap.unpatched() if swap is not None and guard.naming(text) else nullcontext():
+        with guard.step(swap, text) if guard is not None else nullcontext():
             out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
         if past is None and guard is not None:
             swap = guard.start(model, input_ids, out.past_key_values)

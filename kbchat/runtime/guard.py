@@ -1,18 +1,18 @@
 """Keeping edited subjects' names whole in answers generated with in-model patches (issue #12).
 
-A serac patch acts on the question's positions, and the answer reads the edit from them through the
-KV cache. When the answer copies the subject's name it reads those same positions back, and the
-patch bends the copy ("Bernard Giraudeow"). While the answer is partway through one of the names,
-the next token is therefore predicted with the keys/values at the names' input positions taken from
-one extra, unpatched prefill; everywhere else the answer reads the patched cache, which carries the
-edit. Measured in bench/results/chat-clean.md: names intact 54% → 100%, reliability unchanged.
+A serac patch bends the subject's name when the answer writes it again ("Bernard Giraudeow"): the
+copy reads the patched question positions back through the KV cache, and the step writing it is
+patched too. While the answer is partway through one of the names, the next token is therefore
+predicted wholly unpatched: with the keys/values at the names' input positions taken from one extra,
+unpatched prefill, and without the patches on the step itself. Everywhere else the answer reads the
+patched model, which carries the edit.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -63,6 +63,16 @@ class NameGuard:
                 if folded.endswith(n[:k]) and (len(folded) == k or not folded[-k - 1].isalnum()):
                     return True
         return False
+
+    def step(self, swap: CacheSwap | None, text: str) -> AbstractContextManager:
+        """The context of the next decoding step: wholly unpatched (the names' cached positions and the
+        step itself) while `text` ends partway through a name; as it is otherwise."""
+        if swap is None or not self.naming(text):
+            return nullcontext()
+        stack = ExitStack()
+        stack.enter_context(swap.unpatched())
+        stack.enter_context(self.unpatched())
+        return stack
 
     def start(self, model: nn.Module, input_ids: torch.Tensor, patched_cache) -> CacheSwap | None:
         """After the (patched) prefill: the swap between its cache and an unpatched one at the names'

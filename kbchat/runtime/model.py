@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from kbchat.errors import KbchatError
 from kbchat.runtime.decoding import (
     chat_input_ids,
+    chat_stops,
     completion_input_ids,
     next_word_gaps,
     stream_tokens,
@@ -117,9 +118,12 @@ class ModelRuntime:
         (see `guard`); `fixed` patches act throughout.
         """
         tokenizer, device = self.loaded.tokenizer, self.loaded.device.name
+        stops = prompt.stops
         if prompt.messages is not None:
             ids = chat_input_ids(tokenizer, prompt.messages, device)
             text = chat_text(tokenizer, prompt.messages) if names and patches else ""
+            # a model without a chat template answers in the plain format: stop at its next line
+            stops = tuple(dict.fromkeys(stops + chat_stops(tokenizer)))
         else:
             ids = completion_input_ids(tokenizer, prompt.text or "", device)
             text = prompt.text or ""
@@ -128,7 +132,7 @@ class ModelRuntime:
             guard = NameGuard(tuple(names), name_positions(tokenizer, text, ids, names),
                               lambda: self._patches.select(fixed))
         with self._lock.read(), self._patches.select([*patches, *fixed]):
-            yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, prompt.stops, guard)
+            yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, stops, guard)
 
     def answer(self, question: str, limit: int) -> str:
         """The unpatched model's greedy chat answer to `question` (no memory, no history)."""
@@ -230,10 +234,11 @@ class ModelRuntime:
 
     # -- the patch table ----------------------------------------------------------------------------
 
-    def add_patch(self, key: Hashable, delta: Delta, *, everywhere: bool = False) -> None:
-        """A patch acts on the input's positions (a memory edit); `everywhere` also on generated
-        tokens (what cancelling a weight delta exactly needs)."""
-        self._patches.add(key, delta, positions="all" if everywhere else "prompt")
+    def add_patch(self, key: Hashable, delta: Delta) -> None:
+        """A patch acts on every position of the passes that select it, as if it were in the weights
+        (the "prompt" policy of `methods.scoped` lost the Eiffel edit here; the name guard is what
+        keeps names whole)."""
+        self._patches.add(key, delta, positions="all")
 
     def remove_patch(self, key: Hashable) -> None:
         """Answers already using the patch keep it to their end; later ones no longer see it."""

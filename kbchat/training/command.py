@@ -44,6 +44,10 @@ class TrainOptions:
     val_every: int = 50
     val_size: int = 48
     rank: int | None = None
+    c_edit: float | None = None  # None: TrainConfig's defaults (EasyEdit's 0.1 / 1.0, lr 1e-4, alpha_lr 1e-2)
+    c_loc: float | None = None
+    lr: float | None = None
+    alpha_lr: float | None = None
     quiet: bool = False
 
 
@@ -106,6 +110,8 @@ def _run(options: TrainOptions, tasks: tuple[str, ...], data: Path) -> dict:
     config = TrainConfig(steps=options.steps, batch_size=options.batch_size, val_every=options.val_every,
                          val_size=options.val_size, seed=options.seed, instructions=instructions,
                          tasks=DEFAULT_TASKS, hparams=hparams)
+    weights = {k: getattr(options, k) for k in ("c_edit", "c_loc", "lr", "alpha_lr") if getattr(options, k) is not None}
+    config = replace(config, **weights)
     counts = split.counts()
     say = (lambda *a: None) if options.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     say(f"training {options.method} for {loaded.name}: "

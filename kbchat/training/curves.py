@@ -27,8 +27,13 @@ def read_log(path: Path) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
-def summarise(name: str, rows: list[dict], about: dict | None = None) -> dict:
+def summarise(name: str, rows: list[dict], about: dict | None = None, history: list[dict] = ()) -> dict:
+    """`history`: validation rows of `train-editor --json` (they include step 0, before any training)."""
     vals = [r for r in rows if "val_success" in r]
+    logged = {r["step"] for r in vals}
+    extra = [{"step": h["step"], "val_edit_loss": h["edit"], "val_loc_loss": h["loc"], "val_success": h["success"],
+              "seconds": 0.0} for h in history if h["step"] not in logged and h["step"] == 0]
+    vals = sorted(extra + vals, key=lambda r: r["step"])
     best = min(vals, key=lambda r: 0.1 * r["val_edit_loss"] + r["val_loc_loss"]) if vals else None
     return {
         "run": name,
@@ -84,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", action="append", required=True, help="NAME=LOG (a .log.jsonl file)")
     parser.add_argument("--about", action="append", default=[], help="NAME:KEY=VALUE, recorded in NAME's JSON")
+    parser.add_argument("--history", action="append", default=[],
+                        help="NAME=FILE: the run's `train-editor --json` output (adds the step-0 validation)")
     parser.add_argument("--json-dir", type=Path, required=True)
     parser.add_argument("--png", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -95,7 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for item in args.run:
         name, log = item.split("=", 1)
-        run = summarise(name, read_log(Path(log)), abouts.get(name))
+        history = []
+        for item2 in args.history:
+            hname, hfile = item2.split("=", 1)
+            if hname == name:
+                history += json.loads(Path(hfile).read_text())["history"]
+        run = summarise(name, read_log(Path(log)), abouts.get(name), history)
         runs.append(run)
         out = args.json_dir / f"editor-training-{name}.json"
         out.write_text(json.dumps(run, indent=1) + "\n")
