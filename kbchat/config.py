@@ -78,6 +78,13 @@ KINDS = ("memory", "weight")
 MEMORY_METHODS = ("serac", "ike")
 WEIGHT_METHODS = ("rome", "memit", "alphaedit", "ft", "mend", "instructedit", "kn")
 LEARNED_METHODS = ("mend", "instructedit")  # need a trained editor (see kbchat.editors)
+# Methods that work but are not yet good enough to trust; an edit made with one says so in its notes.
+EXPERIMENTAL = {
+    "mend": "experimental: the shipped editor overshoots (other answers drift to the new object); "
+            "see kbchat/editors/README.md",
+    "instructedit": "experimental: the shipped editor overshoots (other answers drift to the new object); "
+                    "see kbchat/editors/README.md",
+}
 ALL_METHODS = MEMORY_METHODS + WEIGHT_METHODS
 DEFAULT_METHOD = "serac"
 COMMIT_METHOD = "memit"

@@ -12,7 +12,7 @@ from typing import Any
 import methods
 from kbchat.audit.relations import questions
 from kbchat.audit.rivals import chat_rival, raw_rival
-from kbchat.config import COMMIT_METHOD, MEMORY_METHODS, EngineSettings, method_kind
+from kbchat.config import COMMIT_METHOD, EXPERIMENTAL, MEMORY_METHODS, EngineSettings, method_kind
 from kbchat.engine.deltas import row_delta
 from kbchat.errors import EditFailed, KbchatError, LedgerError
 from kbchat.ledger import NewEdit, StoredEdit
@@ -116,6 +116,7 @@ class EditPipeline:
             delta=delta.to_bytes() if delta is not None else None,
             model_fingerprint=self.runtime.base_fingerprint() if delta is not None else None,
             embedding=embedding, embedder=self.book.embedder.name if embedding is not None else None,
+            notes=EXPERIMENTAL.get(method),
         )
 
     # -- committing ---------------------------------------------------------------------------------
