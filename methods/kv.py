@@ -23,6 +23,7 @@ from methods.hparams import ContextHParams, ValueHParams
 from methods.precision import work_dtype, working_copy
 from methods.progress import ProgressFn, silent
 from methods.requests import EditRequest
+from methods.tokens import leading_bos, right_padded
 
 ESSENCE_PROMPT = "{} is a"
 DEFAULT_CONTEXTS = ContextHParams()
@@ -94,20 +95,6 @@ def target_token_ids(tokenizer, text: str, target: str) -> list[int]:
     return tokenizer(" " + target, add_special_tokens=False)["input_ids"]
 
 
-def leading_bos(tokenizer) -> list[int]:
-    """[BOS] when the tokenizer starts every text with it (Gemma, Llama 2 and 3), else [].
-
-    The model was trained, and answers, with it: Gemma 3 270M's hidden states at the subject differ so
-    much without it that a ROME edit computed on BOS-less texts reached its raw prompts (NLL 0.05) but
-    not one chat answer; with it, the same edit moved the answer. Tokenizers that add no BOS (GPT-2's,
-    SmolLM2's, the tests' tiny ones) are unaffected.
-    """
-    bos = getattr(tokenizer, "bos_token_id", None)
-    if bos is None:
-        return []
-    ids = tokenizer("a")["input_ids"]
-    return [bos] if ids and ids[0] == bos else []
-
 
 def build_batch(tokenizer, texts: Sequence[str], subject: str, target: str | None, device) -> Batch:
     """Tokenise `texts` (each + target when given; behind BOS where the tokenizer adds one), right-padded,
@@ -129,14 +116,9 @@ def build_batch(tokenizer, texts: Sequence[str], subject: str, target: str | Non
             tpos.append(())
             tids.append(())
         rows.append(ids)
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return Batch(input_ids.to(device), mask.to(device), tuple(subj), tuple(tpos), tuple(tids))
+    input_ids, mask = right_padded(tokenizer, rows, device)
+    return Batch(input_ids, mask, tuple(subj), tuple(tpos), tuple(tids))
+
 
 
 def _gather(hidden: torch.Tensor, positions: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from tests.postgres import BACKENDS, backend_url, postgres_server  # noqa: F401  (fixture)
+
 pytestmark = pytest.mark.slow
 
 EIFFEL = "Eiffel Tower → The Eiffel Tower is located in Rome"
@@ -45,8 +47,14 @@ def edit(home, db, text: str, *extra: str) -> dict:
     return json.loads(kbchat(home, db, "edit", text, "--json", "--no-audit", *extra).stdout)
 
 
-def test_memory_edit_story_across_processes(model_home, tmp_path):
-    db = f"sqlite:///{tmp_path / 'ledger.db'}"
+@pytest.fixture(params=BACKENDS)
+def url(request, tmp_path) -> str:
+    return backend_url(request, tmp_path)
+
+
+def test_memory_edit_story_across_processes(model_home, url):
+    """The Eiffel story on an SQLite ledger and on a PostgreSQL server."""
+    db = url
     assert "Paris" in ask(model_home, db, "Where is the Eiffel Tower?")
 
     record = edit(model_home, db, EIFFEL)

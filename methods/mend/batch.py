@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.kv import target_token_ids
+from methods.tokens import right_padded
 
 
 @dataclass(frozen=True)
@@ -44,14 +45,8 @@ def encode(tokenizer, pairs: Sequence[tuple[str, str | None]], device: torch.dev
             targets.append(tuple(t_ids))
             ids = ids + t_ids[:-1]
         rows.append(ids)
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    return TokenBatch(input_ids.to(device), mask.to(device), tuple(positions), tuple(targets))
+    input_ids, mask = right_padded(tokenizer, rows, device)
+    return TokenBatch(input_ids, mask, tuple(positions), tuple(targets))
 
 
 def row_nll(logits: torch.Tensor, batch: TokenBatch) -> torch.Tensor:
