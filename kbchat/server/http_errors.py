@@ -21,10 +21,10 @@ log = logging.getLogger("kbchat.server")
 
 
 class ApiError(Exception):
-    """An HTTP error with an OpenAI-style body."""
+    """An HTTP error with an OpenAI-style body; every body names a `code` (default "bad_request")."""
 
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 code: str | None = None, headers: dict[str, str] | None = None) -> None:
+                 code: str = "bad_request", headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.code, self.headers = status, message, type_, code, headers
 
@@ -39,11 +39,11 @@ def timeout_error(message: str) -> ApiError:
     return ApiError(504, message, "timeout", "timeout")
 
 
-def error_body(message: str, type_: str, code: str | None = None) -> dict[str, Any]:
+def error_body(message: str, type_: str, code: str = "bad_request") -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "code": code}}
 
 
-def error_response(status: int, message: str, type_: str, code: str | None = None,
+def error_response(status: int, message: str, type_: str, code: str = "bad_request",
                    headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error_body(message, type_, code), status_code=status, headers=headers)
 
@@ -81,7 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(exc.status_code, str(exc.detail), "invalid_request_error",
-                              "not_found" if exc.status_code == 404 else None, dict(exc.headers or {}))
+                              "not_found" if exc.status_code == 404 else "http_error", dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
