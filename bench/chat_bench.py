@@ -25,7 +25,7 @@ from kbchat.evaluation.datasets import load_cases
 def answer_nll(engine: LocalEngine):
     """fluency(question, answer) -> (summed NLL, tokens) of the answer under the unedited model."""
     from kbchat.evaluation.metrics import target_logprobs
-    from kbchat.runtime.guard import chat_text
+    from kbchat.runtime.decoding import chat_text
 
     tokenizer = engine.runtime.loaded.tokenizer
 

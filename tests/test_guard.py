@@ -7,8 +7,8 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from kbchat.runtime.decoding import chat_input_ids, stream_tokens
-from kbchat.runtime.guard import CacheSwap, NameGuard, chat_text, name_positions
+from kbchat.runtime.decoding import chat_input_ids, chat_text, stream_tokens
+from kbchat.runtime.guard import CacheSwap, NameGuard, name_positions
 from methods.architecture import architecture_of, get_module
 from methods.delta import Delta, Update, weight_of
 from methods.scoped import ScopedDeltas

@@ -49,6 +49,13 @@ def chat_stops(tokenizer) -> tuple[str, ...]:
     return () if has_chat_template(tokenizer) else PLAIN_STOPS
 
 
+def chat_text(tokenizer, messages: Sequence[Mapping[str, str]]) -> str:
+    """The text `decoding.chat_input_ids` tokenizes."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    return plain_transcript(messages)
+
+
 def chat_input_ids(tokenizer, messages: Sequence[Mapping[str, str]], device) -> torch.Tensor:
     """(1, T) ids of `messages` in the model's chat format, ready for the assistant's turn; for a model
     without a chat template, the plain question/answer format (`plain_transcript`; stop with `chat_stops`)."""

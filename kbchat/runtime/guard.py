@@ -11,21 +11,12 @@ patched model, which carries the edit.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-from kbchat.runtime.decoding import has_chat_template, plain_transcript
-
-
-def chat_text(tokenizer, messages: Sequence[Mapping[str, str]]) -> str:
-    """The text `decoding.chat_input_ids` tokenizes."""
-    if has_chat_template(tokenizer):
-        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    return plain_transcript(messages)
 
 
 def name_positions(tokenizer, text: str, input_ids: torch.Tensor, names: Sequence[str]) -> tuple[int, ...]:

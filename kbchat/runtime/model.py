@@ -20,11 +20,13 @@ from kbchat.errors import KbchatError
 from kbchat.runtime.decoding import (
     chat_input_ids,
     chat_stops,
+    chat_text,
     completion_input_ids,
+    greedy_text,
     next_word_gaps,
     stream_tokens,
 )
-from kbchat.runtime.guard import NameGuard, chat_text, name_positions
+from kbchat.runtime.guard import NameGuard, name_positions
 from kbchat.runtime.loading import LoadedModel
 from kbchat.runtime.locks import ReadWriteLock
 from kbchat.runtime.weights import WeightState
@@ -213,8 +215,8 @@ class ModelRuntime:
         with self._lock.write():
             applied = self._weights.apply(delta)
             try:
-                return ["".join(stream_tokens(model, tokenizer, completion_input_ids(tokenizer, p, device),
-                                              limit, None, ("\n",))) for p in prompts]
+                return [greedy_text(model, tokenizer, completion_input_ids(tokenizer, p, device), limit, ("\n",))
+                        for p in prompts]
             finally:
                 applied.undo()
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kbchat.errors import KbchatError
+from kbchat.runtime.decoding import chat_text
 from methods.mend import EditRecord
 from methods.mend.instruct import CHAT, COUNTERFACT, QUESTION_ANSWERING
 from methods.requests import EditRequest
@@ -112,15 +113,10 @@ def _question(text: str) -> str:
 
 def chat_formatter(tokenizer) -> Callable[[str, str | None], str]:
     """(question, reply or None) -> the chat text, ending where the assistant's reply begins (the reply
-    appended after it when given). Base models without a template get kbchat's plain transcript."""
-    has_template = bool(getattr(tokenizer, "chat_template", None))
+    appended after it when given): exactly what the app answers from (`decoding.chat_text`)."""
 
     def fmt(question: str, reply: str | None = None) -> str:
-        if has_template:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": question}],
-                                                 add_generation_prompt=True, tokenize=False)
-        else:  # as kbchat.runtime.decoding.chat_input_ids
-            text = f"User: {question}\nAssistant:"
+        text = chat_text(tokenizer, [{"role": "user", "content": question}])
         return text if reply is None else f"{text}{reply}"
 
     return fmt
