@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from kbchat.cli_args import EXIT_USAGE, CliError, build_parser  # noqa: F401  (EXIT_USAGE: part of the CLI API)
+from kbchat.cli_chats import answer_json, ask_in_chat, chats_command
 from kbchat.config import Config, resolve
 from kbchat.errors import KbchatError
 from kbchat.records import EditRecord, Progress, ProgressFn
@@ -108,15 +109,19 @@ def _config(config: Config, args) -> int:
 
 def _ask(chat: ChatService, args) -> int:
     args.max_tokens = args.max_tokens or args.config.given("max_tokens")
+    if args.chat is not None:
+        stream = ask_in_chat(chat, args)
+    else:
+        stream = chat.stream(args.text, memory=not args.no_memory, max_new_tokens=args.max_tokens)
     if args.json:
-        answer = chat.ask(args.text, memory=not args.no_memory, max_new_tokens=args.max_tokens)
-        print(json.dumps({"text": answer.text, "used_edits": list(answer.used_edits),
-                          "tokens": answer.tokens, "seconds": round(answer.seconds, 3)}))
+        print(json.dumps(answer_json(stream.result())))
         return 0
-    stream = chat.stream(args.text, memory=not args.no_memory, max_new_tokens=args.max_tokens)
     for piece in stream:
         print(piece, end="", flush=True)
     print()
+    if stream.answer and stream.answer.dropped:
+        print(f"[{stream.answer.dropped} earlier turn(s) left out: they do not fit in the model's context]",
+              file=sys.stderr)
     if stream.answer and stream.answer.used_edits:
         used = ", ".join(f"#{i}" for i in stream.answer.used_edits)
         print(f"[memory: edit {used}]", file=sys.stderr)
@@ -205,6 +210,7 @@ def _verify(chat: ChatService, args) -> int:
 COMMANDS: dict[str, Callable[[ChatService, argparse.Namespace], int]] = {
     "ask": _ask, "parse": _parse, "edit": _edit, "edits": _edits, "revert": _one_edit, "audit": _one_edit,
     "show": _one_edit, "commit": _commit, "bench": _bench, "export": _export, "verify": _verify,
+    "chats": chats_command,
 }
 
 

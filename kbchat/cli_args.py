@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     _host_commands(sub)
     _edit_commands(sub)
     _train_command(sub)
+    _chats_command(sub)
     verify = sub.add_parser("verify", help="check ledger rows, deltas and weights against their fingerprints")
     verify.add_argument("--json", action="store_true")
     return parser
@@ -77,6 +78,8 @@ def _edit_commands(sub) -> None:
     ask.add_argument("text")
     ask.add_argument("--no-memory", action="store_true", help="answer from the weights alone")
     ask.add_argument("--max-tokens", type=int, default=None)
+    ask.add_argument("--chat", help="ask in saved chat ID (earlier turns go to the model; the answer is saved); "
+                     "`new` starts one")
     ask.add_argument("--json", action="store_true")
 
     edit = sub.add_parser("edit", help='correct a fact: "SUBJECT → FACT" or "SUBJECT | PROMPT | TARGET"')
@@ -127,3 +130,31 @@ def _train_command(sub) -> None:
     train.add_argument("--lr", type=float, default=None, help="Adam's rate for the editor networks (default 1e-4)")
     train.add_argument("--alpha-lr", type=float, default=None, help="Adam's rate for the log steps (default 1e-2)")
     train.add_argument("--json", action="store_true")
+
+
+def _chats_command(sub) -> None:
+    chats = sub.add_parser("chats", help="saved conversations: list (default), show, search, export, rename, delete")
+    chats.add_argument("--json", action="store_true")
+    actions = chats.add_subparsers(dest="chats_action", parser_class=_Parser)
+    quiet = argparse.SUPPRESS  # a sub-command's --json must not reset the one given before it
+    actions.add_parser("list", help="every chat, the most recent first").add_argument(
+        "--json", action="store_true", default=quiet)
+    show = actions.add_parser("show", help="one chat with each answer's provenance")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true", default=quiet)
+    search = actions.add_parser("search", help="messages of any chat containing TEXT")
+    search.add_argument("text")
+    search.add_argument("--limit", type=int, default=50)
+    search.add_argument("--json", action="store_true", default=quiet)
+    export = actions.add_parser("export", help="a chat as Markdown or JSON (with provenance)")
+    export.add_argument("id", type=int)
+    export.add_argument("--format", choices=["md", "json"], default="md")
+    export.add_argument("-o", "--output", help="file to write (default: standard output)")
+    rename = actions.add_parser("rename", help="give a chat a title")
+    rename.add_argument("id", type=int)
+    rename.add_argument("title")
+    rename.add_argument("--json", action="store_true", default=quiet)
+    delete = actions.add_parser("delete", help="delete a chat and its messages (needs --yes)")
+    delete.add_argument("id", type=int)
+    delete.add_argument("--yes", action="store_true", help="really delete it")
+    delete.add_argument("--json", action="store_true", default=quiet)

@@ -123,6 +123,7 @@ class EngineSettings:
     # them; the in-model patch carries the edit for those (like the default) that do not.
     quote_facts: bool = True
     ike_demos: int = 16  # demonstrations in an IKE prompt
+    context_tokens: int | None = None  # history budget of saved chats; None: the model's context size
 
 
 # -- the config file ------------------------------------------------------------------------------------

@@ -29,6 +29,14 @@ class EditNotFound(KbchatError):
     exit_code = 3
 
 
+class ChatNotFound(KbchatError):
+    """No saved conversation (or message) has that id."""
+
+    code = "chat_not_found"
+    http_status = 404
+    exit_code = 3
+
+
 class EditFailed(KbchatError):
     """An edit was attempted and rolled back; the ledger and the model are as they were."""
 

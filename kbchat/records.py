@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from typing import Any
 
@@ -64,10 +64,33 @@ class EditRecord:
 
 @dataclass(frozen=True)
 class Answer:
+    """A finished answer and what it was made with.
+
+    used_edits: the memory edits that acted on it. weight_edits / weights: the active weight edits and
+    the weights' fingerprint when it was generated (None where the service cannot tell). In a saved
+    conversation, `message_id` is the stored answer, `question_id` its question, and `dropped` the
+    number of earlier turns left out because they did not fit in the model's context.
+    """
+
     text: str
     used_edits: tuple[int, ...] = ()
     tokens: int = 0
     seconds: float = 0.0
+    weight_edits: tuple[int, ...] = ()
+    weights: str | None = None
+    message_id: int | None = None
+    question_id: int | None = None
+    dropped: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "used_edits": list(self.used_edits), "weight_edits": list(self.weight_edits)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Answer:
+        names = {f.name for f in fields(cls)}
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**{**known, "used_edits": tuple(data.get("used_edits", ())),
+                      "weight_edits": tuple(data.get("weight_edits", ()))})
 
 
 @dataclass(frozen=True)

@@ -13,17 +13,16 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from kbchat.config import data_dir, env_token
-from kbchat.errors import KbchatError, UnsupportedOperation, error_class
+from kbchat.conversations.records import Chat, ChatSummary, SearchHit
+from kbchat.errors import KbchatError, UnsupportedOperation
 from kbchat.records import (
     Answer,
-    CheckRecord,
     EditRecord,
     EngineInfo,
     ParsedEdit,
@@ -32,6 +31,7 @@ from kbchat.records import (
     no_progress,
 )
 from kbchat.service import AnswerStream, Capabilities, Message
+from kbchat.wire import error_from_body, error_from_response, record_from_json, sse_data
 
 TOKEN_FILE = "server-token"  # the host's generated token, in its data dir (kbchat.server.auth writes it)
 DEFAULT_TIMEOUT = 600.0  # seconds without a byte from the host; a weight edit on CPU takes ~1 min
@@ -204,6 +204,58 @@ class RemoteChat:
         raise UnsupportedOperation(f"export writes a checkpoint on the machine that holds the weights: run "
                                    f"`kbchat export {folder}{flag}` on the host of {self.url}")
 
+    # -- saved conversations (kept on the host) ------------------------------------------------------
+
+    def chats(self) -> list[ChatSummary]:
+        return [ChatSummary.from_json(c) for c in self._json("GET", "/chats")["data"]]
+
+    def new_chat(self, title: str = "") -> ChatSummary:
+        return ChatSummary.from_json(self._json("POST", "/chats", json={"title": title}))
+
+    def chat(self, chat_id: int) -> Chat:
+        return Chat.from_json(self._json("GET", f"/chats/{int(chat_id)}"))
+
+    def rename_chat(self, chat_id: int, title: str) -> ChatSummary:
+        return ChatSummary.from_json(self._json("PATCH", f"/chats/{int(chat_id)}", json={"title": title}))
+
+    def delete_chat(self, chat_id: int) -> None:
+        self._json("DELETE", f"/chats/{int(chat_id)}")
+
+    def search_chats(self, text: str, *, limit: int = 50) -> list[SearchHit]:
+        data = self._json("GET", "/chats/search", params={"q": text, "limit": limit})["data"]
+        return [SearchHit.from_json(h) for h in data]
+
+    def say(self, chat_id: int, text: str, *, memory: bool = True, max_new_tokens: int | None = None,
+            cancel: threading.Event | None = None) -> AnswerStream:
+        body = {"content": text, "memory": memory, "max_tokens": max_new_tokens}
+        return self._chat_stream(f"/chats/{int(chat_id)}/messages", body, cancel)
+
+    def ask_again(self, chat_id: int, message_id: int, *, memory: bool = True,
+                  max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:
+        body = {"memory": memory, "max_tokens": max_new_tokens}
+        return self._chat_stream(f"/chats/{int(chat_id)}/messages/{int(message_id)}/again", body, cancel)
+
+    def _chat_stream(self, path: str, body: dict[str, Any], cancel: threading.Event | None) -> AnswerStream:
+        """Pieces as the host generates them; the host saves the answer and sends it last."""
+        response = self._open_stream(path, body)
+        saved: dict[str, Any] = {}
+
+        def pieces() -> Iterator[str]:
+            try:
+                for event in self._events(response):
+                    if "piece" in event:
+                        yield event["piece"]
+                    elif event.get("answer") is not None:
+                        saved.update(event["answer"])
+            finally:
+                response.close()
+
+        def finish(done: str) -> Answer:
+            response.close()
+            return Answer.from_json(saved) if saved else Answer(done.strip())
+
+        return AnswerStream(pieces(), finish, cancel)
+
     def close(self) -> None:
         self._client.close()
 
@@ -285,48 +337,3 @@ def _chat_body(text: str, history: Sequence[Message], memory: bool, max_new_toke
     if not memory:
         body["kbchat"] = {"memory": False}
     return body
-
-
-def sse_data(lines: Iterator[str]) -> Iterator[str]:
-    """The data of each server-sent event (multi-line data joined with newlines; comments skipped)."""
-    data: list[str] = []
-    for line in lines:
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if line.startswith(":"):
-            continue
-        field, _, value = line.partition(":")
-        if field == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
-    if data:
-        yield "\n".join(data)
-
-
-def error_from_body(body: Any, status: int) -> KbchatError:
-    """The KbchatError an error body describes ({"error": {"message", "code", ...}})."""
-    error = body.get("error") if isinstance(body, dict) else None
-    if not isinstance(error, dict):
-        return KbchatError(f"the host answered HTTP {status}: {str(body)[:200]}")
-    return error_class(error.get("code"))(str(error.get("message") or f"HTTP {status}"))
-
-
-def error_from_response(response: httpx.Response) -> KbchatError:
-    try:
-        body: Any = response.json()
-    except ValueError:
-        body = response.text
-    return error_from_body(body, response.status_code)
-
-
-def record_from_json(data: Mapping[str, Any]) -> EditRecord:
-    """The inverse of `EditRecord.to_json()`."""
-    fields = dict(data)
-    fields["created_at"] = datetime.fromisoformat(fields["created_at"])
-    if fields.get("reverted_at"):
-        fields["reverted_at"] = datetime.fromisoformat(fields["reverted_at"])
-    fields["checks"] = tuple(CheckRecord(**c) for c in fields.get("checks") or ())
-    known = EditRecord.__dataclass_fields__
-    return EditRecord(**{k: v for k, v in fields.items() if k in known})

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from kbchat.conversations.records import Chat, ChatSummary, SearchHit
 from kbchat.errors import KbchatError
 from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, ProgressFn, no_progress
 
@@ -156,6 +157,41 @@ class ChatService(Protocol):
     def export(self, folder: str | Path, format: str = "checkpoint") -> Path:
         """Write into the new or empty `folder` the current weights as a standard checkpoint (format
         "checkpoint"), or the active weight edits as a PEFT LoRA adapter for the base model ("lora")."""
+        ...
+
+    # -- saved conversations (kbchat.conversations) ---------------------------------------------------
+
+    def chats(self) -> list[ChatSummary]:
+        """Every saved conversation, the most recently used first."""
+        ...
+
+    def new_chat(self, title: str = "") -> ChatSummary:
+        """A new, empty conversation (untitled ones are named after their first question)."""
+        ...
+
+    def chat(self, chat_id: int) -> Chat:
+        """A conversation with all its messages and each answer's provenance; ChatNotFound if none."""
+        ...
+
+    def rename_chat(self, chat_id: int, title: str) -> ChatSummary: ...
+
+    def delete_chat(self, chat_id: int) -> None: ...
+
+    def search_chats(self, text: str, *, limit: int = 50) -> list[SearchHit]:
+        """Messages of any conversation containing `text` (any case), newest first."""
+        ...
+
+    def say(self, chat_id: int, text: str, *, memory: bool = True, max_new_tokens: int | None = None,
+            cancel: threading.Event | None = None) -> AnswerStream:
+        """Ask `text` in a saved conversation: the question is saved at once, the earlier turns go to the
+        model (the oldest left out when they do not fit; `Answer.dropped` says how many), and the answer
+        is saved with its provenance when the stream finishes (`Answer.message_id`)."""
+        ...
+
+    def ask_again(self, chat_id: int, message_id: int, *, memory: bool = True,
+                  max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:
+        """Answer saved question `message_id` again, as the model stands now; the new answer is kept
+        beside the earlier ones."""
         ...
 
     def close(self) -> None: ...

@@ -9,6 +9,8 @@ be made to fail by naming it in `fail`.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -16,7 +18,10 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from kbchat.config import ALL_METHODS, COMMIT_METHOD, check_edit_options, method_kind
+from kbchat.conversations.keeper import ChatKeeper, ConversationCalls, char_budget
+from kbchat.conversations.records import ChatSummary
 from kbchat.errors import EditNotFound, KbchatError, ParseError
+from kbchat.ledger import Ledger
 from kbchat.records import (
     Answer,
     CheckRecord,
@@ -39,7 +44,7 @@ _ARROWS = ("→", "->", "=>")
 FAKE_HPARAMS = frozenset({"layer", "lr", "steps"})  # what the fake pretends its methods take
 
 
-class FakeChatService:
+class FakeChatService(ConversationCalls):
     """A `ChatService` whose behaviour a test scripts.
 
     script: lower-case question substring -> answer (first match wins, else `default_answer`).
@@ -70,6 +75,8 @@ class FakeChatService:
         model: str = "fake-lm-135M",
         device: str = "cpu",
         ledger: str = "/tmp/kbchat-fake/ledger.db",
+        context_chars: int = 4000,
+        chats_db: str | None = None,
     ) -> None:
         self.script = dict(DEFAULT_SCRIPT if script is None else script)
         self.default_answer = default_answer
@@ -84,6 +91,31 @@ class FakeChatService:
         self.closed = False
         self._edits: dict[int, EditRecord] = {}
         self._lock = threading.Lock()
+        self.context_chars = context_chars  # how much history fits, in characters
+        self.chats_db = chats_db  # a file that outlives close() (a test that reopens); default: a temp file
+        self._keeper: ChatKeeper | None = None
+        self._chat_ledger: Ledger | None = None
+        self._chat_dir: str | None = None
+
+    @property
+    def conversations(self) -> ChatKeeper:
+        """Saved chats in a throw-away SQLite file, made on first use (the real store, so the fake keeps
+        the engine's rules); the edits' statuses come from the fake's own edits."""
+        with self._lock:
+            if self._keeper is None:
+                path = self.chats_db
+                if path is None:
+                    self._chat_dir = tempfile.mkdtemp(prefix="kbchat-fake-chats-")
+                    path = f"{self._chat_dir}/chats.db"
+                self._chat_ledger = Ledger.open(f"sqlite:///{path}")
+                log = self._chat_ledger.chat_log(self._statuses)
+                self._keeper = ChatKeeper(log, self.stream, self.get_edit, lambda: self.model,
+                                          char_budget(self.context_chars))
+            return self._keeper
+
+    def _statuses(self, ids: Sequence[int]) -> dict[int, str]:
+        with self._lock:
+            return {i: self._edits[i].status for i in ids if i in self._edits}
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -157,6 +189,8 @@ class FakeChatService:
                 cancel: threading.Event | None) -> AnswerStream:
         _require_question(text)
         reply, used = self._reply(text, memory)
+        with self._lock:
+            weights = tuple(e.id for e in self._edits.values() if e.kind == "weight" and e.status == "active")
         cancel = cancel or threading.Event()
         pieces = _pieces(reply)
         if max_new_tokens is not None:
@@ -169,7 +203,8 @@ class FakeChatService:
                 yield piece
 
         def finish(done: str) -> Answer:
-            return Answer(done.strip(), used_edits=used, tokens=len(_pieces(done)), seconds=0.0)
+            return Answer(done.strip(), used_edits=used, tokens=len(_pieces(done)), seconds=0.0,
+                          weight_edits=weights)
 
         return AnswerStream(generate(), finish, cancel)
 
@@ -286,9 +321,28 @@ class FakeChatService:
             self._edits.update({r.id: r for r in retired})
         return [batch, *retired]
 
+    def say(self, chat_id: int, text: str, **options) -> AnswerStream:
+        self.calls.append(("say", chat_id, text))
+        self._maybe_fail("say")
+        return super().say(chat_id, text, **options)
+
+    def ask_again(self, chat_id: int, message_id: int, **options) -> AnswerStream:
+        self.calls.append(("ask_again", chat_id, message_id))
+        self._maybe_fail("ask_again")
+        return super().ask_again(chat_id, message_id, **options)
+
+    def chats(self) -> list[ChatSummary]:
+        self._maybe_fail("chats")
+        return super().chats()
+
     def close(self) -> None:
         self.calls.append(("close",))
         self.closed = True
+        if self._chat_ledger is not None:
+            self._chat_ledger.close()
+        if self._chat_dir is not None:
+            shutil.rmtree(self._chat_dir, ignore_errors=True)
+        self._keeper, self._chat_ledger, self._chat_dir = None, None, None
 
     # -- helpers --------------------------------------------------------------------------------
 

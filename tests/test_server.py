@@ -17,10 +17,11 @@ import pytest
 
 from kbchat import errors
 from kbchat.errors import EditNotFound, KbchatError, ParseError, UnsupportedOperation
-from kbchat.remote import RemoteChat, base_url, record_from_json, sse_data
+from kbchat.remote import RemoteChat, base_url
 from kbchat.server import ServerThread, create_app, resolve_token, serve
 from kbchat.server.auth import TOKEN_FILE, is_loopback
 from kbchat.service import AnswerStream, Capabilities, ChatService
+from kbchat.wire import record_from_json, sse_data
 from tests.fake_service import FakeChatService
 
 TOKEN = "test-token-0123456789"

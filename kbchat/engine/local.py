@@ -19,6 +19,7 @@ from typing import Any
 from kbchat.audit import parse_user_probe
 from kbchat.audit.live import LiveEditView
 from kbchat.config import ALL_METHODS, EngineSettings, check_edit_options, data_dir, default_db_url
+from kbchat.conversations.keeper import ChatKeeper, ConversationCalls
 from kbchat.editors import editor_dirs
 from kbchat.engine.auditing import AuditRunner
 from kbchat.engine.deltas import negated, row_delta
@@ -42,8 +43,10 @@ from kbchat.service import (
 )
 from methods import EditRequest, StatsCache
 
+CONTEXT_MARGIN = 64  # tokens kept free for the system message stating in-scope facts
 
-class LocalEngine(AskByStreaming):
+
+class LocalEngine(AskByStreaming, ConversationCalls):
     """Chat with a local model whose knowledge is corrected by edits kept in a ledger. Thread-safe."""
 
     def __init__(self, ledger: Ledger, runtime: ModelRuntime, embedder: Embedder, home: Path,
@@ -57,6 +60,8 @@ class LocalEngine(AskByStreaming):
         self.audits = AuditRunner(ledger, self.audit_view, self._audit_done)
         self._edit_lock = threading.Lock()  # one change at a time (computing one needs exclusive hooks)
         self._problems = restore(runtime, self.book, progress)
+        self.conversations = ChatKeeper(ledger.chat_log(), self.stream, self.get_edit, lambda: runtime.name,
+                                        self._fits)
 
     @classmethod
     def open(cls, db: str | None = None, model: str | None = None, home: str | Path | None = None,
@@ -112,6 +117,8 @@ class LocalEngine(AskByStreaming):
         limit = max_new_tokens or self.settings.max_new_tokens
         counter = {"tokens": 0}
         started = time.perf_counter()
+        weights = tuple(e.id for e in self.book.ledger.active(kind="weight"))
+        fingerprint = self.book.ledger.get_meta(self.runtime.state_key)
 
         def pieces():
             for piece in self.runtime.generate(plan.prompt, plan.patches, limit, cancel, names=plan.names):
@@ -119,9 +126,17 @@ class LocalEngine(AskByStreaming):
                 yield piece
 
         def finish(answer: str) -> Answer:
-            return Answer(answer.strip(), plan.used, counter["tokens"], time.perf_counter() - started)
+            return Answer(answer.strip(), plan.used, counter["tokens"], time.perf_counter() - started,
+                          weight_edits=weights, weights=fingerprint)
 
         return AnswerStream(pieces(), finish, cancel)
+
+    def _fits(self, messages: Sequence[Message], limit: int | None) -> bool:
+        """Whether `messages` and an answer of `limit` tokens fit in the context, with room for the
+        facts the planner may add."""
+        budget = self.settings.context_tokens or self.runtime.context_size
+        answer = limit or self.settings.max_new_tokens
+        return self.runtime.prompt_tokens(messages) + answer + CONTEXT_MARGIN <= budget
 
     # -- editing ------------------------------------------------------------------------------------
 

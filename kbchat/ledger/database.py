@@ -14,6 +14,7 @@ from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from kbchat.errors import LedgerError
@@ -158,6 +159,29 @@ def migration_connection(engine: Engine) -> Iterator[Connection]:
         finally:
             if sqlite:
                 _pragma_outside_transaction(conn, "PRAGMA foreign_keys=ON")
+
+
+class Transactions:
+    """Short transactions on one engine, shared by the ledger's stores (edits, conversations)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._reads = sessionmaker(engine, expire_on_commit=False)
+        self._writes = sessionmaker(writer(engine), expire_on_commit=False)
+        self.url = mask_url(engine.url)
+        self.closed = False
+
+    @contextmanager
+    def session(self, *, write: bool = False) -> Iterator[Session]:
+        """One transaction: committed when the block ends cleanly, rolled back on any exception.
+        Database failures come out as LedgerError naming the URL."""
+        if self.closed:
+            raise LedgerError(f"ledger {self.url} is closed: open it again with Ledger.open()")
+        factory = self._writes if write else self._reads
+        try:
+            with factory.begin() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise LedgerError(f"ledger {self.url}: {db_reason(exc)}") from exc
 
 
 def upgrade(engine: Engine) -> None:

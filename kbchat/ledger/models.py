@@ -1,4 +1,5 @@
-"""ORM tables of the edit ledger. Migration 0001 creates exactly these; `alembic check` guards drift."""
+"""ORM tables of the ledger database: edits, checks, meta (migration 0001) and saved conversations
+(0002). `alembic check` guards drift between these and the migrations."""
 
 from __future__ import annotations
 
@@ -131,3 +132,41 @@ class Meta(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class Conversation(Base):
+    """A saved chat. Its messages go with it when it is deleted."""
+
+    __tablename__ = "conversations"
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    title: Mapped[str] = mapped_column(String(200), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True)
+
+
+class Message(Base):
+    """One question or answer. An answer's provenance is stored as it was when the answer was made
+    (`edits`: JSON list of {id, kind, label}); what became of those edits is read from `edits` rows."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        CheckConstraint(_in_list("role", ("user", "assistant")), name="role"),
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    conversation_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("conversations.id", ondelete="CASCADE"), nullable=False, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16), nullable=False)
+    content: Mapped[str] = mapped_column(Text, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    reply_to: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("messages.id", ondelete="CASCADE"), nullable=True
+    )
+    model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    weights: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    edits: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
+    dropped: Mapped[int] = mapped_column(Integer, nullable=False, default=0)

@@ -9,19 +9,19 @@ one transaction.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from types import TracebackType
 
 from sqlalchemy import Engine, delete, select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from kbchat.config import default_db_url
 from kbchat.errors import LedgerError
 from kbchat.faults import crash_point
-from kbchat.ledger.database import db_reason, make_engine, mask_url, upgrade, writer
+from kbchat.ledger.chats import ChatLog, Statuses
+from kbchat.ledger.database import Transactions, make_engine, upgrade
 from kbchat.ledger.models import Check, Edit, Meta
 from kbchat.ledger.rows import (
     NewEdit,
@@ -56,10 +56,8 @@ class Ledger:
     def __init__(self, engine: Engine) -> None:
         """Wrap an engine whose schema is already at head; prefer `Ledger.open`."""
         self._engine = engine
-        self._reads = sessionmaker(engine, expire_on_commit=False)
-        self._writes = sessionmaker(writer(engine), expire_on_commit=False)
-        self._closed = False
-        self.url = mask_url(engine.url)
+        self._tx = Transactions(engine)
+        self.url = self._tx.url
 
     @classmethod
     def open(cls, url: str | None = None, home: str | os.PathLike[str] | None = None) -> Ledger:
@@ -77,7 +75,7 @@ class Ledger:
 
     def close(self) -> None:
         """Release every connection; the ledger cannot be used afterwards."""
-        self._closed = True
+        self._tx.closed = True
         self._engine.dispose()
 
     def __enter__(self) -> Ledger:
@@ -91,17 +89,13 @@ class Ledger:
     def __repr__(self) -> str:
         return f"Ledger({self.url!r})"
 
-    @contextmanager
-    def _session(self, *, write: bool = False) -> Iterator[Session]:
-        """One transaction: committed when the block ends cleanly, rolled back on any exception."""
-        if self._closed:
-            raise LedgerError(f"ledger {self.url} is closed: open it again with Ledger.open()")
-        factory = self._writes if write else self._reads
-        try:
-            with factory.begin() as session:
-                yield session
-        except SQLAlchemyError as exc:
-            raise LedgerError(f"ledger {self.url}: {db_reason(exc)}") from exc
+    def chat_log(self, statuses: Statuses | None = None) -> ChatLog:
+        """The saved conversations in this database. `statuses` (edit ids -> status) is for a service
+        whose edits are kept elsewhere; by default they are read from this ledger."""
+        return ChatLog(self._tx, statuses)
+
+    def _session(self, *, write: bool = False) -> AbstractContextManager[Session]:
+        return self._tx.session(write=write)
 
     # --- edits ---
 

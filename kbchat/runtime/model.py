@@ -10,7 +10,7 @@ keeps it to its end (see `methods.scoped`).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +72,16 @@ class ModelRuntime:
     def device_label(self) -> str:
         dev = self.loaded.device
         return f"{dev.name} ({str(dev.dtype).removeprefix('torch.')})"
+
+    @property
+    def context_size(self) -> int:
+        """How many tokens (prompt + answer) the model can attend to."""
+        config = self.loaded.model.config
+        return int(getattr(config, "max_position_embeddings", None) or 2048)
+
+    def prompt_tokens(self, messages: Sequence[Mapping[str, str]]) -> int:
+        """The length in tokens of `messages` in the model's chat format."""
+        return int(chat_input_ids(self.loaded.tokenizer, messages, "cpu").shape[-1])
 
     @property
     def state_key(self) -> str:

@@ -25,6 +25,7 @@ from fastapi import APIRouter, FastAPI
 
 from kbchat.server.auth import bearer_guard
 from kbchat.server.chat import chat_routes
+from kbchat.server.chats import chats_routes
 from kbchat.server.edits import edit_routes
 from kbchat.server.host import Host
 from kbchat.server.http_errors import install_error_handlers
@@ -68,6 +69,7 @@ def create_app(service: ChatService, *, token: str | None, max_body_bytes: int =
     app.include_router(host_routes(host, guarded))
     app.include_router(chat_routes(host, guarded))
     app.include_router(edit_routes(host, guarded))
+    app.include_router(chats_routes(host, guarded))
     return app
 
 

@@ -72,3 +72,28 @@ class CommitBody(BaseModel):
 class ParseBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str
+
+
+class NewChatBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field("", max_length=1000, description="empty: named after the first question")
+
+
+class RenameChatBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    title: str = Field(max_length=1000)
+
+
+class SayBody(BaseModel):
+    """A question in a saved chat; the answer streams as SSE: {"piece"} events, then {"answer"}."""
+
+    model_config = ConfigDict(extra="forbid")
+    content: str = Field(description="the question")
+    memory: bool = Field(True, description="false: answer from the weights alone, without memory edits")
+    max_tokens: int | None = Field(None, ge=1)
+
+
+class AgainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    memory: bool = True
+    max_tokens: int | None = Field(None, ge=1)

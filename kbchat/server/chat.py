@@ -24,6 +24,7 @@ from kbchat.server.bodies import ChatMessage, ChatRequest
 from kbchat.server.host import Host
 from kbchat.server.http_errors import ApiError, as_api_error, timeout_error
 from kbchat.server.streaming import EventStream, Pump, sse
+from kbchat.service import AnswerStream
 
 Item = tuple[str, Any]  # ("item", piece) | ("done", Answer | None) | ("error", exc)
 
@@ -45,7 +46,9 @@ def chat_routes(host: Host, guarded: list[Any]) -> APIRouter:
                  summary="OpenAI-compatible chat completion with the knowledge store applied")
     async def chat_completions(body: ChatRequest) -> Any:
         question = read_question(body)
-        answering = Answering(host, question)
+        answering = Answering(host, lambda cancel: host.service.stream(
+            question.text, history=question.history, memory=question.memory, max_new_tokens=question.limit,
+            cancel=cancel))
         first = await answering.next(f"no answer within {host.request_timeout:g} s (the host may be busy "
                                      "with a weight edit); try again")
         if first[0] == "error":
@@ -85,11 +88,12 @@ def conversation(messages: Sequence[ChatMessage]) -> tuple[str, list[dict[str, s
 
 
 class Answering:
-    """One answer being generated on the answer pool, read piece by piece against a deadline."""
+    """One answer being generated on the answer pool, read piece by piece against a deadline.
+    `open_stream(cancel)` makes the service's AnswerStream (a plain or a saved-chat answer)."""
 
-    def __init__(self, host: Host, question: Question) -> None:
+    def __init__(self, host: Host, open_stream: Callable[[threading.Event], AnswerStream]) -> None:
         self.host = host
-        self.question = question
+        self.open_stream = open_stream
         self.loop = asyncio.get_running_loop()
         self.deadline = self.loop.time() + host.request_timeout
         self.cancel = threading.Event()  # set on timeout or when the client goes away
@@ -98,9 +102,7 @@ class Answering:
     def _produce(self, emit: Callable[[Any], None]) -> Answer | None:
         # The stream is made, read and dropped on this worker thread: a generator that holds the
         # model's read lock (and thread-local edit selection) is closed where it was opened.
-        q = self.question
-        stream = self.host.service.stream(q.text, history=q.history, memory=q.memory, max_new_tokens=q.limit,
-                                          cancel=self.cancel)
+        stream = self.open_stream(self.cancel)
         for piece in stream:
             emit(piece)
         return stream.answer

@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from kbchat.config import WEIGHT_METHODS, check_edit_options, data_dir, default_db_url
+from kbchat.conversations.keeper import ChatKeeper, ConversationCalls, char_budget
 from kbchat.errors import KbchatError, UnsupportedOperation
 from kbchat.ledger import Ledger, NewEdit, StoredEdit
 from kbchat.memory import Embedder
@@ -30,14 +31,18 @@ from kbchat.memory.active import facts_message
 from kbchat.memory.book import MemoryBook
 from kbchat.parsing import parse_edit
 from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, Progress, ProgressFn, no_progress
-from kbchat.remote import base_url, sse_data
+from kbchat.remote import base_url
 from kbchat.service import AnswerStream, AskByStreaming, Capabilities, Message, question_text
+from kbchat.wire import sse_data
 
 DEFAULT_MAX_NEW_TOKENS = 80
 DEFAULT_METHOD = "ike"  # in-context: the only memory method that needs no weights in process
 
 
-class OpenAIBackendChat(AskByStreaming):
+CONTEXT_CHARS = 12_000  # history budget of saved chats: the engine's tokenizer is not at hand here
+
+
+class OpenAIBackendChat(AskByStreaming, ConversationCalls):
     """A `ChatService` answering through an OpenAI-compatible engine, with kbchat's memory edits in front.
 
     ledger: the ledger (its active memory edits are indexed on construction).
@@ -65,6 +70,8 @@ class OpenAIBackendChat(AskByStreaming):
         self.book = MemoryBook(ledger, embedder)
         self._edit_lock = threading.Lock()
         self._problems = self._restore()
+        self.conversations = ChatKeeper(ledger.chat_log(), self.stream, self.get_edit, lambda: self.model,
+                                        char_budget(CONTEXT_CHARS))
 
     @classmethod
     def open(cls, engine_url: str, *, model: str | None = None, api_key: str | None = None,

@@ -1,0 +1,1 @@
+"""Saved conversations: value types, the keeper that answers in them, and export."""
