@@ -18,25 +18,9 @@ import torch
 
 from kbchat.config import data_dir
 from kbchat.engine.local import LocalEngine
-from kbchat.evaluation.chat import run_chat_bench
+from kbchat.evaluation.chat import answer_nll, run_chat_bench
 from kbchat.evaluation.datasets import load_cases
-
-
-def answer_nll(engine: LocalEngine):
-    """fluency(question, answer) -> (summed NLL, tokens) of the answer under the unedited model."""
-    from kbchat.evaluation.metrics import target_logprobs
-    from kbchat.runtime.decoding import chat_text
-
-    tokenizer = engine.runtime.loaded.tokenizer
-
-    def fluency(question: str, answer: str) -> tuple[float, int]:
-        if not answer.strip():
-            return 0.0, 0
-        prompt = chat_text(tokenizer, [{"role": "user", "content": question}])
-        tokens = len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"])
-        return -engine.runtime.score(target_logprobs, [(prompt, answer)])[0], tokens
-
-    return fluency
+from kbchat.evaluation.tables import format_chat_table
 
 
 def main() -> None:
@@ -47,6 +31,7 @@ def main() -> None:
     parser.add_argument("--method", default="serac")
     parser.add_argument("--home", default=None)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -54,13 +39,15 @@ def main() -> None:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp, \
             LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=data_dir(args.home)) as engine:
-        result = run_chat_bench(engine, cases, args.method, answer_nll(engine),
-                                log=lambda line: print(line, file=sys.stderr, flush=True))
+        result = run_chat_bench(engine, cases, args.method, answer_nll(engine.runtime),
+                                log=lambda line: print(line, file=sys.stderr, flush=True),
+                                sequential=args.sequential)
     result["command"] = "python -m bench.chat_bench " + " ".join(sys.argv[1:])
     result["seconds"] = round(time.perf_counter() - started, 1)
-    print(json.dumps(result["figures"], indent=1))
+    print(format_chat_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        Path(args.json).with_suffix(".md").write_text(f"`{result['command']}`\n\n{format_chat_table(result)}\n")
 
 
 if __name__ == "__main__":

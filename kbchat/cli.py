@@ -184,11 +184,29 @@ def _bench(chat: ChatService, args) -> int:
 
     if not isinstance(chat, LocalEngine):
         raise CliError("bench needs the model in this process: run it without --server")
+    if args.chat:
+        return _chat_bench(chat, args)
     result = run_bench(chat, args.data, args.method, limit=args.limit, sequential=args.sequential,
                        progress=_stderr_progress(sys.stderr.isatty()))
     if sys.stderr.isatty():
         print("\r\033[K", end="", file=sys.stderr)
     print(json.dumps(result.to_json()) if args.json else format_table(result))
+    return 0
+
+
+def _chat_bench(engine, args) -> int:
+    from kbchat.evaluation.chat import answer_nll, run_chat_bench
+    from kbchat.evaluation.datasets import load_cases
+    from kbchat.evaluation.tables import format_chat_table
+
+    try:
+        cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read benchmark data {args.data}: {exc}") from exc
+    log = (lambda line: print(line, file=sys.stderr, flush=True)) if sys.stderr.isatty() else (lambda _: None)
+    result = run_chat_bench(engine, cases, args.method, answer_nll(engine.runtime), log=log,
+                            sequential=args.sequential)
+    print(json.dumps(result) if args.json else format_chat_table(result))
     return 0
 
 

@@ -63,6 +63,8 @@ def _host_commands(sub) -> None:
     bench.add_argument("--method", choices=ALL_METHODS, required=True)
     bench.add_argument("--limit", type=int, default=None)
     bench.add_argument("--sequential", action="store_true", help="keep every edit; re-check them all at the end")
+    bench.add_argument("--chat", action="store_true", help="chat mode: each edit typed as SUBJECT → FACT, then "
+                       "asked as chat questions (wordings, follow-up, neighbours, canaries, names, fluency)")
     bench.add_argument("--json", action="store_true")
 
     export = sub.add_parser("export", help="write the edited model as a Hugging Face checkpoint or a LoRA adapter")

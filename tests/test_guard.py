@@ -98,3 +98,36 @@ def test_guarded_steps_read_the_names_unpatched(llama, monkeypatch):
     assert guarded == tok.decode(first) + clean
     assert guarded != patched  # the patch does change this answer: the guard made a difference
     scoped.close()
+
+
+def test_stated_is_a_whole_word_match_of_a_target():
+    guard = NameGuard(("Eiffel Tower",), (), nullcontext, ("Rome", "New York"))
+    assert guard.stated("It is in rome.") and guard.stated("in New York, USA")
+    assert not guard.stated("It is in Romeo's house") and not guard.stated("in Paris")
+    assert not NameGuard(("x",), (), nullcontext).stated("Rome")  # no targets: never stated
+
+
+def test_after_the_target_is_stated_the_steps_run_unpatched(llama, monkeypatch):
+    """With the target 'stated' from the first token on, every later step runs without the patch on
+    the step itself, while the prompt's positions stay patched in the cache."""
+    model, tok = llama
+    ids = chat_input_ids(tok, MESSAGES, "cpu")
+    scoped = ScopedDeltas(model, positions="all")
+    scoped.add("e", big_delta(model))
+    monkeypatch.setattr(NameGuard, "stated", lambda self, text: bool(text))
+    guard = NameGuard(("Zq#never",), (), lambda: scoped.select(()), ("anything",))
+    with torch.no_grad(), scoped.select(["e"]):
+        guarded = "".join(stream_tokens(model, tok, ids, 10, guard=guard))
+        patched = "".join(stream_tokens(model, tok, ids, 10))
+        out = model(input_ids=ids, use_cache=True)  # the patched prefill, then unpatched steps by hand
+    first = int(out.logits[0, -1].argmax())
+    past, step, new = out.past_key_values, torch.tensor([[first]]), [first]
+    with torch.no_grad():
+        for _ in range(9):
+            out = model(input_ids=step, past_key_values=past, use_cache=True)
+            past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+            new.append(token)
+            step = torch.tensor([[token]])
+    assert guarded == tok.decode(new, skip_special_tokens=True)
+    assert guarded != patched  # the patch on the steps did matter
+    scoped.close()

@@ -44,7 +44,7 @@ class LiveEditView:
         # An out-of-scope probe of a memory edit is generated once for "before" and "after".
         key = (repr(plan.prompt), plan.patches, undo, limit)  # a Prompt holds dicts: not hashable itself
         if key not in self._answers:
-            pieces = self.runtime.generate(plan.prompt, plan.patches, limit, names=plan.names, fixed=undo)
+            pieces = self.runtime.generate(plan.prompt, plan.patches, limit, names=plan.names, targets=plan.targets, fixed=undo)
             self._answers[key] = "".join(pieces).strip()
         return self._answers[key]
 

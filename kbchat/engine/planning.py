@@ -25,6 +25,7 @@ class Plan:
     used: tuple[int, ...]  # every in-scope memory edit
     patches: tuple[int, ...]  # the serac patches to switch on
     names: tuple[str, ...] = ()  # their subjects: an answer that names one copies it unpatched
+    targets: tuple[str, ...] = ()  # their new objects: once the answer states one, the patches rest
 
 
 class Planner:
@@ -41,16 +42,17 @@ class Planner:
         serac = [r for r in used if r.method == "serac"]
         patches = tuple(r.id for r in serac)
         names = tuple(dict.fromkeys(r.subject for r in serac))
+        targets = tuple(dict.fromkeys(r.target for r in serac))
         if any(r.method == "ike" for r in used):
             facts = [fact_of(r) for r in used]
             demos = self._demos().select(facts[0], self.settings.ike_demos)
-            return Plan(Prompt(text=ike_prompt(facts, text, demos), stops=("\n",)), ids, patches, names)
+            return Plan(Prompt(text=ike_prompt(facts, text, demos), stops=("\n",)), ids, patches, names, targets)
         if not chat:
-            return Plan(Prompt(text=text), ids, patches, names)
+            return Plan(Prompt(text=text), ids, patches, names, targets)
         messages = [*(dict(m) for m in history), {"role": "user", "content": text}]
         if serac and self.settings.quote_facts:
             messages = [facts_message(serac), *messages]
-        return Plan(Prompt(messages=tuple(messages)), ids, patches, names)
+        return Plan(Prompt(messages=tuple(messages)), ids, patches, names, targets)
 
     def in_scope(self, text: str, history: Sequence[Message] = (),
                  exclude: frozenset[int] = frozenset()) -> list:

@@ -3,13 +3,16 @@ through the parser), then asked as chat questions through the chat template, gre
 
 Per case: the relation's question and two other wordings, the dataset's rephrase asked as "Complete
 this sentence", a two-turn follow-up (the subject named in the first turn, only referred to in the
-second), and the neighbourhood prompts asked before and after the edit. Reported per case and in all:
+second), the neighbourhood prompts and two general canaries asked before and after the edit. Single
+editing reverts each edit before the next; sequential editing keeps every edit and asks afterwards.
 
 - reliability / other wordings / rephrase / follow-up: answers that mention the new object;
 - subject intact: of the answers that start to name the subject (contain its first 4 characters),
   those that name it whole; the same for the unedited model's answers, for comparison;
-- fluency: the unedited model's mean per-token NLL of the edited answers (and of its own answers);
-- neighbours unchanged: neighbourhood questions answered exactly as before the edit.
+- fluency: ROME's n-gram entropy of the answers (repetition scores low), edited against unedited; and
+  the unedited model's mean per-token NLL of the answers (which also charges the new object itself,
+  so it is shown, not targeted);
+- neighbours / canaries unchanged: answered exactly as before the edit.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kbchat.audit.relations import questions
+from kbchat.audit.probes import load_canaries
+from kbchat.audit.relations import questions, relation_of
 from kbchat.evaluation.datasets import EditCase
-from kbchat.evaluation.metrics import mentions
+from kbchat.evaluation.metrics import mentions, ngram_entropy, target_logprobs
 from kbchat.records import Answer, EditRecord
 
 MAX_TOKENS = 48
 FOLLOW_UP = "Tell me about {}."
+CANARIES_PER_CASE = 2
+Fluency = Callable[[str, str], tuple[float, int]]  # (question, answer) -> (summed NLL, tokens)
 
 
 class ChatBenchEngine(Protocol):
@@ -39,10 +45,11 @@ class ChatBenchEngine(Protocol):
 
 @dataclass
 class Tally:
-    """Pass/fail lists and NLLs per figure."""
+    """Pass/fail lists, NLLs and plain values per figure."""
 
     hits: dict[str, list[bool]] = field(default_factory=dict)
     nlls: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    values: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, name: str, ok: bool) -> None:
         self.hits.setdefault(name, []).append(bool(ok))
@@ -51,13 +58,41 @@ class Tally:
         if tokens:
             self.nlls.setdefault(name, []).append((nll, tokens))
 
+    def add_value(self, name: str, value: float) -> None:
+        self.values.setdefault(name, []).append(float(value))
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: {"rate": round(sum(v) / len(v), 3), "n": len(v)} for k, v in self.hits.items()}
         for k, v in self.nlls.items():
             per_answer = [nll / n for nll, n in v]
             out[k] = {"nll": round(sum(per_answer) / len(per_answer), 3),
                       "perplexity": round(math.exp(sum(x for x, _ in v) / sum(n for _, n in v)), 2), "n": len(v)}
+        for k, v in self.values.items():
+            out[k] = {"mean": round(sum(v) / len(v), 3), "n": len(v)}
         return out
+
+
+@dataclass(frozen=True)
+class CaseQuestions:
+    """What one case asks."""
+
+    asks: list[str]  # the relation's question, then other wordings
+    rephrase: list[str]
+    neighbours: list[str]
+    canaries: list[str]
+    relation: str
+
+    @classmethod
+    def of(cls, case: EditCase, canaries: Sequence[str]) -> CaseQuestions:
+        req = case.request
+        relation = relation_of(req)
+        return cls(questions(req)[:3], [f'Complete this sentence: "{p} ..."' for p in case.paraphrases[:1]],
+                   [f'Complete this sentence: "{p} ..."' for p, _ in case.neighborhood[:2]], list(canaries),
+                   relation.name if relation else "other")
+
+    @property
+    def unchanged(self) -> list[str]:
+        return [*self.neighbours, *self.canaries]
 
 
 def edit_text(case: EditCase) -> str:
@@ -72,55 +107,105 @@ def names_subject(answer: str, subject: str) -> bool | None:
     return subject.casefold() in answer.casefold()
 
 
-def run_case(engine: ChatBenchEngine, case: EditCase, method: str, tally: Tally,
-             fluency: Callable[[str, str], tuple[float, int]]) -> dict[str, Any]:
-    """Edit, ask, revert one case; adds to `tally`; returns the case's answers."""
+def answer_nll(runtime) -> Fluency:
+    """fluency(question, answer) -> (summed NLL, tokens) of the answer under `runtime`'s unpatched model
+    (a `kbchat.runtime.ModelRuntime`; in-scope patches are not switched on)."""
+    from kbchat.runtime.decoding import chat_text
+
+    tokenizer = runtime.loaded.tokenizer
+
+    def fluency(question: str, answer: str) -> tuple[float, int]:
+        if not answer.strip():
+            return 0.0, 0
+        prompt = chat_text(tokenizer, [{"role": "user", "content": question}])
+        tokens = len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"])
+        return -runtime.score(target_logprobs, [(prompt, answer)])[0], tokens
+
+    return fluency
+
+
+def _ask_all(engine: ChatBenchEngine, qs: Sequence[str]) -> dict[str, str]:
+    return {q: engine.ask(q, max_new_tokens=MAX_TOKENS).text for q in qs}
+
+
+def _follow_up(engine: ChatBenchEngine, case: EditCase, ask: str) -> tuple[str, str]:
+    subject = case.request.subject
+    opener = FOLLOW_UP.format(subject)
+    first = engine.ask(opener, max_new_tokens=MAX_TOKENS).text
+    history = [{"role": "user", "content": opener}, {"role": "assistant", "content": first}]
+    question = ask.replace(subject, "it")
+    return question, engine.ask(question, history=history, max_new_tokens=MAX_TOKENS).text
+
+
+def _score(tally: Tally, case: EditCase, qs: CaseQuestions, before: dict[str, str], after: dict[str, str],
+           follow: str, fluency: Fluency) -> None:
     req = case.request
-    asks = questions(req)[:3]
-    rephrase = [f'Complete this sentence: "{p} ..."' for p in case.paraphrases[:1]]
-    neighbours = [f'Complete this sentence: "{p} ..."' for p, _ in case.neighborhood[:2]]
-    before = {q: engine.ask(q, max_new_tokens=MAX_TOKENS).text for q in [*asks, *neighbours]}
-    for q in asks:
-        _score_subject(tally, "unedited", before[q], req.subject, q, fluency)
-    record = engine.edit(edit_text(case), method=method, audit="off")
-    try:
-        after = {q: engine.ask(q, max_new_tokens=MAX_TOKENS).text for q in [*asks, *rephrase, *neighbours]}
-        opener = FOLLOW_UP.format(req.subject)
-        first = engine.ask(opener, max_new_tokens=MAX_TOKENS).text
-        history = [{"role": "user", "content": opener}, {"role": "assistant", "content": first}]
-        follow_q = asks[0].replace(req.subject, "it")
-        follow = engine.ask(follow_q, history=history, max_new_tokens=MAX_TOKENS).text
-    finally:
-        engine.revert(record.id)
-    tally.add("reliability", mentions(after[asks[0]], req.target))
-    for q in asks[1:]:
+    tally.add("reliability", mentions(after[qs.asks[0]], req.target))
+    tally.add(f"reliability[{qs.relation}]", mentions(after[qs.asks[0]], req.target))
+    for q in qs.asks[1:]:
         tally.add("other_wordings", mentions(after[q], req.target))
-    for q in rephrase:
+    for q in qs.rephrase:
         tally.add("rephrase", mentions(after[q], req.target))
     tally.add("follow_up", mentions(follow, req.target))
-    for q in asks:
-        _score_subject(tally, "edited", after[q], req.subject, q, fluency)
-    for q in neighbours:
+    for who, answers in (("unedited", before), ("edited", after)):
+        for q in qs.asks:
+            whole = names_subject(answers[q], req.subject)
+            if whole is not None:
+                tally.add(f"subject_intact_{who}", whole)
+            tally.add_nll(f"nll_{who}", *fluency(q, answers[q]))
+            tally.add_value(f"entropy_{who}", ngram_entropy(answers[q]))
+    for q in qs.neighbours:
         tally.add("neighbours_unchanged", after[q] == before[q])
-    return {"case": case.case_id, "edit": edit_text(case), "parsed": [record.prompt, record.target],
-            "before": before, "after": after, "follow_up": [follow_q, follow]}
+    for q in qs.canaries:
+        tally.add("canaries_unchanged", after[q] == before[q])
 
 
-def _score_subject(tally: Tally, who: str, answer: str, subject: str, question: str,
-                   fluency: Callable[[str, str], tuple[float, int]]) -> None:
-    whole = names_subject(answer, subject)
-    if whole is not None:
-        tally.add(f"subject_intact_{who}", whole)
-    tally.add_nll(f"fluency_{who}", *fluency(question, answer))
+def _row(case: EditCase, record: EditRecord, qs: CaseQuestions, before: dict[str, str], after: dict[str, str],
+         follow: tuple[str, str]) -> dict[str, Any]:
+    return {"case": case.case_id, "edit": edit_text(case), "relation": qs.relation,
+            "parsed": [record.prompt, record.target], "before": before, "after": after, "follow_up": list(follow)}
 
 
-def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: str,
-                   fluency: Callable[[str, str], tuple[float, int]],
-                   log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
-    """Every case in turn (single editing: each edit reverted before the next)."""
+def _canary_questions(count: int) -> list[list[str]]:
+    """CANARIES_PER_CASE general canary questions per case, rotating through the shipped set."""
+    fixed = [f.question for f in load_canaries().fixed]
+    return [[fixed[(i * CANARIES_PER_CASE + j) % len(fixed)] for j in range(CANARIES_PER_CASE)]
+            for i in range(count)]
+
+
+def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: str, fluency: Fluency,
+                   log: Callable[[str], None] = lambda _: None, sequential: bool = False) -> dict[str, Any]:
+    """Every case: single editing (each edit reverted before the next) or sequential (all edits made,
+    then every case asked; reverted at the end)."""
     tally = Tally()
-    rows = []
-    for i, case in enumerate(cases, 1):
-        rows.append(run_case(engine, case, method, tally, fluency))
-        log(f"{i}/{len(cases)} {case.request.subject}: {rows[-1]['after'][questions(case.request)[0]][:80]!r}")
-    return {"method": method, "cases": len(cases), "figures": tally.summary(), "per_case": rows}
+    plans = [CaseQuestions.of(c, canaries) for c, canaries in zip(cases, _canary_questions(len(cases)), strict=True)]
+    rows: list[dict[str, Any]] = []
+    if sequential:
+        befores = [_ask_all(engine, [*qs.asks, *qs.unchanged]) for qs in plans]
+        records = []
+        try:
+            for i, case in enumerate(cases, 1):
+                records.append(engine.edit(edit_text(case), method=method, audit="off"))
+                log(f"edit {i}/{len(cases)} {case.request.subject}")
+            for case, qs, before, record in zip(cases, plans, befores, records, strict=True):
+                after = _ask_all(engine, [*qs.asks, *qs.rephrase, *qs.unchanged])
+                follow = _follow_up(engine, case, qs.asks[0])
+                _score(tally, case, qs, before, after, follow[1], fluency)
+                rows.append(_row(case, record, qs, before, after, follow))
+        finally:
+            for record in reversed(records):
+                engine.revert(record.id)
+    else:
+        for i, (case, qs) in enumerate(zip(cases, plans, strict=True), 1):
+            before = _ask_all(engine, [*qs.asks, *qs.unchanged])
+            record = engine.edit(edit_text(case), method=method, audit="off")
+            try:
+                after = _ask_all(engine, [*qs.asks, *qs.rephrase, *qs.unchanged])
+                follow = _follow_up(engine, case, qs.asks[0])
+            finally:
+                engine.revert(record.id)
+            _score(tally, case, qs, before, after, follow[1], fluency)
+            rows.append(_row(case, record, qs, before, after, follow))
+            log(f"{i}/{len(cases)} {case.request.subject}: {after[qs.asks[0]][:80]!r}")
+    return {"method": method, "cases": len(cases), "sequential": sequential, "figures": tally.summary(),
+            "per_case": rows}

@@ -51,3 +51,44 @@ def format_table(result: BenchResult) -> str:
         lines.append(f"  case {case.case_id}: {case.error}")
     return "\n".join(lines)
 
+
+
+# The chat benchmark's targets (issue #12, serac): (figure, what is compared, threshold).
+CHAT_TARGETS = (
+    ("reliability", "rate", 0.95),
+    ("other_wordings", "rate", 0.85),
+    ("follow_up", "rate", 0.80),
+    ("neighbours_unchanged", "rate", 0.98),
+    ("canaries_unchanged", "rate", 0.98),
+)
+
+
+def chat_verdicts(figures: dict) -> list[tuple[str, str, str, bool | None]]:
+    """(figure, measured, target, met) rows: the rate targets, subject intact within 5 points of the
+    unedited model, and fluency (n-gram entropy) within 10% of the unedited model's."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    for name, key, threshold in CHAT_TARGETS:
+        value = figures.get(name, {}).get(key)
+        rows.append((name, _pct(value), f"≥ {threshold:.0%}", None if value is None else value >= threshold))
+    edited = figures.get("subject_intact_edited", {}).get("rate")
+    unedited = figures.get("subject_intact_unedited", {}).get("rate")
+    met = None if edited is None or unedited is None else edited >= unedited - 0.05
+    rows.append(("subject_intact", f"{_pct(edited)} (unedited {_pct(unedited)})", "within 5 points", met))
+    ent, base = (figures.get(f"entropy_{w}", {}).get("mean") for w in ("edited", "unedited"))
+    met = None if ent is None or not base else ent >= 0.9 * base
+    rows.append(("fluency (n-gram entropy)", f"{ent} (unedited {base})", "within 10%", met))
+    return rows
+
+
+def format_chat_table(result: dict) -> str:
+    """The chat benchmark's figures against the targets, as a Markdown table, then per relation."""
+    lines = [f"Chat benchmark: {result['method']}, {result['cases']} cases, "
+             f"{'sequential' if result.get('sequential') else 'single'} editing", "",
+             "| figure | measured | target | met |", "|---|---|---|---|"]
+    for name, measured, target, met in chat_verdicts(result["figures"]):
+        lines.append(f"| {name} | {measured} | {target} | {'—' if met is None else 'yes' if met else 'NO'} |")
+    relations = {k[len("reliability["):-1]: v for k, v in result["figures"].items() if k.startswith("reliability[")}
+    if relations:
+        lines += ["", "| relation | reliability | n |", "|---|---|---|"]
+        lines += [f"| {r} | {_pct(v['rate'])} | {v['n']} |" for r, v in sorted(relations.items())]
+    return "\n".join(lines)

@@ -6,6 +6,11 @@ patched too. While the answer is partway through one of the names, the next toke
 predicted wholly unpatched: with the keys/values at the names' input positions taken from one extra,
 unpatched prefill, and without the patches on the step itself. Everywhere else the answer reads the
 patched model, which carries the edit.
+
+Once the answer has stated one of the edits' new objects (`targets`), later steps run without the
+patches on the step itself (the question's positions stay patched in the cache): the patch has done its
+work, and pressing on every generated token only makes the answer repeat the object ("Sega, SegaMBA,
+SegaMBA…").
 """
 
 from __future__ import annotations
@@ -44,6 +49,12 @@ class NameGuard:
     names: tuple[str, ...]
     positions: tuple[int, ...]
     unpatched: Callable[[], AbstractContextManager]
+    targets: tuple[str, ...] = ()
+
+    def stated(self, text: str) -> bool:
+        """Whether the answer so far names one of the targets (a whole-word match, any case)."""
+        return any(re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text, flags=re.IGNORECASE)
+                   for t in self.targets if t.strip())
 
     def naming(self, text: str) -> bool:
         """Whether `text` ends partway through one of the names (a proper prefix that starts a word)."""
@@ -57,9 +68,10 @@ class NameGuard:
 
     def step(self, swap: CacheSwap | None, text: str) -> AbstractContextManager:
         """The context of the next decoding step: wholly unpatched (the names' cached positions and the
-        step itself) while `text` ends partway through a name; as it is otherwise."""
+        step itself) while `text` ends partway through a name; the step unpatched once a target has
+        been stated; as it is otherwise."""
         if swap is None or not self.naming(text):
-            return nullcontext()
+            return self.unpatched() if self.stated(text) else nullcontext()
         stack = ExitStack()
         stack.enter_context(swap.unpatched())
         stack.enter_context(self.unpatched())

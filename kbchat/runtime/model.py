@@ -122,12 +122,13 @@ class ModelRuntime:
 
     def generate(self, prompt: Prompt, patches: Sequence[Hashable], limit: int,
                  cancel: threading.Event | None = None, *, names: Sequence[str] = (),
-                 fixed: Sequence[Hashable] = ()) -> Iterator[str]:
+                 targets: Sequence[str] = (), fixed: Sequence[Hashable] = ()) -> Iterator[str]:
         """Greedy answer pieces for `prompt` with `patches` and `fixed` switched on; a generator that
         holds the read lock while it runs (close it, or exhaust it, on the thread that iterates it).
 
-        `names` (the subjects of the edits in `patches`) are copied into the answer without `patches`
-        (see `guard`); `fixed` patches act throughout.
+        `names` (the subjects of the edits in `patches`) are copied into the answer without `patches`,
+        and once one of `targets` (their new objects) is stated, later steps run without them (see
+        `guard`); `fixed` patches act throughout.
         """
         tokenizer, device = self.loaded.tokenizer, self.loaded.device.name
         stops = prompt.stops
@@ -142,7 +143,7 @@ class ModelRuntime:
         guard = None
         if names and patches:
             guard = NameGuard(tuple(names), name_positions(tokenizer, text, ids, names),
-                              lambda: self._patches.select(fixed))
+                              lambda: self._patches.select(fixed), tuple(targets))
         with self._lock.read(), self._patches.select([*patches, *fixed]):
             yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, stops, guard)
 

@@ -1,0 +1,69 @@
+"""The chat mode of the benchmark on the scripted service (its edits act on questions naming the
+subject), single and sequential; the targets table; the CLI flag."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kbchat import cli
+from kbchat.errors import KbchatError
+from kbchat.evaluation.chat import names_subject, run_chat_bench
+from kbchat.evaluation.datasets import load_cases
+from kbchat.evaluation.tables import chat_verdicts, format_chat_table
+from tests.fake_service import FakeChatService
+from tests.test_bench import FLAT
+
+
+def flat_file(tmp_path):
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps(FLAT))
+    return path
+
+
+def constant_fluency(question: str, answer: str) -> tuple[float, int]:
+    return 2.0, 2
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_chat_bench_scores_and_reverts_every_edit(tmp_path, sequential):
+    fake = FakeChatService()
+    cases = load_cases(flat_file(tmp_path))
+    result = run_chat_bench(fake, cases, "serac", constant_fluency, sequential=sequential)
+    figures = result["figures"]
+    assert figures["reliability"] == {"rate": 1.0, "n": 2}  # the fake answers "<prompt> <target>."
+    assert figures["canaries_unchanged"]["rate"] == 1.0 and figures["canaries_unchanged"]["n"] == 4
+    assert figures["reliability[location]"]["n"] == 1 and figures["nll_edited"]["nll"] == 1.0
+    assert {"entropy_edited", "entropy_unedited", "subject_intact_edited"} <= set(figures)
+    assert [e.status for e in fake.edits()] == ["reverted", "reverted"]
+    assert [row["relation"] for row in result["per_case"]] == ["location", "other"]  # a wording no relation lists
+    assert result["per_case"][0]["edit"] == "Eiffel Tower → The Eiffel Tower is located in Rome"
+    if sequential:  # all edits were made before any question was asked after them
+        kinds = [c[0] for c in fake.calls if c[0] in ("edit", "ask")]
+        first_after = kinds.index("edit")
+        assert kinds[first_after:first_after + 2] == ["edit", "edit"]
+
+
+def test_targets_table_says_what_misses():
+    figures = {"reliability": {"rate": 0.9, "n": 10}, "other_wordings": {"rate": 0.9, "n": 20},
+               "subject_intact_edited": {"rate": 0.8, "n": 5}, "subject_intact_unedited": {"rate": 0.9, "n": 5},
+               "entropy_edited": {"mean": 3.0, "n": 10}, "entropy_unedited": {"mean": 3.2, "n": 10}}
+    verdicts = {name: met for name, _, _, met in chat_verdicts(figures)}
+    assert verdicts["reliability"] is False and verdicts["other_wordings"] is True
+    assert verdicts["follow_up"] is None  # not measured: neither met nor missed
+    assert verdicts["subject_intact"] is False and verdicts["fluency (n-gram entropy)"] is True
+    table = format_chat_table({"method": "serac", "cases": 10, "figures": figures})
+    assert "| reliability | 90.0 | ≥ 95% | NO |" in table
+
+
+def test_names_subject():
+    assert names_subject("Bernard Giraudeow is Polish", "Bernard Giraudeau") is False
+    assert names_subject("Bernard Giraudeau is Polish", "Bernard Giraudeau") is True
+    assert names_subject("He is Polish", "Bernard Giraudeau") is None
+
+
+def test_cli_chat_bench_needs_the_local_engine(tmp_path):
+    with pytest.raises(KbchatError, match="without --server"):
+        cli.run(["bench", "--chat", "--data", str(flat_file(tmp_path)), "--method", "serac"],
+                open_chat=lambda **_: FakeChatService())
