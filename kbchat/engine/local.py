@@ -113,6 +113,7 @@ class LocalEngine(AskByStreaming, ConversationCalls):
                max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:
         """Stream the answer to `text`; in-scope memory edits act on it unless `memory` is False."""
         question = question_text(text)
+        self._catch_up()
         plan = self.planner.plan(question, history=history, memory=memory)
         limit = max_new_tokens or self.settings.max_new_tokens
         counter = {"tokens": 0}
@@ -130,6 +131,25 @@ class LocalEngine(AskByStreaming, ConversationCalls):
                           weight_edits=weights, weights=fingerprint)
 
         return AnswerStream(pieces(), finish, cancel)
+
+    def _catch_up(self) -> None:
+        """Take in the memory edits other processes made, reverted or committed in the same ledger, with
+        their patches. Skipped while an edit of ours runs (it holds the lock): the next question catches up."""
+        if not self._edit_lock.acquire(blocking=False):
+            return
+        try:
+            changes = self.book.sync()
+            for edit_id in changes.removed:
+                if self.runtime.has_patch(edit_id):
+                    self.runtime.remove_patch(edit_id)
+            for row in changes.added:
+                loaded = row_delta(row) if row.method == "serac" else None
+                if loaded is not None and loaded.delta is not None:
+                    self.runtime.add_patch(row.id, loaded.delta)
+                elif loaded is not None and loaded.problem and loaded.problem not in self._problems:
+                    self._problems.append(loaded.problem)
+        finally:
+            self._edit_lock.release()
 
     def _fits(self, messages: Sequence[Message], limit: int | None) -> bool:
         """Whether `messages` and an answer of `limit` tokens fit in the context, with room for the

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, fields
 from types import TracebackType
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
 from kbchat.config import default_db_url
@@ -214,6 +214,16 @@ class Ledger:
             query = query.where(Edit.method == method)
         with self._session() as session:
             return [stored(row) for row in session.scalars(query)]
+
+    def signature(self, kind: str) -> tuple[int, int, int]:
+        """(count, sum of ids, largest id) of the active edits of `kind`: changes whenever that set does
+        (ids are never reused), so a process can tell cheaply that another one wrote."""
+        with self._session() as session:
+            row = session.execute(
+                select(func.count(Edit.id), func.coalesce(func.sum(Edit.id), 0), func.coalesce(func.max(Edit.id), 0))
+                .where(Edit.status == "active", Edit.kind == kind)
+            ).one()
+            return int(row[0]), int(row[1]), int(row[2])
 
     def active(self, kind: str | None = None) -> list[StoredEdit]:
         """Active edits (optionally of one kind), in the order they were made."""

@@ -23,6 +23,14 @@ from kbchat.records import EditRecord
 
 
 @dataclass(frozen=True)
+class Changes:
+    """What another process changed in the active memory edits since the book last looked."""
+
+    added: tuple[StoredEdit, ...] = ()
+    removed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
 class Recorded:
     """A memory edit as written, with the ids of the edits it superseded."""
 
@@ -38,12 +46,29 @@ class MemoryBook:
         self.ledger = ledger
         self.embedder = embedder
         self._memory = ActiveMemory(embedder)
+        self._seen: tuple[int, int, int] | None = None  # the ledger's memory signature when last in step
 
     def load(self) -> list[StoredEdit]:
         """Index every active memory edit of the ledger (on open); returns them."""
+        self._seen = self.ledger.signature("memory")
         rows = self.ledger.active(kind="memory")
         self._memory.load(rows)
         return rows
+
+    def sync(self) -> Changes:
+        """Catch up with edits other processes recorded, reverted or retired in the same ledger: one
+        cheap query when nothing changed. The caller serialises it with its own writes."""
+        seen = self.ledger.signature("memory")
+        if seen == self._seen:
+            return Changes()
+        rows = {r.id: r for r in self.ledger.active(kind="memory")}
+        removed = tuple(r.id for r in self._memory.rows() if r.id not in rows)
+        added = tuple(r for i, r in rows.items() if i not in self._memory)
+        for edit_id in removed:
+            self._memory.forget(edit_id)
+        self._memory.load(added)
+        self._seen = seen
+        return Changes(added, removed)
 
     def __len__(self) -> int:
         return len(self._memory)

@@ -140,6 +140,11 @@ class OpenAIBackendChat(AskByStreaming, ConversationCalls):
                max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:
         """Stream the engine's answer to `text` with the in-scope memory edits stated to it."""
         question = question_text(text)
+        if self._edit_lock.acquire(blocking=False):  # take in edits other processes made (see MemoryBook.sync)
+            try:
+                self.book.sync()
+            finally:
+                self._edit_lock.release()
         messages, used = self.messages_for(question, history, memory)
         body = {"model": self.model, "messages": messages, "stream": True, "temperature": 0,
                 "max_tokens": max_new_tokens or self.max_new_tokens}
