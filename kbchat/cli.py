@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 from kbchat.cli_args import EXIT_USAGE, CliError, build_parser  # noqa: F401  (EXIT_USAGE: part of the CLI API)
@@ -308,6 +309,9 @@ def _serve(args, opener) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub: everything is local
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Libraries' deprecation notices are for developers; a user's terminal gets kbchat's own lines only.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     try:
         code = run(sys.argv[1:] if argv is None else argv)
     except KbchatError as exc:

@@ -37,6 +37,8 @@ ENV_DEVICE = "KBCHAT_DEVICE"
 ENV_THEME = "KBCHAT_THEME"
 ENV_CONFIG = "KBCHAT_CONFIG"  # the config file's path (tests, or a second profile)
 ENV_CRASH_AT = "KBCHAT_CRASH_AT"  # fault injection for tests: see kbchat.faults
+ENV_LOCK_TIMEOUT = "KBCHAT_LOCK_TIMEOUT"  # seconds a ledger write waits for another process's lock
+DEFAULT_LOCK_TIMEOUT_S = 30.0
 
 
 def env(name: str) -> str | None:
@@ -71,6 +73,19 @@ def env_token() -> str | None:
     return env(ENV_TOKEN)
 
 
+def lock_timeout_ms() -> int:
+    """How long a ledger transaction waits for a lock another process holds: $KBCHAT_LOCK_TIMEOUT
+    seconds, default 30."""
+    raw = env(ENV_LOCK_TIMEOUT)
+    try:
+        seconds = float(raw) if raw is not None else DEFAULT_LOCK_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 86_400:
+        raise ConfigError(f"{ENV_LOCK_TIMEOUT}={raw!r} is not a number of seconds between 0 and 86400")
+    return int(seconds * 1000)
+
+
 # -- the ledger and the methods -------------------------------------------------------------------------
 
 STATUSES = ("active", "reverted", "failed", "superseded", "committed")
@@ -81,9 +96,9 @@ LEARNED_METHODS = ("mend", "instructedit")  # need a trained editor (see kbchat.
 # Methods that work but are not yet good enough to trust; an edit made with one says so in its notes.
 EXPERIMENTAL = {
     "mend": "experimental: the shipped editor overshoots (other answers drift to the new object); "
-            "see kbchat/editors/README.md",
+            "see methods/mend/editors/README.md",
     "instructedit": "experimental: the shipped editor overshoots (other answers drift to the new object); "
-                    "see kbchat/editors/README.md",
+                    "see methods/mend/editors/README.md",
 }
 ALL_METHODS = MEMORY_METHODS + WEIGHT_METHODS
 DEFAULT_METHOD = "serac"

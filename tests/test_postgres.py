@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import text
 
 from kbchat.errors import LedgerError
-from kbchat.ledger import Ledger, NewEdit, database
+from kbchat.ledger import Ledger, NewEdit
 from kbchat.ledger.database import PG_WRITE_LOCK, writer
 from tests.postgres import PostgresServer, postgres_server  # noqa: F401  (fixture)
 
@@ -47,7 +47,7 @@ def test_writer_transactions_hold_the_advisory_lock(url: str) -> None:
 
 
 def test_a_writer_waits_then_fails_with_a_retry_hint(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(database, "BUSY_TIMEOUT_MS", 300)  # read when a connection is made
+    monkeypatch.setenv("KBCHAT_LOCK_TIMEOUT", "0.3")  # read when the engine is made
     with Ledger.open(url) as holder, Ledger.open(url) as other:
         with writer(holder._engine).begin():
             with pytest.raises(LedgerError, match="lock timeout.*retry") as raised:

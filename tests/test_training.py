@@ -218,7 +218,7 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path, tiny_dir) -> No
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["instructedit", "mend"])
 def test_the_shipped_editors_edit_the_default_model(model_home, kind) -> None:
-    """The editors in kbchat/editors/ are found for the default model by its fingerprint (searching the
+    """The editors in methods/mend/editors/ are found for the default model by its fingerprint (searching the
     shipped folder), and their edit raises P(Rome) on the edited prompt by more than a nat."""
     import methods
     from kbchat.editors import SHIPPED

@@ -1,17 +1,19 @@
-"""Trained editors (MEND, InstructEdit) shipped for the default model, found by the model's fingerprint.
+"""Where the app looks for trained editors (MEND, InstructEdit), found by the model's fingerprint.
 
-Each `*.safetensors` here carries its kind, the model fingerprint it was trained for, the command and
-data that made it and their hash (`README.md` beside them). Editors a user trains go to
-`<data dir>/editors/`, searched as well.
+Editors a user trains (`kbchat train-editor`) go to `<data dir>/editors/`, searched first. The editors
+shipped for the default model live in the library (`methods/mend/editors/`, `SHIPPED`, with the
+`README.md` on how they were made), which `methods.mend` searches last on every call by itself.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-SHIPPED = Path(__file__).resolve().parent
+from methods.mend.checkpoint import SHIPPED
+
+__all__ = ["SHIPPED", "editor_dirs"]
 
 
 def editor_dirs(home: Path) -> tuple[Path, ...]:
-    """Where editors are looked for: the user's own first, then the shipped ones."""
-    return (home / "editors", SHIPPED)
+    """The user's editor folders, searched before the shipped ones (which the library adds itself)."""
+    return (home / "editors",)

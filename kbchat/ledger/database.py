@@ -17,11 +17,11 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from kbchat.config import ENV_LOCK_TIMEOUT, lock_timeout_ms
 from kbchat.errors import LedgerError
 
 # The migrations live in the source tree next to the package, not inside it.
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
-BUSY_TIMEOUT_MS = 30_000
 # Execution option read by the "begin" hooks: this transaction writes, so it takes the write lock first.
 _WRITER = "kbchat_writer"
 # Key of the transaction-level advisory lock kbchat's writers take on PostgreSQL (any fixed bigint).
@@ -34,8 +34,9 @@ def mask_url(url: str | URL) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    """An Engine for `url`. SQLite gets WAL, a 30 s busy timeout, foreign keys and explicit BEGINs;
-    PostgreSQL a 30 s lock timeout and an advisory lock that writers take (see `writer`).
+    """An Engine for `url`. SQLite gets WAL, a busy timeout, foreign keys and explicit BEGINs;
+    PostgreSQL a lock timeout and an advisory lock that writers take (see `writer`). The timeout is
+    `config.lock_timeout_ms()` (30 s unless $KBCHAT_LOCK_TIMEOUT says otherwise).
 
     The parent directory of an SQLite file is created. Raises LedgerError naming the URL when it cannot
     be parsed, its dialect or driver is missing, or the directory cannot be created. No connection is
@@ -69,13 +70,13 @@ def make_engine(url: str) -> Engine:
             f"cannot open ledger at {shown}: {one_line(exc)} (unknown dialect or driver not installed)"
         ) from exc
     if engine.dialect.name == "sqlite":
-        _configure_sqlite(engine)
+        _configure_sqlite(engine, lock_timeout_ms())
     elif engine.dialect.name == "postgresql":
-        _configure_postgresql(engine)
+        _configure_postgresql(engine, lock_timeout_ms())
     return engine
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _configure_sqlite(engine: Engine, timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control away from sqlite3 (it never BEGINs before DDL, so migrations would
@@ -84,7 +85,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         try:
             # busy_timeout first: switching a new file to WAL needs a lock another process may hold.
-            cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            cursor.execute(f"PRAGMA busy_timeout={timeout_ms}")
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA foreign_keys=ON")
         finally:
@@ -98,13 +99,13 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql(f"BEGIN {mode}")
 
 
-def _configure_postgresql(engine: Engine) -> None:
+def _configure_postgresql(engine: Engine, timeout_ms: int) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Like SQLite's busy timeout: wait at most this long for a lock, then fail with a clear reason.
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(f"SET lock_timeout = {BUSY_TIMEOUT_MS}")
+            cursor.execute(f"SET lock_timeout = {timeout_ms}")
         finally:
             cursor.close()
         dbapi_connection.commit()
@@ -222,5 +223,6 @@ def one_line(exc: BaseException) -> str:
 def db_reason(exc: SQLAlchemyError) -> str:
     reason = one_line(getattr(exc, "orig", None) or exc)
     if "locked" in reason or "busy" in reason or "lock timeout" in reason:
-        reason += f" (another kbchat process held it for over {BUSY_TIMEOUT_MS // 1000} s; retry)"
+        reason += (f" (another process held the ledger for over {lock_timeout_ms() / 1000:g} s; retry, or "
+                   f"wait longer with {ENV_LOCK_TIMEOUT})")
     return reason

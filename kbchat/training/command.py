@@ -183,6 +183,6 @@ def _bar(options: TrainOptions, steps: int, log_file, started: float) -> _Bar:
 def usage_hint(out: str, method: str) -> str:
     return (f"editor written to {out}\n"
             f"it is found automatically for this model: kbchat edit \"SUBJECT → FACT\" --method {method}\n"
-            f"(editors are looked for in <data dir>/editors/ and the shipped kbchat/editors/)")
+            f"(editors are looked for in <data dir>/editors/ and the shipped methods/mend/editors/)")
 
 

@@ -3,7 +3,7 @@ file) are stored in bfloat16, everything else (steps, scales, normaliser statist
 `load_editor` reads such a file unchanged (the factors are copied into the float32 parameters), so a
 shipped editor differs from the trained one only by bfloat16 rounding of those factors.
 
-    python -m kbchat.training.ship TRAINED.safetensors kbchat/editors/NAME.safetensors
+    python -m kbchat.training.ship TRAINED.safetensors methods/mend/editors/NAME.safetensors
 """
 
 from __future__ import annotations

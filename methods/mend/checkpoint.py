@@ -4,7 +4,8 @@ An editor file holds the networks, step sizes and normaliser statistics, with `s
 edited modules and shapes, rank, tasks, the model's fingerprint) and `about` (how it was trained)
 in the header. A training-state file holds the same plus the optimiser, step, RNG and best
 validation figure, so that `train(..., resume=True)` carries on exactly. Editors are found by the
-model's fingerprint in a search path of files and directories.
+model's fingerprint in a search path of files and directories, which always ends with `SHIPPED`: the
+editors trained for the default model, shipped with the library (`editors/README.md` there).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from methods.mend.editor import Editor, EditorSpec
 
 FORMAT = "mend-editor/1"
 STATE_FORMAT = "mend-train-state/1"
+SHIPPED = Path(__file__).resolve().parent / "editors"  # package data: `methods/mend/editors/*.safetensors`
 
 
 def save_editor(editor: Editor, path: Path, about: dict[str, Any] | None = None) -> None:
@@ -81,6 +83,23 @@ def find_editor(search: Iterable[Path | str], model_id: str, kind: str) -> Path 
             if spec.kind == kind and spec.fingerprint == model_id:
                 return path
     return None
+
+
+def search_path(editors: Iterable[Path | str] | Path | str = ()) -> tuple[Path, ...]:
+    """`editors` (one path or several, in order, duplicates dropped) followed by `SHIPPED` unless given."""
+    entries = [editors] if isinstance(editors, (str, Path)) else list(editors)
+    found: list[Path] = []
+    for entry in [*map(Path, entries), SHIPPED]:
+        if all(_key(entry) != _key(seen) for seen in found):
+            found.append(entry)
+    return tuple(found)
+
+
+def _key(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:  # an unreadable entry is compared as written (and skipped by find_editor)
+        return path
 
 
 def state_path(out: Path) -> Path:

@@ -23,7 +23,7 @@ from methods.hooks import added_output
 from methods.hparams import MendHParams, for_model
 from methods.kv import frozen
 from methods.mend.batch import TokenBatch, encode, gather_rows, position_mask, row_nll
-from methods.mend.checkpoint import find_editor, load_editor
+from methods.mend.checkpoint import find_editor, load_editor, search_path
 from methods.mend.editor import Editor
 from methods.mend.instruct import find_task, guess_task
 from methods.mend.instruct import instruction as instruction_text
@@ -83,18 +83,37 @@ def check_fits(editor: Editor, model: nn.Module) -> None:
 
 
 class EditorNotFound(LookupError):
-    """No trained editor of the asked kind exists for this model."""
+    """No trained editor of the asked kind exists for this model; the message is one line naming the
+    method, the model and the command that trains one."""
 
 
-def resolve_editor(model: nn.Module, kind: str, editor: Editor | None, editors: Sequence[Path | str],
-                   model_id: str | None) -> Editor:
-    """The explicit editor, else the first of `kind` in `editors` made for this model's fingerprint."""
+METHOD_NAMES = {"mend": "MEND", "instructedit": "InstructEdit"}
+
+
+def model_label(model: nn.Module, model_id: str) -> str:
+    """The model as a message names it: its config's name (last path part), with the fingerprint's
+    first 12 characters; only the fingerprint when the config has no name. Always one line."""
+    config = getattr(model, "config", None)
+    raw = getattr(config, "name_or_path", None) or getattr(config, "name", None) or ""
+    name = Path(" ".join(str(raw).split())).name if isinstance(raw, (str, Path)) else ""
+    return f"{name}, fingerprint {model_id[:12]}…" if name else f"fingerprint {model_id[:12]}…"
+
+
+def not_found_message(model: nn.Module, kind: str, model_id: str) -> str:
+    """One line: which method, that no editor exists for this model, and the command that trains one."""
+    return (f"no {METHOD_NAMES.get(kind, kind)} editor for this model ({model_label(model, model_id)}); "
+            f"train one with `kbchat train-editor --method {kind}`")
+
+
+def resolve_editor(model: nn.Module, kind: str, editor: Editor | None,
+                   editors: Sequence[Path | str] | Path | str, model_id: str | None) -> Editor:
+    """The explicit editor, else the first of `kind` made for this model's fingerprint in `editors`
+    then in the shipped `SHIPPED` folder (EditorNotFound if none); ValueError if it does not fit."""
     if editor is None:
         model_id = model_id or model_fingerprint(model)
-        path = find_editor(editors, model_id, kind)
+        path = find_editor(search_path(editors), model_id, kind)
         if path is None:
-            raise EditorNotFound(f"no {'MEND' if kind == 'mend' else 'InstructEdit'} editor for this model "
-                             f"(fingerprint {model_id[:12]}…); train one with `kbchat train-editor --method {kind}`")
+            raise EditorNotFound(not_found_message(model, kind, model_id))
         editor = load_editor(path, model_id).to(next(model.parameters()).device)
     check_fits(editor, model)
     return editor
@@ -107,7 +126,7 @@ def compute(
     hparams: MendHParams | None = None,
     *,
     editor: Editor | None = None,
-    editors: Sequence[Path | str] = (),
+    editors: Sequence[Path | str] | Path | str = (),
     model_id: str | None = None,
     instruction: str | None = None,
     task: str | None = None,
@@ -120,7 +139,9 @@ def compute(
 
     `editor` is used as given; else the first editor file of `kind` whose fingerprint is `model_id`
     (the *unedited* model's `methods.model_fingerprint`; computed from `model` when omitted) is
-    loaded from `editors` (files or directories); none found is a ValueError saying how to train one.
+    loaded from `editors` (files or directories, searched in order), then from the editors shipped
+    with the library (`methods.mend.checkpoint.SHIPPED`, for the default model); none found is
+    `EditorNotFound`, whose one-line message says how to train one.
     `instruction` is put on a line before each prompt; for InstructEdit it defaults to `task`'s
     wording number `wording` (the task guessed from the prompt when not named). Updates of all
     requests are concatenated: rank = total target tokens. The model is left unchanged.

@@ -223,7 +223,7 @@ def test_a_checkpoint_for_another_model_is_refused(family, tmp_path):
     with pytest.raises(EditorNotFound, match=rf"no MEND editor for this model \(fingerprint {theirs[:12]}.*--method mend"):
         methods.get("mend").compute(other, tok, edit_requests(1), editors=[tmp_path])
     with pytest.raises(EditorNotFound, match="no MEND editor"):
-        methods.get("mend").compute(model, tok, edit_requests(1))  # nowhere to look
+        methods.get("mend").compute(model, tok, edit_requests(1))  # only the shipped editors: another model
 
 
 def test_registry_and_hparams(family):
