@@ -35,7 +35,7 @@ def test_chat_bench_scores_and_reverts_every_edit(tmp_path, sequential):
     assert figures["reliability"] == {"rate": 1.0, "n": 2}  # the fake answers "<prompt> <target>."
     assert figures["canaries_unchanged"]["rate"] == 1.0 and figures["canaries_unchanged"]["n"] == 4
     assert figures["reliability[location]"]["n"] == 1 and figures["nll_edited"]["nll"] == 1.0
-    assert {"entropy_edited", "entropy_unedited", "subject_intact_edited"} <= set(figures)
+    assert {"entropy_edited", "distinct3_unedited", "subject_intact_edited"} <= set(figures)
     assert [e.status for e in fake.edits()] == ["reverted", "reverted"]
     assert [row["relation"] for row in result["per_case"]] == ["location", "other"]  # a wording no relation lists
     assert result["per_case"][0]["edit"] == "Eiffel Tower → The Eiffel Tower is located in Rome"
@@ -48,11 +48,13 @@ def test_chat_bench_scores_and_reverts_every_edit(tmp_path, sequential):
 def test_targets_table_says_what_misses():
     figures = {"reliability": {"rate": 0.9, "n": 10}, "other_wordings": {"rate": 0.9, "n": 20},
                "subject_intact_edited": {"rate": 0.8, "n": 5}, "subject_intact_unedited": {"rate": 0.9, "n": 5},
-               "entropy_edited": {"mean": 3.0, "n": 10}, "entropy_unedited": {"mean": 3.2, "n": 10}}
+               "distinct3_edited": {"mean": 0.9, "n": 10}, "distinct3_unedited": {"mean": 0.95, "n": 10},
+               "entropy_edited": {"mean": 2.0, "n": 10}, "entropy_unedited": {"mean": 4.0, "n": 10}}
     verdicts = {name: met for name, _, _, met in chat_verdicts(figures)}
     assert verdicts["reliability"] is False and verdicts["other_wordings"] is True
     assert verdicts["follow_up"] is None  # not measured: neither met nor missed
-    assert verdicts["subject_intact"] is False and verdicts["fluency (n-gram entropy)"] is True
+    assert verdicts["subject_intact"] is False and verdicts["fluency (distinct 3-grams)"] is True
+    assert verdicts["n-gram entropy"] is None  # shown, not judged
     table = format_chat_table({"method": "serac", "cases": 10, "figures": figures})
     assert "| reliability | 90.0 | ≥ 95% | NO |" in table
 
@@ -67,3 +69,11 @@ def test_cli_chat_bench_needs_the_local_engine(tmp_path):
     with pytest.raises(KbchatError, match="without --server"):
         cli.run(["bench", "--chat", "--data", str(flat_file(tmp_path)), "--method", "serac"],
                 open_chat=lambda **_: FakeChatService())
+
+
+def test_distinct_ngrams():
+    from kbchat.evaluation.metrics import distinct_ngrams
+
+    assert distinct_ngrams("Galata is located in Naples, Italy.") == 1.0
+    assert distinct_ngrams("Sega, SegaMBA, SegaMBA, SegaMBA, SegaMBA, SegaMBA") < 0.5
+    assert distinct_ngrams("Rome") == 1.0

@@ -9,9 +9,10 @@ editing reverts each edit before the next; sequential editing keeps every edit a
 - reliability / other wordings / rephrase / follow-up: answers that mention the new object;
 - subject intact: of the answers that start to name the subject (contain its first 4 characters),
   those that name it whole; the same for the unedited model's answers, for comparison;
-- fluency: ROME's n-gram entropy of the answers (repetition scores low), edited against unedited; and
-  the unedited model's mean per-token NLL of the answers (which also charges the new object itself,
-  so it is shown, not targeted);
+- fluency: the share of distinct word 3-grams in each answer (repetition scores low; it does not grow
+  with length), edited against unedited. Shown beside it, not targeted: ROME's n-gram entropy (which
+  grows with the answer's length, and edited answers are often shorter) and the unedited model's
+  per-token NLL of the answers (which also charges the new object itself);
 - neighbours / canaries unchanged: answered exactly as before the edit.
 """
 
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 from kbchat.audit.probes import load_canaries
 from kbchat.audit.relations import questions, relation_of
 from kbchat.evaluation.datasets import EditCase
-from kbchat.evaluation.metrics import mentions, ngram_entropy, target_logprobs
+from kbchat.evaluation.metrics import distinct_ngrams, mentions, ngram_entropy, target_logprobs
 from kbchat.records import Answer, EditRecord
 
 MAX_TOKENS = 48
@@ -154,6 +155,7 @@ def _score(tally: Tally, case: EditCase, qs: CaseQuestions, before: dict[str, st
                 tally.add(f"subject_intact_{who}", whole)
             tally.add_nll(f"nll_{who}", *fluency(q, answers[q]))
             tally.add_value(f"entropy_{who}", ngram_entropy(answers[q]))
+            tally.add_value(f"distinct3_{who}", distinct_ngrams(answers[q]))
     for q in qs.neighbours:
         tally.add("neighbours_unchanged", after[q] == before[q])
     for q in qs.canaries:

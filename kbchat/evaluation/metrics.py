@@ -249,3 +249,14 @@ def ngram_entropy(
     if not texts:
         raise ValueError("ngram_entropy needs at least one text")
     return sum(_text_ngram_entropy(t, ns, weights) for t in texts) / len(texts)
+
+
+def distinct_ngrams(text: str, n: int = 3) -> float:
+    """The share of `text`'s word n-grams that are distinct, in [0, 1]: 1 for text that never repeats
+    itself, low for "Sega, SegaMBA, SegaMBA, SegaMBA"; 1 for text shorter than n. Unlike the n-gram
+    entropy, it does not grow with the length of the text, so short answers are not marked down."""
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    tokens = _TOKEN.findall(text)
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 1.0

@@ -65,7 +65,8 @@ CHAT_TARGETS = (
 
 def chat_verdicts(figures: dict) -> list[tuple[str, str, str, bool | None]]:
     """(figure, measured, target, met) rows: the rate targets, subject intact within 5 points of the
-    unedited model, and fluency (n-gram entropy) within 10% of the unedited model's."""
+    unedited model, fluency (distinct 3-grams) within 10% of the unedited model's; the n-gram entropy
+    and the NLL are shown without a verdict (see kbchat.evaluation.chat)."""
     rows: list[tuple[str, str, str, bool | None]] = []
     for name, key, threshold in CHAT_TARGETS:
         value = figures.get(name, {}).get(key)
@@ -74,9 +75,13 @@ def chat_verdicts(figures: dict) -> list[tuple[str, str, str, bool | None]]:
     unedited = figures.get("subject_intact_unedited", {}).get("rate")
     met = None if edited is None or unedited is None else edited >= unedited - 0.05
     rows.append(("subject_intact", f"{_pct(edited)} (unedited {_pct(unedited)})", "within 5 points", met))
-    ent, base = (figures.get(f"entropy_{w}", {}).get("mean") for w in ("edited", "unedited"))
+    ent, base = (figures.get(f"distinct3_{w}", {}).get("mean") for w in ("edited", "unedited"))
     met = None if ent is None or not base else ent >= 0.9 * base
-    rows.append(("fluency (n-gram entropy)", f"{ent} (unedited {base})", "within 10%", met))
+    rows.append(("fluency (distinct 3-grams)", f"{ent} (unedited {base})", "within 10%", met))
+    for name, key, label in (("entropy", "mean", "n-gram entropy"), ("nll", "nll", "NLL, unedited model")):
+        edited_v, base_v = (figures.get(f"{name}_{w}", {}).get(key) for w in ("edited", "unedited"))
+        if edited_v is not None:
+            rows.append((label, f"{edited_v} (unedited {base_v})", "shown only", None))
     return rows
 
 
