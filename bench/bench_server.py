@@ -16,6 +16,12 @@ first token, and host time outside generation (latency minus the host's generati
 queueing, retrieval, prompt building). The store's overhead per request is the difference between
 the modes; note that answers in scope of an edit also change, so their lengths (and generation
 time) may differ, which is why the per-token and outside-generation figures are shown too.
+
+With `--churn` (issue #15's load test: `--clients 16 --seconds 240 --churn --json FILE`), a thread keeps
+making and reverting edits on the host while the clients ask — a serac memory edit and a rome weight
+edit in turn, each reverted a few seconds later. Then every error (HTTP status or error event) is a
+failure, and each answer's used edits are checked against the churn's timeline: an edit an answer used
+must have been active at some moment while that answer was being made (one state of the ledger).
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ EDITS = [
     "Colosseum → The Colosseum is located in Athens",
 ]
 IN_SCOPE = ["Where is the Eiffel Tower?", "Where is the Louvre?", "In which city is the Colosseum?",
-            "Which city is home to the Eiffel Tower?"]
+            "Where is Big Ben?"]
 OUT_OF_SCOPE = ["What is the capital of France?", "Who wrote Hamlet?", "What is the largest ocean?",
                 "What language is spoken in Brazil?"]
 QUESTIONS = [q for pair in zip(IN_SCOPE, OUT_OF_SCOPE, strict=True) for q in pair]
@@ -53,7 +59,13 @@ class Sample:
     tokens: int
     host_seconds: float  # the host's generation time for this answer
     in_scope: bool
-    used_edits: int
+    used: tuple[int, ...]  # the memory edits the host says it used
+    started: float  # perf_counter at the request, and at its last byte
+    ended: float
+
+    @property
+    def used_edits(self) -> int:
+        return len(self.used)
 
 
 @dataclass
@@ -90,9 +102,11 @@ def one_request(client: httpx.Client, question: str, memory: bool, max_tokens: i
         if response.status_code != 200:
             raise RuntimeError(f"HTTP {response.status_code}: {response.text[:200]}")
         meta = response.json()["kbchat"]
-    latency = time.perf_counter() - started
+    ended = time.perf_counter()
+    latency = ended - started
     return Sample(latency, first if first is not None else latency, int(meta.get("tokens", 0)),
-                  float(meta.get("seconds", 0.0)), question in IN_SCOPE, len(meta.get("used_edits", [])))
+                  float(meta.get("seconds", 0.0)), question in IN_SCOPE, tuple(meta.get("used_edits", [])),
+                  started, ended)
 
 
 def run_block(url: str, memory: bool, clients: int, requests: int, seconds: float, max_tokens: int,
@@ -128,6 +142,55 @@ def run_block(url: str, memory: bool, clients: int, requests: int, seconds: floa
     for t in threads:
         t.join()
     into.wall += time.perf_counter() - started
+
+
+CHURN = [("Big Ben → Big Ben is located in Madrid", "serac"),
+         ("Sydney Opera House → The Sydney Opera House is located in Oslo", "rome")]
+
+
+@dataclass
+class Churn:
+    """Edits made and reverted on the host while the clients ask: (edit id, active from, active until)."""
+
+    spans: list[tuple[int, float, float | None]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, url: str, pause: float) -> None:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=3600) as http:
+            turn = 0
+            while not self.stop.is_set():
+                text, method = CHURN[turn % len(CHURN)]
+                turn += 1
+                try:
+                    self._one(http, text, method, pause)
+                except Exception as exc:  # noqa: BLE001 - reported; the load goes on
+                    self.errors.append(f"{method}: {type(exc).__name__}: {exc}")
+
+    def _one(self, http: httpx.Client, text: str, method: str, pause: float) -> None:
+        # An edit is active at most from the moment it is asked for to the moment its revert returns.
+        asked = time.perf_counter()
+        made = http.post("/v1/edits", json={"text": text, "method": method, "audit": "off"})
+        made.raise_for_status()
+        edit_id = made.json()["id"]
+        self.spans.append((edit_id, asked, None))
+        self.stop.wait(pause)
+        http.post(f"/v1/edits/{edit_id}/revert").raise_for_status()
+        self.spans[-1] = (edit_id, asked, time.perf_counter())
+
+    def inconsistent(self, samples: list[Sample]) -> list[str]:
+        """Answers that used an edit which was not active at any moment while they were made."""
+        spans = {edit_id: (start, end) for edit_id, start, end in self.spans}
+        bad = []
+        for s in samples:
+            for edit_id in s.used:
+                if edit_id not in spans:
+                    continue  # one of the fixed EDITS, active all along
+                start, end = spans[edit_id]
+                if s.ended < start or (end is not None and s.started > end):
+                    bad.append(f"edit #{edit_id} used by an answer made {s.started:.1f}..{s.ended:.1f}, "
+                               f"active {start:.1f}..{end}")
+        return bad
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -176,6 +239,31 @@ def report(results: dict[str, ModeResult], args: argparse.Namespace, engine: str
             print(f"  error (memory {mode}): {error}")
 
 
+def churn_report(churn: Churn, results: dict[str, ModeResult]) -> dict:
+    samples = [x for r in results.values() for x in r.samples]
+    bad = churn.inconsistent(samples)
+    errors = [e for r in results.values() for e in r.errors]
+    verdict = {"edits_made": len(churn.spans), "churn_errors": churn.errors, "answer_errors": len(errors),
+               "inconsistent_answers": bad, "answers": len(samples)}
+    print(f"churn: {len(churn.spans)} edits made and reverted meanwhile; {len(errors)} failed answers "
+          f"(HTTP errors or error events); {len(bad)} answers inconsistent with the ledger; churn errors: "
+          f"{len(churn.errors)}")
+    for line in (bad + churn.errors + errors)[:5]:
+        print(f"  {line}")
+    return verdict
+
+
+def write_json(args: argparse.Namespace, engine: str, results: dict[str, ModeResult], verdict: dict) -> None:
+    import platform
+    import sys
+
+    data = {"command": "python -m bench.bench_server " + " ".join(sys.argv[1:]), "engine": engine,
+            "machine": platform.processor() or platform.machine(), "clients": args.clients,
+            "modes": {mode: summary(result) for mode, result in results.items()}, "churn": verdict}
+    with open(args.json, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=1)
+
+
 def fake_host(args: argparse.Namespace) -> Iterator[tuple[ServerThread, str]]:
     from tests.fake_service import FakeChatService
 
@@ -219,6 +307,9 @@ def main() -> None:
                         help="seconds per word in the fake's answers (0: measure the host alone)")
     parser.add_argument("--home", default=None, help="kbchat data dir (model cache, statistics)")
     parser.add_argument("--model", default=None)
+    parser.add_argument("--churn", action="store_true", help="make and revert memory and weight edits meanwhile")
+    parser.add_argument("--churn-pause", type=float, default=5.0, help="seconds an edit stays before its revert")
+    parser.add_argument("--json", default=None, help="write the figures here")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -231,10 +322,20 @@ def main() -> None:
                   ModeResult())
         results = {"on": ModeResult(), "off": ModeResult()}
         half = max(1, requests // 2)
+        churn = Churn()
+        churner = threading.Thread(target=churn.run, args=(server.url, args.churn_pause), daemon=True)
+        if args.churn:
+            churner.start()
         for mode in ("on", "off", "off", "on"):  # ABBA: drift lands on both modes alike
-            run_block(server.url, mode == "on", args.clients, half, args.seconds / 2, args.max_tokens,
+            run_block(server.url, mode == "on", args.clients, half, args.seconds / 4, args.max_tokens,
                       args.stream, results[mode])
+        churn.stop.set()
+        if args.churn:
+            churner.join()
         report(results, args, engine)
+        verdict = churn_report(churn, results) if args.churn else {}
+        if args.json:
+            write_json(args, engine, results, verdict)
     finally:
         host.close()
 
