@@ -19,7 +19,7 @@ from pathlib import Path
 
 from kbchat.config import ALL_METHODS, COMMIT_METHOD, check_edit_options, method_kind
 from kbchat.conversations.keeper import ChatKeeper, ConversationCalls, char_budget
-from kbchat.conversations.records import ChatSummary
+from kbchat.conversations.records import Chat, ChatSummary, SearchHit
 from kbchat.errors import EditNotFound, KbchatError, ParseError
 from kbchat.ledger import Ledger
 from kbchat.records import (
@@ -51,7 +51,8 @@ class FakeChatService(ConversationCalls):
     piece_delay: seconds between streamed words (waits on the cancel event, so cancelling is prompt).
     edit_delay: seconds between the progress events of `edit` and `commit`.
     fail: operation name ("open", "info", "stream", "ask", "parse", "edit", "revert", "edits",
-        "get_edit", "commit") -> exception raised when it is called.
+        "get_edit", "commit", and the chat calls "chats", "new_chat", "chat", "rename_chat",
+        "delete_chat", "search_chats", "say", "ask_again") -> exception raised when it is called.
     failing_metrics: metrics whose checks fail on new edits (e.g. {"generalization"}).
     default_method: used by `edit` when no method is given.
 
@@ -334,6 +335,30 @@ class FakeChatService(ConversationCalls):
     def chats(self) -> list[ChatSummary]:
         self._maybe_fail("chats")
         return super().chats()
+
+    def new_chat(self, title: str = "") -> ChatSummary:
+        self.calls.append(("new_chat", title))
+        self._maybe_fail("new_chat")
+        return super().new_chat(title)
+
+    def chat(self, chat_id: int) -> Chat:
+        self._maybe_fail("chat")
+        return super().chat(chat_id)
+
+    def rename_chat(self, chat_id: int, title: str) -> ChatSummary:
+        self.calls.append(("rename_chat", chat_id, title))
+        self._maybe_fail("rename_chat")
+        return super().rename_chat(chat_id, title)
+
+    def delete_chat(self, chat_id: int) -> None:
+        self.calls.append(("delete_chat", chat_id))
+        self._maybe_fail("delete_chat")
+        super().delete_chat(chat_id)
+
+    def search_chats(self, text: str, *, limit: int = 50) -> list[SearchHit]:
+        self.calls.append(("search_chats", text))
+        self._maybe_fail("search_chats")
+        return super().search_chats(text, limit=limit)
 
     def close(self) -> None:
         self.calls.append(("close",))

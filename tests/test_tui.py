@@ -217,15 +217,16 @@ def test_progress_line() -> None:
 # -- the chat -----------------------------------------------------------------------------------------
 
 
-async def test_open_shows_progress_then_enables_input() -> None:
+async def test_open_shows_progress_then_is_ready() -> None:
     fake = FakeChatService()
     app = RecordingApp(fake.opener(steps=3, delay=0.05))
     async with app.run_test() as pilot:
         await wait_for(pilot, lambda: "loading model" in str(app.query_one("#opening-status", Label).content))
-        assert app.chat.prompt.disabled
+        # The input takes questions at once (they wait for the model: see the queued-question test).
+        assert not app.chat.prompt.disabled and "asked as soon as the model is open" in app.chat.prompt.placeholder
         await opened(pilot)
         await pilot.pause()
-        assert not app.chat.prompt.disabled
+        assert app.chat.prompt.placeholder == "Ask a question, or /help for commands"
         assert not app.query("#opening")
         assert app.sub_title == "0 active edits · fake-lm-135M · cpu · /tmp/kbchat-fake/ledger.db"
     assert fake.closed
@@ -258,8 +259,8 @@ async def test_question_streams_into_markdown(fake: FakeChatService) -> None:
         await idle(pilot)
         assert answer.body.source == ANSWER
         assert not answer.has_class("streaming")
-        assert not answer.meta.display  # no edit used, not cancelled
-        # The next question carries the conversation so far.
+        assert str(answer.meta.content) == "no edits"  # its provenance: no edit used, not cancelled
+        # The next question carries the conversation so far (the service gives it to the model).
         fake.piece_delay = 0.0
         await submit(pilot, "And the capital of France?")
         await idle(pilot)
@@ -285,7 +286,9 @@ async def test_escape_cancels_a_slow_answer(fake: FakeChatService) -> None:
         assert "(cancelled)" in str(answer.meta.content)
         assert answer.has_class("cancelled")
         assert 0 < len(answer.body.source) < len(ANSWER)
-        assert app.chat.history == []  # an unfinished answer is not part of the conversation
+        # The service keeps what was said before Esc (its rule); the pane shows it as saved, marked.
+        assert [m.content for m in fake.chat(1).messages] == ["Where is the Eiffel Tower?", answer.body.source]
+        assert answer.message_id == fake.chat(1).messages[1].id
         fake.piece_delay = 0.0
         await submit(pilot, "capital of france?")  # still responsive
         await idle(pilot)

@@ -20,10 +20,12 @@ from textual.containers import Vertical
 from textual.widgets import Footer, Header, Label, ProgressBar
 
 from kbchat.config import ALL_METHODS
+from kbchat.conversations.records import Chat
 from kbchat.records import EngineInfo, Progress, ProgressFn
 from kbchat.service import Capabilities, ChatService
 from kbchat.tui.audit import AuditScreen
 from kbchat.tui.chat import ChatPane
+from kbchat.tui.chat_flows import last_chat
 from kbchat.tui.commands import Command
 from kbchat.tui.detail import show_edit_detail
 from kbchat.tui.events import AuditRequested, EditsChanged
@@ -68,12 +70,19 @@ class KbchatCommands(Provider):
             ]
         if screen is not app.screen_stack[0]:
             return []
+        run = app.run_chat_command
         commands: list[tuple[str, Callable[[], object], str]] = [
             ("Audit: open the audit screen", app.action_audit, "every edit, its checks, revert"),
-            ("Edits: list the edits in the chat", partial(app.run_chat_command, Command("edits")), "/edits"),
-            ("Commit the active edits", partial(app.run_chat_command, Command("commit")), "/commit"),
-            ("Clear the conversation", partial(app.run_chat_command, Command("clear")), "/clear"),
-            ("Help: list the commands", partial(app.run_chat_command, Command("help")), "/help"),
+            ("Edits: list the edits in the chat", partial(run, Command("edits")), "/edits"),
+            ("Commit the active edits", partial(run, Command("commit")), "/commit"),
+            ("Chats: list the saved chats", partial(run, Command("chats")), "/chats · Ctrl+O: open, rename, delete"),
+            ("Chats: start a new chat", partial(run, Command("new")), "/new · Ctrl+N (the others stay saved)"),
+            ("Chats: rename this chat", partial(app.chat.prefill, "/rename "), "/rename TITLE"),
+            ("Chats: delete this chat", partial(run, Command("delete")), "/delete (asks for confirmation)"),
+            ("Chats: search every chat", partial(run, Command("search")), "/search TEXT · Ctrl+F"),
+            ("Chats: export this chat as Markdown", partial(run, Command("export", text="md")), "/export md [PATH]"),
+            ("Chats: export this chat as JSON", partial(run, Command("export", text="json")), "/export json [PATH]"),
+            ("Help: list the commands and keys", partial(run, Command("help")), "/help · F1"),
             ("Cancel the running answer", app.chat.action_cancel, "Esc"),
         ]
         commands += [
@@ -107,8 +116,13 @@ class KbchatApp(App[None]):
     COMMANDS = App.COMMANDS | {KbchatCommands}
     BINDINGS = [
         Binding("ctrl+a", "audit", "Audit", priority=True),
-        Binding("ctrl+l", "clear", "Clear chat", show=False),
+        Binding("ctrl+o", "chats", "Chats"),
+        Binding("ctrl+n", "new_chat", "New chat"),
+        Binding("ctrl+f", "search", "Search"),
+        Binding("f1", "help", "Help"),
+        Binding("ctrl+l", "new_chat", "New chat", show=False),
     ]
+    CHAT_ACTIONS = ("audit", "chats", "new_chat", "search")  # need the service, and the chat on screen
 
     def __init__(self, open_service: OpenService, *, title: str = "kbchat", close_service: bool = True) -> None:
         super().__init__()
@@ -157,7 +171,12 @@ class KbchatApp(App[None]):
         if exiting:  # the user quit while the model was loading
             self._close_once()
             return
-        call_ui(self, self._opened, service, capabilities, problems)
+        chat = None
+        try:  # the last chat is reopened; without it the app still works (in a new chat)
+            chat = last_chat(service)
+        except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
+            report_error(self, error)
+        call_ui(self, self._opened, service, capabilities, problems, chat)
 
     def _connect(self, progress: ProgressFn) -> tuple[ChatService, Capabilities, list[str]]:
         """Open the service and ask what it can do and what it found wrong (worker thread)."""
@@ -178,10 +197,11 @@ class KbchatApp(App[None]):
         else:
             bar.update(total=None)
 
-    def _opened(self, service: ChatService, capabilities: Capabilities, problems: list[str]) -> None:
+    def _opened(self, service: ChatService, capabilities: Capabilities, problems: list[str],
+                chat: Chat | None) -> None:
         self.capabilities = capabilities
         self.query_one("#opening").remove()
-        self.chat.attach(service, capabilities)
+        self.chat.attach(service, capabilities, chat)
         for problem in problems:  # integrity problems are reported, never ignored
             self.chat.add_note(f"Problem found on opening: {problem}", classes="error")
         self.refresh_info()
@@ -193,6 +213,7 @@ class KbchatApp(App[None]):
         status.update(f"Could not open kbchat: {error}")
         status.add_class("error")
         self.sub_title = "not open"
+        self.chat.open_failed()
         notify_error(self, error)
 
     def _close_once(self) -> None:
@@ -261,6 +282,7 @@ class KbchatApp(App[None]):
     @on(EditsChanged)
     def _edits_changed(self, event: EditsChanged) -> None:
         self.refresh_info()
+        self.chat.refresh_provenance()  # answers made with an edit that changed say so
         if event.record is not None:
             self.chat.update_cards(event.record)
         if event.note:
@@ -273,9 +295,11 @@ class KbchatApp(App[None]):
     # -- actions (bindings, palette, links in the chat) -----------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "audit":
+        if action in self.CHAT_ACTIONS:
             # Only from the chat itself: not over a dialog or the audit screen.
             return self.service is not None and self.screen is self.screen_stack[0]
+        if action == "help":
+            return self.screen is self.screen_stack[0]
         return True
 
     def action_audit(self, edit_id: int | None = None) -> None:
@@ -288,8 +312,17 @@ class KbchatApp(App[None]):
         elif not isinstance(self.screen, AuditScreen):
             self.push_screen(AuditScreen(self.service), lambda _: self.refresh_info())
 
-    def action_clear(self) -> None:
-        self.chat.clear()
+    def action_chats(self) -> None:
+        self.run_chat_command(Command("chats"))
+
+    def action_new_chat(self) -> None:
+        self.run_chat_command(Command("new"))
+
+    def action_search(self) -> None:
+        self.run_chat_command(Command("search"))
+
+    def action_help(self) -> None:
+        self.run_chat_command(Command("help"))
 
     def run_chat_command(self, command: Command) -> None:
         self.chat.run_command(command)

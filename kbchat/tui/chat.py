@@ -1,41 +1,46 @@
-"""The chat pane: the conversation, its input and the slash commands it runs.
+"""The chat pane: the saved conversation shown, its input and the slash commands it runs.
 
-`ChatPane` runs every service call in a thread worker; results reach the UI thread through `call_ui`.
-It needs from the App only what `TaskGate` says (one long operation at a time), and asks the App for
-the audit screen with an `AuditRequested` message, so it never imports the App.
+Every question goes to the service with `say(chat_id, …)` (the service keeps the conversation and gives
+the model its earlier turns); what is shown is the chat as `chat(chat_id)` returns it. A chat is made
+when its first question is asked, so starting the app makes no empty chats. Service calls run in thread
+workers and their results reach the UI thread through `call_ui`. The pane needs from the App only what
+`TaskGate` says (one long operation at a time).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from textual import on, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical, VerticalScroll
+from textual.containers import Vertical
 from textual.content import Content
 from textual.suggester import Suggester
+from textual.widget import Widget
 from textual.widgets import Input, Markdown
-from textual.widgets.markdown import MarkdownStream
 
-from kbchat.config import ALL_METHODS, method_kind
+from kbchat.config import ALL_METHODS
+from kbchat.conversations.records import Chat, ChatSummary
 from kbchat.errors import KbchatError
-from kbchat.records import Answer, EditRecord, ParsedEdit, ProgressFn
-from kbchat.service import AnswerStream, Capabilities, ChatService
-from kbchat.tui.commands import Command, CommandError, complete, help_markdown, parse_command
-from kbchat.tui.dialogs import ConfirmScreen
-from kbchat.tui.events import AuditRequested, EditsChanged
-from kbchat.tui.format import edit_confirmation, records_note
-from kbchat.tui.messages import AnswerMessage, EditCard, EditProgress, Note, UserMessage
-from kbchat.tui.revert import revert_with_confirmation
-from kbchat.tui.workers import TaskGate, call_ui, report_error
+from kbchat.records import EditRecord
+from kbchat.service import Capabilities, ChatService
+from kbchat.tui.answer_job import AnswerJob, run_answer
+from kbchat.tui.chat_flows import ChatFlows
+from kbchat.tui.chat_format import chat_title
+from kbchat.tui.commands import Command, complete, help_markdown, parse_command
+from kbchat.tui.edit_flow import EditFlows
+from kbchat.tui.message_nav import MessageList
+from kbchat.tui.messages import AnswerMessage, EditCard, EmptyState, Note, UserMessage, render_messages
+from kbchat.tui.workers import TaskGate, call_ui, report_error, run_in_worker
 
-T = TypeVar("T")
+OPENING = "Opening the model… type a question: it is asked as soon as the model is open"
+READY = "Ask a question, or /help for commands"
 
 
 class CommandSuggester(Suggester):
-    """Completes slash command names, methods and statuses (see commands.complete)."""
+    """Completes slash command names, methods, statuses and export formats (see commands.complete)."""
 
     def __init__(self, methods: Sequence[str] = ALL_METHODS) -> None:
         super().__init__(use_cache=True, case_sensitive=True)
@@ -46,12 +51,15 @@ class CommandSuggester(Suggester):
 
 
 class ChatPane(Vertical):
-    """The conversation and its input. Attach a service before use; until then the input is disabled.
-
-    One long operation at a time (answer, edit, commit, revert), through the App's `TaskGate`.
+    """The conversation and its input. Questions typed before a service is attached are queued and asked
+    once it is. One long operation at a time (answer, edit, commit, revert), through the App's `TaskGate`.
     """
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel answer")]
+    BINDINGS = [
+        Binding("escape", "cancel", "Cancel answer"),
+        # A priority binding: the input (a scroll view) would otherwise take ↑ for itself.
+        Binding("up", "messages", "Messages", key_display="↑", priority=True),
+    ]
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -60,20 +68,26 @@ class ChatPane(Vertical):
         self._gate: TaskGate | None = None
         self.service: ChatService | None = None
         self.methods: tuple[str, ...] = ALL_METHODS  # those the service accepts, once attached
-        self.history: list[dict[str, str]] = []
         self.default_method: str | None = None
-        self._stream: AnswerStream | None = None
+        self.summary: ChatSummary | None = None  # the chat shown; None: a new one, made on the first question
+        self.queued: list[UserMessage] = []  # questions waiting for the service (or for a chat to load)
+        self.loading = False  # a chat is being read: questions wait for it
+        self.job: AnswerJob | None = None  # the answer being generated
+        self.edits = EditFlows(self)
+        self.chats = ChatFlows(self)
 
     def compose(self) -> ComposeResult:
-        yield VerticalScroll(id="log")
-        yield Input(placeholder="Opening the model…", id="prompt", disabled=True, suggester=CommandSuggester())
+        yield MessageList(id="log")
+        yield Input(placeholder=OPENING, id="prompt", suggester=CommandSuggester())
 
     def on_mount(self) -> None:
         app = self.app
         if not isinstance(app, TaskGate):
             raise TypeError("ChatPane needs an App that implements TaskGate")
         self._owner, self._gate = app, app
-        self.query_one("#log").anchor()
+        self.log_view.anchor()
+        self.prompt.focus()
+        self.show_chat(None)
 
     def on_unmount(self) -> None:
         self.cancel_all()  # a generating thread must not outlive the UI
@@ -82,21 +96,44 @@ class ChatPane(Vertical):
     def prompt(self) -> Input:
         return self.query_one("#prompt", Input)
 
-    def attach(self, service: ChatService, capabilities: Capabilities) -> None:
-        """Start chatting with `service`, offering the methods its `capabilities` accept."""
+    @property
+    def log_view(self) -> MessageList:
+        return self.query_one("#log", MessageList)
+
+    @property
+    def chat_id(self) -> int | None:
+        return self.summary.id if self.summary is not None else None
+
+    @property
+    def gate(self) -> TaskGate:
+        """The App's task gate (also from worker threads, and after this pane was removed)."""
+        assert self._gate is not None, "ChatPane is not mounted"
+        return self._gate
+
+    def attach(self, service: ChatService, capabilities: Capabilities, chat: Chat | None = None) -> None:
+        """Start chatting with `service` in `chat` (None: a new chat), offering the methods its
+        `capabilities` accept; questions queued meanwhile are asked now."""
         self.service = service
         self.methods = capabilities.methods
         self.prompt.suggester = CommandSuggester(self.methods)
-        self.prompt.disabled = False
-        self.prompt.placeholder = "Ask a question, or /help for commands"
-        self.prompt.focus()
-        self.add_note("Ask a question, or correct what the model knows with "
-                      "/edit SUBJECT → FACT. /help lists the commands.")
+        self.prompt.placeholder = READY
+        self.show_chat(chat)
+        self.ask_queued()
+
+    def open_failed(self) -> None:
+        """The service could not be opened: nothing can be asked."""
+        self.prompt.disabled = True
+        self.prompt.placeholder = "kbchat is not open"
+        if self.queued:
+            self.add_note(f"Not asked ({len(self.queued)} queued): the model did not open.", classes="error")
+            for widget in self.queued:
+                widget.remove()
+            self.queued.clear()
 
     # -- output ---------------------------------------------------------------------------------
 
-    def add(self, *widgets: Any) -> None:
-        log = self.query_one("#log", VerticalScroll)
+    def add(self, *widgets: Widget) -> None:
+        log = self.log_view
         log.mount_all(widgets)
         log.anchor()
 
@@ -109,10 +146,78 @@ class ChatPane(Vertical):
             if card.record.id == record.id:
                 card.show(record)
 
-    def clear(self) -> None:
-        """Forget the conversation (edits are untouched)."""
-        self.query_one("#log").remove_children()
-        self.history.clear()
+    def restore_input(self, line: str) -> None:
+        """Give a rejected line back to the input, to be fixed (unless something new was typed)."""
+        if line and not self.prompt.value:
+            self.prompt.value = line
+
+    def show_help(self) -> None:
+        self.add(Markdown(help_markdown(self.default_method, self.methods), classes="message note help"))
+
+    # -- the chat shown -------------------------------------------------------------------------
+
+    def show_chat(self, chat: Chat | None, *, select: int | None = None) -> None:
+        """Show `chat` (None: a new, empty one), then any queued questions; select message `select`."""
+        self.summary = chat.summary if chat is not None else None
+        log = self.log_view
+        log.remove_children()
+        log.select(None)
+        widgets = render_messages(chat.messages) if chat is not None else []
+        self.queued = [UserMessage(w.text, queued=True) for w in self.queued]
+        if not widgets and not self.queued:
+            widgets = [EmptyState()]
+        log.mount_all([*widgets, *self.queued])
+        self.show_title()
+        if select is not None:
+            self.call_after_refresh(self.select_message, select)
+        else:
+            log.anchor()
+
+    def show_title(self) -> None:
+        chat = f" · chat #{self.chat_id}" if self.chat_id is not None else " · not saved until you ask"
+        self.prompt.border_title = chat_title(self.summary) + chat
+
+    def may_switch(self) -> bool:
+        """Whether another chat may be shown now (not while an answer streams into this one)."""
+        if self.job is not None or self.loading:
+            busy = "an answer is being written (Esc cancels it)" if self.job is not None else "a chat is opening"
+            self.app.notify(f"wait: {busy}", severity="warning")
+            return False
+        return True
+
+    def new_chat(self) -> None:
+        """Show a new, empty chat (saved when its first question is asked)."""
+        if self.may_switch():
+            self.show_chat(None)
+
+    def open_chat(self, chat_id: int, *, select: int | None = None) -> None:
+        """Read chat `chat_id` and show it (selecting message `select`); a failure is notified."""
+        if self.service is None or not self.may_switch():
+            return
+        self.loading = True
+        service = self.service
+        run_in_worker(self, lambda: service.chat(chat_id), lambda chat: self._chat_read(chat, select),
+                      failed=lambda: self._chat_read(None, None))
+
+    def _chat_read(self, chat: Chat | None, select: int | None) -> None:
+        self.loading = False
+        if chat is not None:
+            self.show_chat(chat, select=select)
+        self.ask_queued()
+
+    def refresh_provenance(self) -> None:
+        """Read the chat again and show what became of the edits its answers used (after an edit, a
+        revert or a commit anywhere)."""
+        service, chat_id = self.service, self.chat_id
+        if service is not None and chat_id is not None:
+            run_in_worker(self, lambda: service.chat(chat_id), self._provenance_read)
+
+    def _provenance_read(self, chat: Chat) -> None:
+        if chat.id != self.chat_id:
+            return
+        self.log_view.show_provenance(chat)
+        self.summary = chat.summary
+        self.show_title()
 
     # -- input ----------------------------------------------------------------------------------
 
@@ -133,230 +238,164 @@ class ChatPane(Vertical):
 
         `line` is the input it came from: given back to the input if the service rejects an /edit.
         """
-        if self.service is None:
-            self.app.notify("the model is still opening", severity="warning")
-            return False
         name = command.name
         if name == "ask":
             return self.ask(command.text)
-        if name == "edit":
-            return self._begin("reading the edit") and bool(self._parse_edit(command.text, command.method, line))
-        if name == "commit":
-            service = self.service
-            return self._start_with_progress("committing", "committing",
-                                             lambda progress: service.commit(progress=progress), self._committed)
-        if name == "edits":
-            self._list_edits(command.text or None)
-        elif name == "revert":
-            assert command.edit_id is not None
-            self._revert(command.edit_id)
-        elif name == "audit":
-            self.post_message(AuditRequested(command.edit_id))
-        elif name == "method":
-            self._set_method(command.method)
-        elif name == "clear":
-            self.clear()
-        elif name == "help":
-            self.add(Markdown(help_markdown(self.default_method, self.methods), classes="message note help"))
-        else:  # pragma: no cover - parse_command only returns the names above
-            raise CommandError(f"unhandled command {name}")
+        if name == "help":
+            self.show_help()
+            return True
+        if self.service is None:
+            self.app.notify("the model is still opening: only questions can wait for it", severity="warning")
+            return False
+        if name in EditFlows.COMMANDS:
+            return self.edits.run(command, line)
+        if name in ("new", "clear"):
+            self.new_chat()
+        else:
+            self.chats.run(command)
         return True
 
-    # -- workers --------------------------------------------------------------------------------
+    def chat_renamed(self, summary: ChatSummary) -> None:
+        """Show the new title of the chat shown (or of the new chat just saved under a title)."""
+        if self.summary is None or self.summary.id == summary.id:
+            self.summary = summary
+            self.show_title()
 
-    @property
-    def gate(self) -> TaskGate:
-        """The App's task gate (also from worker threads, and after this pane was removed)."""
-        assert self._gate is not None, "ChatPane is not mounted"
-        return self._gate
+    def select_message(self, message_id: int) -> bool:
+        """Select message `message_id` of the chat shown and focus the messages; False if not shown."""
+        if not self.log_view.select_message(message_id):
+            return False
+        self.log_view.focus()
+        return True
 
-    def _begin(self, task: str) -> bool:
-        return self.gate.begin_task(task)
+    # -- the message list -----------------------------------------------------------------------
 
-    def _ui(self, callback: Callable[..., Any], *args: Any) -> Any:
+    def action_messages(self) -> None:
+        self.log_view.focus()
+
+    @on(MessageList.LeaveRequested)
+    def _leave(self) -> None:
+        self.prompt.focus()
+
+    @on(MessageList.CorrectionRequested)
+    def _correct(self, event: MessageList.CorrectionRequested) -> None:
+        self.prefill(event.line)  # nothing is edited until Enter (and the confirmation)
+
+    def prefill(self, line: str) -> None:
+        """Put `line` in the input, the cursor at its end, to be finished and sent with Enter."""
+        self.prompt.value = line
+        self.prompt.focus()
+        self.prompt.cursor_position = len(line)
+
+    @on(MessageList.AskAgainRequested)
+    def _ask_again(self, event: MessageList.AskAgainRequested) -> None:
+        self.ask_again(event.question)
+
+    # -- answers --------------------------------------------------------------------------------
+
+    def ask(self, question: str, *, waiting: UserMessage | None = None) -> bool:
+        """Ask `question` in the chat shown (made now if new); the answer streams into the log, under
+        `waiting` when it was queued. Before the service is open, or while a chat loads, it is queued."""
+        if self.service is None or self.loading:
+            self._clear_empty_state()
+            self.queued.append(UserMessage(question, queued=True))
+            self.add(self.queued[-1])
+            return True
+        if not self.gate.begin_task("answering"):
+            return False
+        self._clear_empty_state()
+        asked = waiting or UserMessage(question)
+        view = AnswerMessage(asked)
+        if waiting is None:
+            self.add(asked, view)
+        else:
+            waiting.set_queued(False)
+            self.log_view.mount(view, after=waiting)
+        self._start(AnswerJob(question, asked, view, self.chat_id))
+        return True
+
+    def ask_queued(self) -> None:
+        """Ask the first queued question where it stands, if the service is ready (the others follow, one
+        per answer)."""
+        if self.queued and self.service is not None and not self.loading and self.job is None:
+            if self.ask(self.queued[0].text, waiting=self.queued[0]):
+                self.queued.pop(0)
+
+    def ask_again(self, question: UserMessage) -> bool:
+        """Answer saved `question` again, as the model stands now, under its earlier answers ("then:")."""
+        if self.service is None or question.message_id is None or self.chat_id is None:
+            return False
+        if not self.gate.begin_task("answering"):
+            return False
+        log = self.log_view
+        for earlier in log.answers_to(question):
+            earlier.set_label("then:")
+        view = AnswerMessage(question, label="now:")
+        log.mount(view, after=log.last_of(question))
+        log.select(view)
+        self._start(AnswerJob(question.text, question, view, self.chat_id, again=question.message_id))
+        return True
+
+    def _clear_empty_state(self) -> None:
+        for widget in self.query(EmptyState):
+            widget.remove()
+
+    def _start(self, job: AnswerJob) -> None:
+        assert self.service is not None
+        self.job = job
+        self.refresh_bindings()
+        self._answer(self.service, job)
+
+    @work(thread=True, group="answer", exit_on_error=False)
+    def _answer(self, service: ChatService, job: AnswerJob) -> None:
+        try:
+            run_answer(service, job, self.ui, self.job_failed)
+        finally:
+            try:
+                self.ui(self._answered, job)
+            finally:
+                self.gate.task_done()
+            self.ui(self.ask_queued)
+
+    async def _answered(self, job: AnswerJob) -> None:
+        await job.view.finish(job.md_stream, job.answer, cancelled=job.cancelled, failed=job.failed,
+                              saved=job.saved)
+        if job.answer is not None and job.answer.question_id is not None:
+            job.question.message_id = job.answer.question_id
+        if job.chat is not None and (self.summary is None or self.summary.id == job.chat.id):
+            self.summary = job.chat
+            self.show_title()
+        self.job = None
+        self.refresh_bindings()
+
+    def ui(self, callback: Any, *args: Any) -> Any:
         """Run `callback` on the UI thread (from a worker) and return its result; None once exiting."""
         assert self._owner is not None, "ChatPane is not mounted"
         return call_ui(self._owner, callback, *args)
 
-    def _fail(self, error: BaseException) -> None:
+    def job_failed(self, error: BaseException) -> None:
         """Report a worker's failure (from the worker thread)."""
         assert self._owner is not None, "ChatPane is not mounted"
         report_error(self._owner, error)
 
-    def _start_with_progress(self, task: str, title: str, call: Callable[[ProgressFn], T],
-                             done: Callable[[EditProgress, T | None], object]) -> bool:
-        """Claim the gate for `task`, then run `call(progress)` in a worker with a progress view in the
-        log; `done(view, result)` runs on the UI thread after it (result None if it failed)."""
-        if not self._begin(task):
-            return False
-        view = EditProgress(title)
-        self.add(view)
-        self._with_progress(view, call, done)
-        return True
-
-    @work(thread=True, group="edit", exit_on_error=False)
-    def _with_progress(self, view: EditProgress, call: Callable[[ProgressFn], T],
-                       done: Callable[[EditProgress, T | None], object]) -> None:
-        result: T | None = None
-        try:
-            result = call(lambda progress: self._ui(view.show, progress))
-        except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
-            self._fail(error)
-        finally:
-            try:
-                self._ui(done, view, result)
-            finally:
-                self.gate.task_done()
-
-    # -- answers --------------------------------------------------------------------------------
-
-    def ask(self, question: str) -> bool:
-        """Ask `question` with the conversation so far; the answer streams into the log."""
-        if not self._begin("answering"):
-            return False
-        answer = AnswerMessage()
-        self.add(UserMessage(question, classes="message user"), answer)
-        self._answer(question, list(self.history), answer)
-        self.refresh_bindings()
-        return True
-
-    @work(thread=True, group="answer", exit_on_error=False)
-    def _answer(self, question: str, history: Sequence[dict[str, str]], view: AnswerMessage) -> None:
-        md_stream: MarkdownStream | None = None
-        stream: AnswerStream | None = None
-        failed = False
-        try:
-            assert self.service is not None
-            stream = self.service.stream(question, history=history)
-            self._stream = stream
-            md_stream = self._ui(view.start_stream)
-            for piece in stream:
-                if md_stream is None:  # the UI is gone
-                    stream.close()
-                else:
-                    self._ui(md_stream.write, piece)
-        except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
-            failed = True
-            self._fail(error)
-        finally:
-            self._stream = None
-            try:
-                cancelled = stream is not None and stream.cancel.is_set()
-                answer = stream.answer if stream is not None else None
-                self._ui(self._answered, view, md_stream, question, answer, cancelled, failed)
-            finally:
-                self.gate.task_done()
-        self._ui(self.refresh_bindings)
-
-    async def _answered(self, view: AnswerMessage, md_stream: MarkdownStream | None, question: str,
-                        answer: Answer | None, cancelled: bool, failed: bool) -> None:
-        await view.finish(md_stream, answer, cancelled=cancelled, failed=failed)
-        # A cancelled or failed turn is not part of the history: the model never finished saying it.
-        if answer is not None and not cancelled and not failed:
-            self.history += [{"role": "user", "content": question},
-                             {"role": "assistant", "content": answer.text}]
-
     @property
     def answering(self) -> bool:
-        return self._stream is not None or bool(self.query(".streaming"))
+        return self.job is not None or bool(self.query(".streaming"))
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "cancel":
             return self.answering
+        if action == "messages":
+            return self.prompt.has_focus and bool(self.log_view.messages())
         return True
 
     def action_cancel(self) -> None:
         """Stop the running answer after the current token; the partial text stays, marked."""
-        stream = self._stream
-        if stream is not None:
-            stream.cancel.set()
+        job = self.job
+        if job is not None:
+            job.cancel.set()
 
     def cancel_all(self) -> None:
         """Stop any running answer (on exit)."""
         self.action_cancel()
 
-    # -- edits ----------------------------------------------------------------------------------
-
-    @work(thread=True, group="edit", exit_on_error=False)
-    def _parse_edit(self, text: str, method: str | None, line: str) -> None:
-        try:
-            assert self.service is not None
-            parsed = self.service.parse(text)
-        except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
-            self._fail(error)
-            self._ui(self._restore_input, line)
-            return
-        finally:
-            self.gate.task_done()
-        self._ui(self._confirm_edit, text, parsed, method)
-
-    def _restore_input(self, line: str) -> None:
-        """Give a rejected line back to the input, to be fixed (unless something new was typed)."""
-        if line and not self.prompt.value:
-            self.prompt.value = line
-
-    def _confirm_edit(self, text: str, parsed: ParsedEdit, method: str | None) -> None:
-        service = self.service
-        assert service is not None
-
-        def confirmed(answer: bool | None) -> None:
-            if answer:
-                self._start_with_progress("editing", f"editing: {parsed.subject} → {parsed.target}",
-                                          lambda progress: service.edit(text, method=method, progress=progress),
-                                          self._edited)
-
-        self.app.push_screen(ConfirmScreen("Confirm edit", edit_confirmation(parsed, method), confirm="Edit"),
-                             confirmed)
-
-    def _edited(self, view: EditProgress, record: EditRecord | None) -> None:
-        view.remove()
-        if record is not None:
-            self.add(EditCard(record))
-            self.post_message(EditsChanged())
-
-    def _committed(self, view: EditProgress, records: list[EditRecord] | None) -> None:
-        """After /commit: `records` is the new weight edit, then the memory edits it retired."""
-        view.remove()
-        if not records:
-            return
-        new, retired = records[0], records[1:]
-        count = f"{len(retired)} edit{'' if len(retired) == 1 else 's'}"
-        self.add_note(records_note(f"Committed {count} into the weights as edit #{new.id}:", retired))
-        for record in records:
-            self.update_cards(record)
-        self.post_message(EditsChanged())
-
-    @work(thread=True, group="read", exit_on_error=False)
-    def _list_edits(self, status: str | None) -> None:
-        try:
-            assert self.service is not None
-            records = self.service.edits(status=status)
-        except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
-            self._fail(error)
-            return
-        self._ui(self._show_edits, records, status)
-
-    def _show_edits(self, records: list[EditRecord], status: str | None) -> None:
-        which = f"{status} edits" if status else "edits"
-        if not records:
-            self.add_note(f"No {which} yet. Correct a fact with /edit SUBJECT → FACT.")
-            return
-        self.add_note(records_note(f"{len(records)} {which} (/audit ID for details):", records), classes="edits")
-
-    @work(thread=True, group="read", exit_on_error=False)
-    def _revert(self, edit_id: int) -> None:
-        try:
-            assert self.service is not None
-            record = self.service.get_edit(edit_id)
-        except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
-            self._fail(error)
-            return
-        self._ui(revert_with_confirmation, self, self.service, record)
-
-    def _set_method(self, method: str | None) -> None:
-        if method is None:
-            current = self.default_method or "the engine's default"
-            self.add_note(f"Default method for /edit: {current}. Set it with /method NAME.")
-            return
-        self.default_method = method
-        self.add_note(f"Default method for /edit is now {method} ({method_kind(method)} edit).")

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kbchat.config import ALL_METHODS, STATUSES
+from kbchat.conversations.export import EXPORT_FORMATS
 from kbchat.errors import KbchatError
 
 
@@ -29,7 +30,13 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("/revert", "ID", "revert an edit (asks for confirmation)"),
     CommandSpec("/commit", "", "commit the active edits"),
     CommandSpec("/method", "[NAME]", "set (or show) the default method for /edit"),
-    CommandSpec("/clear", "", "clear the conversation"),
+    CommandSpec("/new", "", "start a new chat (the others stay saved)"),
+    CommandSpec("/chats", "", "the saved chats: open, rename, delete"),
+    CommandSpec("/rename", "TITLE", "rename this chat"),
+    CommandSpec("/delete", "", "delete this chat (asks for confirmation)"),
+    CommandSpec("/search", "[TEXT]", "search every saved chat"),
+    CommandSpec("/export", "md|json [PATH]", "save this chat as Markdown or JSON"),
+    CommandSpec("/clear", "", "start a new chat (same as /new)"),
     CommandSpec("/help", "", "show this help"),
 )
 COMMAND_NAMES = tuple(spec.name for spec in COMMANDS)
@@ -44,13 +51,16 @@ class Command:
     `name` is the command without its slash ("edit", "revert", ...) or "ask" for a plain question.
     `text` is the question, the /edit text (without the --method option) or the /edits status filter;
     `edit_id` is set for /revert and /audit ID; `method` for /edit (the chosen or default method, or
-    None to let the service choose) and /method (None: show the current default).
+    None to let the service choose) and /method (None: show the current default). For /rename `text` is
+    the title, for /search the text to look for, for /export the format ("md" or "json") and `path` the
+    file (None: the default name in the current folder).
     """
 
     name: str
     text: str = ""
     edit_id: int | None = None
     method: str | None = None
+    path: str | None = None
 
 
 def usage(name: str) -> str:
@@ -61,16 +71,24 @@ def usage(name: str) -> str:
     return name
 
 
+def _help_row(spec: CommandSpec) -> str:
+    text = f"{spec.name} {spec.usage}".strip().replace("|", "\\|")  # a bare | would end the table cell
+    return f"| `{text}` | {spec.summary} |"
+
+
 def help_markdown(default_method: str | None = None, methods: Sequence[str] = ALL_METHODS) -> str:
     """The /help text, as Markdown; `methods` are the ones the service accepts."""
-    rows = "\n".join(f"| `{spec.name} {spec.usage}`".rstrip() + f" | {spec.summary} |" for spec in COMMANDS)
+    rows = "\n".join(_help_row(spec) for spec in COMMANDS)
     method = default_method or "the engine's default"
     return (
         "**Commands** (anything else is a question; → accepts a suggestion)\n\n"
         "| command | what it does |\n|---|---|\n"
         f"{rows}\n\n"
         f"Methods: {', '.join(methods)}. Default method for /edit: {method}.\n\n"
-        "Keys: `Esc` cancels an answer, `Ctrl+A` opens the audit, `Ctrl+P` the command palette."
+        "Keys: `F1` this help, `Ctrl+O` the saved chats, `Ctrl+N` a new chat, `Ctrl+F` search the chats, "
+        "`Ctrl+A` the audit, `Esc` cancels an answer, `Ctrl+P` the command palette. `↑` (or `Tab`) moves "
+        "into the messages: `↑`/`↓` or `k`/`j` select one, `c` copies it, `e` on an answer corrects it "
+        "(prefills /edit), `r` asks its question again, `Esc` goes back to the input."
     )
 
 
@@ -119,6 +137,14 @@ def parse_command(line: str, *, default_method: str | None = None,
         return Command(bare, edit_id=parse_edit_id(rest, name) if rest else None)
     if name == "/method":
         return Command(bare, method=validate_method(rest, methods) if rest else None)
+    if name == "/rename":
+        if not rest:
+            raise CommandError(f"missing title: use {usage(name)}")
+        return Command(bare, text=rest)
+    if name == "/search":
+        return Command(bare, text=" ".join(rest.split()))
+    if name == "/export":
+        return _parse_export(rest)
     if name == "/edits":
         status = rest.lower()
         if status and status not in STATUSES:
@@ -145,6 +171,14 @@ def _parse_edit(rest: str, default_method: str | None, methods: Sequence[str]) -
     return Command("edit", text=text, method=method)
 
 
+def _parse_export(rest: str) -> Command:
+    format, _, path = rest.partition(" ")
+    format = format.lower() or "md"
+    if format not in EXPORT_FORMATS:
+        raise CommandError(f"unknown export format {format!r}: use {usage('/export')}")
+    return Command("export", text=format, path=path.strip() or None)
+
+
 def complete(value: str, methods: Sequence[str] = ALL_METHODS) -> str | None:
     """The whole input line completed (for an Input suggester), or None when there is nothing to add.
 
@@ -161,6 +195,8 @@ def complete(value: str, methods: Sequence[str] = ALL_METHODS) -> str | None:
         return _extend(value, methods, prefix_len=len(rest))
     if head == "/edits" and " " not in rest:
         return _extend(value, STATUSES, prefix_len=len(rest))
+    if head == "/export" and " " not in rest:
+        return _extend(value, EXPORT_FORMATS, prefix_len=len(rest))
     if head == "/edit":
         last = rest.rsplit(" ", 1)[-1] if rest else ""
         before_last = rest[: len(rest) - len(last)].rstrip().rsplit(" ", 1)[-1]

@@ -8,7 +8,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import ModalScreen
-from textual.widgets import Button, Static
+from textual.widgets import Button, Input, Static
 
 
 class ConfirmScreen(ModalScreen[bool]):
@@ -44,3 +44,40 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
+
+
+class PromptScreen(ModalScreen[str | None]):
+    """Asks for one line of text; dismisses with it (stripped), or None when cancelled or left empty."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, label: str, value: str = "", *, confirm: str = "OK") -> None:
+        super().__init__(classes="prompt")
+        self._title = title
+        self._label = label
+        self._value = value
+        self._confirm = confirm
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog") as dialog:
+            dialog.border_title = self._title
+            yield Static(self._label, id="dialog-body")
+            yield Input(self._value, id="prompt-input", select_on_focus=False)
+            with Horizontal(id="dialog-buttons"):
+                yield Button(f"{self._confirm} (Enter)", id="ok", variant="primary")
+                yield Button("Cancel (Esc)", id="cancel")
+
+    def on_mount(self) -> None:
+        self.query_one("#prompt-input", Input).focus()
+
+    @on(Input.Submitted, "#prompt-input")
+    def _submitted(self, event: Input.Submitted) -> None:
+        self.dismiss(event.value.strip() or None)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        value = self.query_one("#prompt-input", Input).value.strip()
+        self.dismiss(value or None if event.button.id == "ok" else None)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

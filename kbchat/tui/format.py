@@ -12,7 +12,7 @@ from rich.text import Text
 from textual.content import Content
 
 from kbchat.config import method_kind
-from kbchat.records import Answer, CheckRecord, EditRecord, ParsedEdit, Progress
+from kbchat.records import CheckRecord, EditRecord, ParsedEdit, Progress
 
 METRIC_ABBREV = {
     "reliability": "rel",
@@ -182,21 +182,3 @@ def records_note(heading: str, records: Iterable[EditRecord]) -> Content:
     """A heading line, then one summary line per edit (for /edits and /commit)."""
     lines = [Content(heading)] + [Content.from_rich_text(edit_summary(r)) for r in records]
     return Content("\n").join(lines)
-
-
-# -- answers ----------------------------------------------------------------------------------------
-
-
-def answer_meta(answer: Answer | None, *, cancelled: bool = False, failed: bool = False) -> Content:
-    """The line under an answer: which edits it used (clickable), and whether it was cut short."""
-    parts: list[Content] = []
-    if answer is not None and answer.used_edits:
-        links = Content(", ").join(
-            Content.from_markup(f"[@click=app.audit({i})]edit #{i}[/]") for i in answer.used_edits
-        )
-        parts.append(Content.assemble(("memory: ", "bold"), links))
-    if cancelled:
-        parts.append(Content.styled("(cancelled)", "italic"))
-    if failed:
-        parts.append(Content.styled("(failed)", "italic red"))
-    return Content(" · ").join(parts)

@@ -1,52 +1,126 @@
-"""The widgets of the conversation: questions, streamed answers, notes, edit progress and edit cards."""
+"""The widgets of the conversation: questions, streamed and saved answers, notes, the empty state, edit
+progress and edit cards."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from textual.app import ComposeResult
 from textual.containers import Vertical
+from textual.content import Content
+from textual.widget import Widget
 from textual.widgets import Label, Markdown, ProgressBar, Static
 from textual.widgets.markdown import MarkdownStream
 
+from kbchat.conversations.records import ChatMessage
 from kbchat.records import Answer, EditRecord, Progress
-from kbchat.tui.format import answer_meta, edit_card_content, progress_line
+from kbchat.tui.chat_format import EMPTY_STATE, provenance_content
+from kbchat.tui.format import edit_card_content, progress_line
+
+QUEUED = "queued: asked as soon as the model is open"
 
 
-class UserMessage(Markdown):
-    """A question as the user typed it."""
+class UserMessage(Vertical):
+    """A question as the user typed it; `message_id` is its saved id (None until saved). A queued
+    question waits for the model to open and says so."""
+
+    def __init__(self, text: str, *, message_id: int | None = None, queued: bool = False) -> None:
+        super().__init__(classes="message user")
+        self.text = text
+        self.message_id = message_id
+        self.body = Markdown(text, classes="user-body")
+        self.meta = Static(QUEUED, classes="user-meta")
+        self.set_queued(queued)
+
+    def compose(self) -> ComposeResult:
+        yield self.body
+        yield self.meta
+
+    def set_queued(self, queued: bool) -> None:
+        """Mark the question as waiting for the model (or no longer)."""
+        self.meta.display = queued
+        self.set_class(queued, "queued")
 
 
 class Note(Static):
     """A line or block from kbchat itself (command results, reports)."""
 
 
-class AnswerMessage(Vertical):
-    """An answer: Markdown that grows as pieces stream in, then a meta line (edits used, cancelled)."""
+class EmptyState(Static):
+    """What an empty chat shows: the three things to try first."""
 
     def __init__(self) -> None:
+        super().__init__(EMPTY_STATE, classes="message empty-state")
+
+
+class AnswerMessage(Vertical):
+    """An answer to `question`: Markdown that grows as pieces stream in, then its provenance (the edits it
+    was made with, whether it was cut short, turns left out of the context). `message_id` is the saved
+    answer's id; `label` ("then:", "now:") tells answers to the same question apart."""
+
+    def __init__(self, question: UserMessage | None = None, *, label: str = "", text: str = "") -> None:
         super().__init__(classes="message assistant streaming")
-        self.body = Markdown("", classes="answer-body")
+        self.question = question
+        self.message_id: int | None = None
+        self.label = Static(label, classes="answer-label")
+        self.label.display = bool(label)
+        self.body = Markdown(text, classes="answer-body")
         self.meta = Static("", classes="answer-meta")
+        self.meta.display = False
+
+    @classmethod
+    def saved(cls, message: ChatMessage, question: UserMessage | None, *, label: str = "") -> AnswerMessage:
+        """A finished answer read back from a saved chat."""
+        view = cls(question, label=label, text=message.content)
+        view.remove_class("streaming")
+        view.show_saved(message)
+        return view
 
     def compose(self) -> ComposeResult:
+        yield self.label
         yield self.body
         yield self.meta
+
+    @property
+    def text(self) -> str:
+        return self.body.source
+
+    @property
+    def streaming(self) -> bool:
+        return self.has_class("streaming")
+
+    def set_label(self, label: str) -> None:
+        self.label.update(label)
+        self.label.display = bool(label)
+
+    def show_saved(self, message: ChatMessage, *, cancelled: bool = False) -> None:
+        """Show what `message` (this answer, saved) was made with; stale when an edit it used is gone."""
+        self.message_id = message.id
+        self._show_meta(provenance_content(message, cancelled=cancelled))
+        self.set_class(bool(message.stale), "stale")
+
+    def _show_meta(self, meta: Content) -> None:
+        self.meta.update(meta)
+        self.meta.display = bool(meta.plain)
 
     def start_stream(self) -> MarkdownStream:
         """A Markdown stream to append pieces to (call on the UI thread)."""
         return Markdown.get_stream(self.body)
 
     async def finish(self, stream: MarkdownStream | None, answer: Answer | None, *, cancelled: bool,
-                     failed: bool = False) -> None:
-        """Stop streaming and render the final text once, in full, with its meta line."""
+                     failed: bool = False, saved: ChatMessage | None = None) -> None:
+        """Stop streaming and render the final text once, in full, with its provenance (`saved`: the
+        answer as the service kept it, if it did)."""
         if stream is not None:
             await stream.stop()
         if answer is not None:
             await self.body.update(answer.text or "*(no answer)*")
         elif not self.body.source:
             await self.body.update("*(no answer)*")
-        meta = answer_meta(answer, cancelled=cancelled, failed=failed)
-        self.meta.update(meta)
-        self.meta.display = bool(meta)
+        if saved is not None:
+            self.show_saved(saved, cancelled=cancelled)
+        else:
+            self._show_meta(provenance_content(None, answer, cancelled=cancelled, failed=failed))
         self.remove_class("streaming")
         self.set_class(cancelled, "cancelled")
 
@@ -85,3 +159,23 @@ class EditCard(Static):
         self.add_class(f"status-{record.status}")
         self.border_title = f"edit #{record.id}"
         self.update(edit_card_content(record))
+
+
+def render_messages(messages: Sequence[ChatMessage]) -> list[Widget]:
+    """The widgets of a saved conversation: each question, then its answers; when it was asked again,
+    the earlier answers are labelled "then:" and the latest "now:"."""
+    questions: dict[int, UserMessage] = {}
+    answers: dict[int, list[ChatMessage]] = {}
+    for message in messages:
+        if message.role == "user":
+            questions[message.id] = UserMessage(message.content, message_id=message.id)
+        elif message.reply_to is not None:
+            answers.setdefault(message.reply_to, []).append(message)
+    widgets: list[Widget] = []
+    for question_id, question in questions.items():
+        widgets.append(question)
+        given = answers.get(question_id, [])
+        for i, answer in enumerate(given):
+            label = "" if len(given) == 1 else "now:" if i == len(given) - 1 else "then:"
+            widgets.append(AnswerMessage.saved(answer, question, label=label))
+    return widgets

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from textual.dom import DOMNode
-
 from kbchat.records import EditRecord
 from kbchat.service import ChatService
 from kbchat.tui.dialogs import ConfirmScreen
 from kbchat.tui.events import EditsChanged
 from kbchat.tui.format import revert_confirmation
-from kbchat.tui.workers import TaskGate, call_ui, report_error
+from kbchat.tui.workers import TaskGate, WorkerOwner, call_ui, report_error
 
 
 def can_revert(record: EditRecord) -> bool:
@@ -19,7 +17,7 @@ def can_revert(record: EditRecord) -> bool:
     return record.status == "active"
 
 
-def revert_with_confirmation(node: DOMNode, service: ChatService, record: EditRecord,
+def revert_with_confirmation(node: WorkerOwner, service: ChatService, record: EditRecord,
                              on_done: Callable[[EditRecord], object] | None = None) -> None:
     """Ask to confirm, then revert `record` in a thread worker owned by `node`.
 

@@ -7,11 +7,14 @@ the UI is going away); the App implements it, so no widget has to import the App
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from textual.app import App
+from textual.worker import Worker
 
 from kbchat.errors import KbchatError
+
+T = TypeVar("T")
 
 
 @runtime_checkable
@@ -28,6 +31,16 @@ class TaskGate(Protocol):
     def begin_task(self, task: str) -> bool: ...
 
     def task_done(self) -> None: ...
+
+
+class WorkerOwner(Protocol):
+    """What runs a thread worker: any widget or screen (the names are Textual's own)."""
+
+    @property
+    def app(self) -> App[Any]: ...
+
+    def run_worker(self, work: Callable[[], Any], *, thread: bool = ..., group: str = ...,
+                   exit_on_error: bool = ...) -> Worker[Any]: ...
 
 
 def call_ui(app: App[Any], callback: Callable[..., Any], *args: Any) -> Any:
@@ -55,3 +68,24 @@ def notify_error(app: App[Any], error: BaseException) -> None:
 def report_error(app: App[Any], error: BaseException) -> None:
     """From a worker thread: show `error` as an error notification (see `notify_error`)."""
     call_ui(app, notify_error, app, error)
+
+
+def run_in_worker(node: WorkerOwner, call: Callable[[], T], done: Callable[[T], object] | None = None, *,
+                  failed: Callable[[], object] | None = None, group: str = "read") -> None:
+    """Run `call()` in a thread worker owned by `node`; then `done(result)` on the UI thread. A failure
+    becomes an error notification, then `failed()` runs on the UI thread instead of `done`: a service
+    error never crashes the app."""
+    app = node.app
+
+    def run() -> None:
+        try:
+            result = call()
+        except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
+            report_error(app, error)
+            if failed is not None:
+                call_ui(app, failed)
+            return
+        if done is not None:
+            call_ui(app, done, result)
+
+    node.run_worker(run, thread=True, group=group, exit_on_error=False)

@@ -1,0 +1,170 @@
+"""The conversation as a focusable list: the keyboard selects one message at a time, and acts on it.
+
+`MessageList` copies a message itself (`c`); correcting an answer (`e`) and asking a question again
+(`r`) need the service and the input, so it asks its parent with a message (`CorrectionRequested`,
+`AskAgainRequested`, `LeaveRequested`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.widget import Widget
+
+from kbchat.conversations.records import Chat
+from kbchat.tui.chat_format import copied_notice
+from kbchat.tui.correction import correction_line
+from kbchat.tui.messages import AnswerMessage, UserMessage
+
+Selectable = UserMessage | AnswerMessage
+
+
+class MessageList(VerticalScroll, can_focus=True):
+    """The conversation's widgets, scrolled; focused, one question or answer is selected (class
+    `selected`). Keys: ↑/↓ or k/j move, Home/End go to the first/last, c copies, e corrects an answer,
+    r asks a question (or an answer's question) again, Esc goes back to the input."""
+
+    BINDINGS = [
+        Binding("down,j", "move(1)", "Select", key_display="↑↓"),
+        Binding("up,k", "move(-1)", "Previous", show=False),
+        Binding("home,g", "edge(False)", "First", show=False),
+        Binding("end,G", "edge(True)", "Last", show=False),
+        Binding("c", "copy", "Copy"),
+        Binding("e", "correct", "Correct"),
+        Binding("r", "ask_again", "Ask again"),
+        Binding("escape", "leave", "Input"),
+    ]
+
+    class CorrectionRequested(Message):
+        """The user wants to correct an answer: `line` is the `/edit SUBJECT → FACT` guess to prefill."""
+
+        def __init__(self, line: str) -> None:
+            super().__init__()
+            self.line = line
+
+    class AskAgainRequested(Message):
+        """The user wants saved question `question` answered again."""
+
+        def __init__(self, question: UserMessage) -> None:
+            super().__init__()
+            self.question = question
+
+    class LeaveRequested(Message):
+        """The user is done with the messages (back to the input)."""
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.selected: Selectable | None = None
+
+    # -- selection ------------------------------------------------------------------------------
+
+    def messages(self) -> list[Selectable]:
+        """The questions and answers, top to bottom."""
+        return [w for w in self.children if isinstance(w, UserMessage | AnswerMessage)]
+
+    def select(self, widget: Selectable | None, *, scroll: bool = True) -> None:
+        """Make `widget` the selected message (None: none) and scroll it into view."""
+        if self.selected is not None:
+            self.selected.remove_class("selected")
+        self.selected = widget
+        if widget is not None:
+            widget.add_class("selected")
+            if scroll:
+                self.scroll_to_widget(widget, animate=False, top=widget.outer_size.height > self.size.height)
+        self.refresh_bindings()
+
+    def select_message(self, message_id: int) -> bool:
+        """Select the message saved as `message_id`; False when it is not shown."""
+        for widget in self.messages():
+            if widget.message_id == message_id:
+                self.select(widget)
+                return True
+        return False
+
+    def on_focus(self) -> None:
+        shown = self.messages()
+        if self.selected not in shown:
+            self.select(shown[-1] if shown else None)
+
+    def _valid(self) -> Selectable | None:
+        selected = self.selected
+        return selected if selected is not None and selected.parent is self else None
+
+    def action_move(self, step: int) -> None:
+        shown = self.messages()
+        if not shown:
+            return
+        current = self._valid()
+        index = shown.index(current) + step if current in shown else len(shown) - 1
+        self.select(shown[max(0, min(index, len(shown) - 1))])
+
+    def action_edge(self, last: bool) -> None:
+        shown = self.messages()
+        if shown:
+            self.select(shown[-1] if last else shown[0])
+
+    # -- acting on the selection ----------------------------------------------------------------
+
+    def question_of(self, widget: Selectable | None) -> UserMessage | None:
+        """The question `widget` is (or answers)."""
+        if isinstance(widget, AnswerMessage):
+            return widget.question
+        return widget
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        selected = self._valid()
+        if action == "copy":
+            return selected is not None and bool(selected.text)
+        if action == "correct":
+            return isinstance(selected, AnswerMessage) and not selected.streaming and bool(selected.text)
+        if action == "ask_again":
+            question = self.question_of(selected)
+            return question is not None and question.message_id is not None
+        if action == "leave":  # while an answer streams, Esc cancels it (the pane's binding)
+            return not any(isinstance(w, AnswerMessage) and w.streaming for w in self.children)
+        return True
+
+    def action_copy(self) -> None:
+        selected = self._valid()
+        if selected is None:
+            return
+        self.app.copy_to_clipboard(selected.text)
+        what = "the question" if isinstance(selected, UserMessage) else "the answer"
+        notice, severity = copied_notice(what, os.environ)
+        self.app.notify(notice, severity=severity, markup=False)  # type: ignore[arg-type]
+
+    def action_correct(self) -> None:
+        selected = self._valid()
+        if not isinstance(selected, AnswerMessage):
+            return
+        question = selected.question.text if selected.question is not None else ""
+        self.post_message(self.CorrectionRequested(correction_line(question, selected.text)))
+
+    def action_ask_again(self) -> None:
+        question = self.question_of(self._valid())
+        if question is not None and question.message_id is not None:
+            self.post_message(self.AskAgainRequested(question))
+
+    def action_leave(self) -> None:
+        self.post_message(self.LeaveRequested())
+
+    def show_provenance(self, chat: Chat) -> None:
+        """Show on each saved answer what `chat` (read again) says its edits have become."""
+        saved = {m.id: m for m in chat.messages}
+        for view in self.children:
+            if isinstance(view, AnswerMessage) and view.message_id in saved:
+                view.show_saved(saved[view.message_id])
+
+    # -- answers to one question ----------------------------------------------------------------
+
+    def answers_to(self, question: UserMessage) -> list[AnswerMessage]:
+        """The answers shown for `question`, top to bottom."""
+        return [w for w in self.children if isinstance(w, AnswerMessage) and w.question is question]
+
+    def last_of(self, question: UserMessage) -> Widget:
+        """The widget after which another answer to `question` goes."""
+        shown = self.answers_to(question)
+        return shown[-1] if shown else question
