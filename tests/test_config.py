@@ -207,9 +207,9 @@ def test_cli_opens_the_service_with_the_resolved_settings(
     seen: dict = {}
     service = FakeChatService()
     edits, asks = [], []
-    real_edit, real_ask = service.edit, service.ask
+    real_edit, real_stream = service.edit, service.stream
     monkeypatch.setattr(service, "edit", lambda text, **kw: edits.append(kw) or real_edit(text, **kw))
-    monkeypatch.setattr(service, "ask", lambda text, **kw: asks.append(kw) or real_ask(text, **kw))
+    monkeypatch.setattr(service, "stream", lambda text, **kw: asks.append(kw) or real_stream(text, **kw))
 
     def opener(**kwargs):
         seen.update(kwargs)

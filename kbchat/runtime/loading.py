@@ -3,7 +3,8 @@ PyPI (`gemma3-270m`), or the default SmolLM2.
 
 A GGUF file is dequantised once (~18 s for the default) and cached as safetensors in the data dir;
 later loads read the cache. The device is CUDA when present (bf16, or fp16 where bf16 is not
-supported), else CPU in float32.
+supported), else CPU in float32; the `dtype` setting ($KBCHAT_DTYPE) chooses float32 or bfloat16 instead
+(bfloat16 on a CPU with AVX512-BF16 decodes ~1.4x faster; answers may differ from float32's).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from kbchat.config import model_spec
+from kbchat.config import DTYPES, model_dtype, model_spec
 from kbchat.errors import ModelLoadError
 from kbchat.records import Progress, ProgressFn, no_progress
 
@@ -75,14 +76,22 @@ class LoadedModel:
     device: Device
 
 
-def pick_device(requested: str | None = None) -> Device:
-    """CUDA when available (or asked for), in bf16 where supported; else CPU float32."""
+def pick_device(requested: str | None = None, dtype: str | None = None) -> Device:
+    """CUDA when available (or asked for), else CPU. The weights' dtype is `dtype` (one of `DTYPES`),
+    else the `dtype` setting ($KBCHAT_DTYPE or the config file), else the device's default: bf16 on CUDA
+    where supported (fp16 otherwise), float32 on CPU. ModelLoadError for bf16 on a CUDA device without it."""
     name = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = dtype or model_dtype()
+    if chosen is not None and chosen not in DTYPES:
+        raise ModelLoadError(f"unknown dtype {chosen!r}; choose one of: {', '.join(DTYPES)}")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ModelLoadError("--device cuda was asked for but no CUDA device is visible")
-        return Device(name, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
-    return Device(name, torch.float32)
+        if chosen == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise ModelLoadError("dtype bfloat16 was asked for but this CUDA device does not support it")
+        if chosen is None:
+            return Device(name, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    return Device(name, getattr(torch, chosen or "float32"))
 
 
 def default_gguf() -> Path:
@@ -174,8 +183,10 @@ def load_model(
     data_dir: Path,
     device: str | None = None,
     progress: ProgressFn = no_progress,
+    dtype: str | None = None,
 ) -> LoadedModel:
-    """Load the model named by `spec` (see `resolve`) onto the best device, in eval mode."""
+    """Load the model named by `spec` (see `resolve`) onto the best device, in eval mode, with its
+    weights in `dtype` (see `pick_device`: default, the `dtype` setting, else the device's default)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -191,7 +202,7 @@ def load_model(
         folder = gguf_cache_dir(path, data_dir)
         if not (folder / "config.json").is_file():
             dequantize_gguf(path, folder, progress)
-    dev = pick_device(device)
+    dev = pick_device(device, dtype)
     progress(Progress("load", 0, 1, f"loading {path.name}"))
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
