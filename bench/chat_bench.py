@@ -23,6 +23,15 @@ from kbchat.evaluation.datasets import load_cases
 from kbchat.evaluation.tables import format_chat_table
 
 
+def save(result: dict, args: argparse.Namespace, started: float) -> None:
+    """Write `result` (the run so far, or all of it) to --json, with the command and its Markdown table."""
+    result["command"] = "python -m bench.chat_bench " + " ".join(sys.argv[1:])
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        Path(args.json).with_suffix(".md").write_text(f"`{result['command']}`\n\n{format_chat_table(result)}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/counterfact/"
@@ -41,13 +50,9 @@ def main() -> None:
             LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=data_dir(args.home)) as engine:
         result = run_chat_bench(engine, cases, args.method, answer_nll(engine.runtime),
                                 log=lambda line: print(line, file=sys.stderr, flush=True),
-                                sequential=args.sequential)
-    result["command"] = "python -m bench.chat_bench " + " ".join(sys.argv[1:])
-    result["seconds"] = round(time.perf_counter() - started, 1)
+                                sequential=args.sequential, partial=lambda r: save(r, args, started))
+    save(result, args, started)
     print(format_chat_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False))
-        Path(args.json).with_suffix(".md").write_text(f"`{result['command']}`\n\n{format_chat_table(result)}\n")
 
 
 if __name__ == "__main__":

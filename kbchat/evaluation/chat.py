@@ -176,9 +176,11 @@ def _canary_questions(count: int) -> list[list[str]]:
 
 
 def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: str, fluency: Fluency,
-                   log: Callable[[str], None] = lambda _: None, sequential: bool = False) -> dict[str, Any]:
+                   log: Callable[[str], None] = lambda _: None, sequential: bool = False,
+                   partial: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, Any]:
     """Every case: single editing (each edit reverted before the next) or sequential (all edits made,
-    then every case asked; reverted at the end)."""
+    then every case asked; reverted at the end). `partial(result so far)` is called after each case of
+    single editing, so a long run that is stopped keeps what it measured."""
     tally = Tally()
     plans = [CaseQuestions.of(c, canaries) for c, canaries in zip(cases, _canary_questions(len(cases)), strict=True)]
     rows: list[dict[str, Any]] = []
@@ -209,5 +211,7 @@ def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: s
             _score(tally, case, qs, before, after, follow[1], fluency)
             rows.append(_row(case, record, qs, before, after, follow))
             log(f"{i}/{len(cases)} {case.request.subject}: {after[qs.asks[0]][:80]!r}")
+            partial({"method": method, "cases": i, "sequential": False, "figures": tally.summary(),
+                     "per_case": rows})
     return {"method": method, "cases": len(cases), "sequential": sequential, "figures": tally.summary(),
             "per_case": rows}
