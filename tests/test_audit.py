@@ -59,7 +59,7 @@ class ScriptedView:
     def __init__(self, request: EditRequest, answers: Mapping[str, str], edited: Mapping[str, str] = (),
                  logprobs: Mapping[tuple[str, str, bool], float] | None = None) -> None:
         self.request = request
-        self.answers = dict(answers)
+        self.before = dict(answers)  # what the system says before the edit
         self.edited = dict(edited)
         self.scripted_logprobs = dict(logprobs or {})
         self.calls: list[tuple[str, str, bool]] = []
@@ -67,7 +67,7 @@ class ScriptedView:
     def _say(self, text: str, edited: bool) -> str:
         if edited and text in self.edited:
             return self.edited[text]
-        return self.answers.get(text, UNKNOWN)
+        return self.before.get(text, UNKNOWN)
 
     def generate(self, question: str, *, edited: bool) -> str:
         self.calls.append(("generate", question, edited))
@@ -76,6 +76,11 @@ class ScriptedView:
     def complete(self, prompt: str, *, edited: bool) -> str:
         self.calls.append(("complete", prompt, edited))
         return " " + self._say(prompt, edited)
+
+    def answers(self, requests: Sequence[tuple[str, str]], *, edited: bool) -> list[str]:
+        self.calls.append(("answers", f"{len(requests)} requests", edited))
+        return [self.generate(text, edited=edited) if kind == QUESTION else self.complete(text, edited=edited)
+                for kind, text in requests]
 
     def logprobs(self, pairs: Sequence[tuple[str, str]], *, edited: bool) -> list[float]:
         self.calls.append(("logprobs", f"{len(pairs)} pairs", edited))
@@ -323,13 +328,37 @@ def test_on_check_is_called_once_per_check_as_each_finishes(probes):
 
     def on_check(check: CheckRecord) -> None:
         seen.append(check)
-        # Generation checks are reported as soon as their probe is done, before later probes run.
-        if check.mode == GENERATION:
-            assert view.calls[-1][1] == check.probe
+        # Teacher-forced checks are reported before any generation; generation checks once all are done.
+        asked = sum(1 for kind, _, _ in view.calls if kind in ("generate", "complete"))
+        assert asked == (2 * len(probes) if check.mode == GENERATION else 0)
 
     checks = run_checks(view, probes, on_check=on_check)
     assert seen == checks
     assert all(c.passed is not None for c in seen)
+
+
+def test_generations_are_asked_for_in_one_call_per_state_and_checks_keep_probe_order(probes):
+    view = ScriptedView(REQUEST, world(probes), edit_works(probes))
+    checks = run_checks(view, probes)
+    assert [(kind, edited) for kind, _, edited in view.calls if kind == "answers"] == [("answers", False),
+                                                                                       ("answers", True)]
+    scored = [p for p in probes if p.metric != FLUENCY]
+    assert [c.probe for c in checks] == [p.forced_prompt for p in scored] + [p.text for p in probes]
+    assert [c.mode for c in checks] == [TEACHER_FORCED] * len(scored) + [GENERATION] * len(probes)
+
+
+def test_a_view_without_answers_is_asked_one_probe_at_a_time(probes):
+    class OneByOne:
+        def __init__(self, scripted: ScriptedView) -> None:
+            self.scripted = scripted
+            self.request = scripted.request
+            self.generate, self.complete = scripted.generate, scripted.complete
+            self.logprobs, self.token_accuracies = scripted.logprobs, scripted.token_accuracies
+
+    batched = run_checks(ScriptedView(REQUEST, world(probes), edit_works(probes)), probes)
+    scripted = ScriptedView(REQUEST, world(probes), edit_works(probes))
+    assert run_checks(OneByOne(scripted), probes) == batched
+    assert not any(kind == "answers" for kind, _, _ in scripted.calls)
 
 
 def test_teacher_forcing_is_batched_and_model_calls_stay_few(probes):

@@ -46,9 +46,11 @@ class EditView(Protocol):
 
     `edited=False` answers as the system was before this edit, `edited=True` with it. Answers are
     greedy and deterministic; `generate` goes through the chat template and whatever memory or
-    retrieval path the real app uses, `complete` continues a raw prompt. `logprobs` returns the
-    summed log P(target | prompt), teacher forced, and `token_accuracies` EasyEdit's token accuracy,
-    one per (prompt, target) pair.
+    retrieval path the real app uses, `complete` continues a raw prompt. `answers` gives many at
+    once: for each (kind, text), `generate(text)` when kind is QUESTION, else `complete(text)`, in
+    order (a view may batch them; the answers are the same). `logprobs` returns the summed
+    log P(target | prompt), teacher forced, and `token_accuracies` EasyEdit's token accuracy, one per
+    (prompt, target) pair.
     """
 
     request: EditRequest
@@ -56,6 +58,8 @@ class EditView(Protocol):
     def generate(self, question: str, *, edited: bool) -> str: ...
 
     def complete(self, prompt: str, *, edited: bool) -> str: ...
+
+    def answers(self, requests: Sequence[tuple[str, str]], *, edited: bool) -> list[str]: ...
 
     def logprobs(self, pairs: Sequence[tuple[str, str]], *, edited: bool) -> list[float]: ...
 
@@ -124,10 +128,17 @@ def _forced_check(probe: Probe, before: _Forced | None, after: _Forced) -> Check
     )
 
 
-def _answer(view: EditView, probe: Probe, edited: bool) -> str:
-    if probe.kind == QUESTION:
-        return view.generate(probe.text, edited=edited)
-    return view.complete(probe.text, edited=edited)
+def _answers(view: EditView, probes: Sequence[Probe], edited: bool) -> list[str]:
+    """Every probe's generation in one state, asked for in one call (a view written before `answers`
+    existed is asked one probe at a time)."""
+    ask = getattr(view, "answers", None)
+    if not callable(ask):
+        return [view.generate(p.text, edited=edited) if p.kind == QUESTION else view.complete(p.text, edited=edited)
+                for p in probes]
+    found = ask([(p.kind, p.text) for p in probes], edited=edited)
+    if len(found) != len(probes):
+        raise ValueError("the edit view returned a different number of answers than asked for")
+    return list(found)
 
 
 def _generation_check(probe: Probe, before: str | None, after: str, target: str) -> CheckRecord:
@@ -183,8 +194,9 @@ def run_checks(
 
     Each probe but fluency gives two checks, mode 'teacher_forced' and 'generation'; fluency gives
     one generation check. The teacher-forced checks come first, all probes scored in one batch per
-    state; then each probe is generated before and after. `on_check` is called with each check as
-    soon as it is complete. Scores: token accuracy after the edit for teacher-forced reliability,
+    state; then the generation checks, in probe order, once every probe has been generated before
+    and after (one `answers` call per state). `on_check` is called with each check as soon as it is
+    complete. Scores: token accuracy after the edit for teacher-forced reliability,
     generalization and portability; for teacher-forced locality the ratio of P(expected) after to
     before, smaller over larger (1.0 when unchanged); 1.0 or 0.0 for a generation check; for
     fluency the n-gram entropy after the edit.
@@ -209,9 +221,9 @@ def run_checks(
         after = _forced(view, scored, edited=True)
         for probe, b, a in zip(scored, before, after, strict=True):
             done(_forced_check(probe, b, a))
-    for probe in probes:
-        answer_before = _answer(view, probe, edited=False) if baseline else None
-        answer_after = _answer(view, probe, edited=True)
+    answers_before: Sequence[str | None] = _answers(view, probes, edited=False) if baseline else [None] * len(probes)
+    answers_after = _answers(view, probes, edited=True)
+    for probe, answer_before, answer_after in zip(probes, answers_before, answers_after, strict=True):
         if probe.metric == FLUENCY:
             done(_fluency_check(probe, answer_before, answer_after))
         else:

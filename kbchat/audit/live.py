@@ -4,12 +4,19 @@
 "Without" hides a memory edit from retrieval, or, for a weight edit, switches on its negation as an
 in-model patch for the audit's own forward passes only, so concurrent chats are unaffected. Only the
 runtime's and the planner's public API is used.
+
+Generations are asked for together (`answers`): those that need no name guard are decoded in batches,
+one batch per set of active patches; answers that depend only on the weights (no patch at all) are
+shared across audits through the engine's `AnswerCache`, keyed by the weights' fingerprint.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 
+from kbchat.audit.answers import AnswerCache
+from kbchat.audit.probes import PROMPT, QUESTION
 from kbchat.engine.planning import Plan, Planner
 from kbchat.evaluation.metrics import target_logprobs, token_accuracies
 from kbchat.ledger import StoredEdit
@@ -18,19 +25,59 @@ from methods import EditRequest
 
 AUDIT_MAX_TOKENS = 32
 COMPLETION_TOKENS = 12
+BATCH_ROWS = 16  # generations decoded together at most
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One generation to make: its plan, the patch hiding a weight edit (if any) and its limit."""
+
+    plan: Plan
+    undo: tuple[Hashable, ...]
+    limit: int
+    chat: bool
+
+    @property
+    def key(self) -> tuple:
+        """Identical keys, identical greedy answers (a Prompt holds dicts: its repr stands for it)."""
+        return (repr(self.plan.prompt), self.plan.patches, self.undo, self.limit)
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the answer needs the name guard, which works one answer at a time."""
+        return bool(self.plan.names and self.plan.patches)
+
+    @property
+    def weights_only(self) -> bool:
+        """Whether the answer depends on nothing but the weights, the prompt and the limit."""
+        return not self.plan.patches and not self.undo
+
+    @property
+    def group(self) -> tuple:
+        """Jobs with the same group run in one batch: same format, patches and limit."""
+        return (self.chat, self.plan.patches, self.undo, self.limit)
 
 
 class LiveEditView:
     """`EditView` of edit `row` on the live engine. `undo_key`: the runtime patch that cancels a weight
-    edit (None for memory edits)."""
+    edit (None for memory edits).
 
-    def __init__(self, runtime: ModelRuntime, planner: Planner, row: StoredEdit,
-                 undo_key: Hashable | None) -> None:
+    `cache` and `weights` (a callable giving the fingerprint of the weights as the ledger stores it):
+    where answers that depend only on the weights are shared across audits; without both, none are.
+    `batch=False` generates one answer at a time (the path before batching, kept for comparison).
+    """
+
+    def __init__(self, runtime: ModelRuntime, planner: Planner, row: StoredEdit, undo_key: Hashable | None,
+                 *, cache: AnswerCache | None = None, weights: Callable[[], str | None] | None = None,
+                 batch: bool = True) -> None:
         self.runtime = runtime
         self.planner = planner
         self.row = row
         self.request = EditRequest(row.subject, row.prompt, row.target, row.target_true)
         self.undo_key = undo_key
+        self.cache = cache
+        self.weights = weights
+        self.batch = batch
         self._answers: dict[tuple, str] = {}  # this view's own memo: identical greedy inputs, one answer
 
     def _plan(self, text: str, *, chat: bool, edited: bool) -> tuple[Plan, tuple[Hashable, ...]]:
@@ -39,20 +86,73 @@ class LiveEditView:
         plan = self.planner.plan(text, chat=chat, exclude=hidden)
         return plan, (self.undo_key,) if not edited and self.undo_key is not None else ()
 
-    def _answer(self, text: str, limit: int, *, chat: bool, edited: bool) -> str:
+    def _job(self, kind: str, text: str, edited: bool) -> _Job:
+        chat = kind == QUESTION
         plan, undo = self._plan(text, chat=chat, edited=edited)
+        return _Job(plan, undo, AUDIT_MAX_TOKENS if chat else COMPLETION_TOKENS, chat)
+
+    def answers(self, requests: Sequence[tuple[str, str]], *, edited: bool) -> list[str]:
+        """The answer to each (kind, text): a chat answer for kind QUESTION, else a raw completion;
+        each as `generate` / `complete` gives it, all generated together."""
+        jobs = [self._job(kind, text, edited) for kind, text in requests]
         # An out-of-scope probe of a memory edit is generated once for "before" and "after".
-        key = (repr(plan.prompt), plan.patches, undo, limit)  # a Prompt holds dicts: not hashable itself
-        if key not in self._answers:
-            pieces = self.runtime.generate(plan.prompt, plan.patches, limit, names=plan.names, targets=plan.targets, fixed=undo)
-            self._answers[key] = "".join(pieces).strip()
-        return self._answers[key]
+        todo = list({job.key: job for job in jobs if job.key not in self._answers}.values())
+        self._make(todo)
+        return [self._answers[job.key] for job in jobs]
 
     def generate(self, question: str, *, edited: bool) -> str:
-        return self._answer(question, AUDIT_MAX_TOKENS, chat=True, edited=edited)
+        return self.answers([(QUESTION, question)], edited=edited)[0]
 
     def complete(self, prompt: str, *, edited: bool) -> str:
-        return self._answer(prompt, COMPLETION_TOKENS, chat=False, edited=edited)
+        return self.answers([(PROMPT, prompt)], edited=edited)[0]
+
+    def _make(self, jobs: Sequence[_Job]) -> None:
+        """The answers of `jobs` (distinct keys) into the memo, taking and giving the shared ones."""
+        cache, weights = self.cache, self.weights
+        if cache is None or weights is None:
+            self._generate(jobs)
+            return
+        state = weights()
+        for job in jobs:
+            if job.weights_only and (found := cache.get((state, *job.key))) is not None:
+                self._answers[job.key] = found
+        missing = [job for job in jobs if job.key not in self._answers]
+        self._generate(missing)
+        if weights() != state:  # the weights changed meanwhile: these answers may be of either
+            return
+        for job in missing:
+            if job.weights_only:
+                cache.put((state, *job.key), self._answers[job.key])
+
+    def _generate(self, jobs: Sequence[_Job]) -> None:
+        """Generate `jobs` into the memo: guarded ones one at a time, the others in batches of at most
+        BATCH_ROWS per group (everything one at a time when `batch` is off)."""
+        groups: dict[tuple, list[_Job]] = {}
+        for job in jobs:
+            if self.batch and not job.guarded:
+                groups.setdefault(job.group, []).append(job)
+            else:
+                self._answers[job.key] = self._one(job)
+        for rows in groups.values():
+            for start in range(0, len(rows), BATCH_ROWS):
+                self._batch(rows[start:start + BATCH_ROWS])
+
+    def _one(self, job: _Job) -> str:
+        plan = job.plan
+        pieces = self.runtime.generate(plan.prompt, plan.patches, job.limit, names=plan.names,
+                                       targets=plan.targets, fixed=job.undo)
+        return "".join(pieces).strip()
+
+    def _batch(self, jobs: Sequence[_Job]) -> None:
+        """One batch of unguarded jobs sharing patches and limit (a single one goes the usual way)."""
+        if len(jobs) == 1:
+            self._answers[jobs[0].key] = self._one(jobs[0])
+            return
+        first = jobs[0]
+        texts = self.runtime.generate_many([job.plan.prompt for job in jobs], first.plan.patches, first.limit,
+                                           fixed=first.undo)
+        for job, text in zip(jobs, texts, strict=True):
+            self._answers[job.key] = text.strip()
 
     def _scored(self, fn, pairs: Sequence[tuple[str, str]], edited: bool) -> list[float]:
         """Score pairs in one batch per distinct set of active patches."""

@@ -44,6 +44,10 @@ class AuditRunner:
 
         try:
             view = self._view(edit_id)
+            # Every probe's text is known before the rivals are (they change only what a probe expects
+            # was replaced): ask for all the "before" answers at once, the rivals' two among them, so
+            # they are generated together rather than the rivals' one by one.
+            view.answers([(p.kind, p.text) for p in plan_probes(view.request, user_probes=probes)], edited=False)
             rivals = find_rivals(view, view.request)
             run_checks(view, plan_probes(view.request, user_probes=probes, rivals=rivals), on_check=store)
         except AuditStopped:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kbchat.audit import parse_user_probe
+from kbchat.audit.answers import AnswerCache
 from kbchat.audit.live import LiveEditView
 from kbchat.config import ALL_METHODS, EngineSettings, check_edit_options, data_dir, default_db_url
 from kbchat.conversations.keeper import ChatKeeper, ConversationCalls
@@ -57,6 +58,7 @@ class LocalEngine(AskByStreaming, ConversationCalls):
         self.planner = Planner(self.book, self.settings)
         self.pipeline = EditPipeline(runtime, self.book, StatsCache(home / "stats"), self.settings,
                                      editors=editor_dirs(home))
+        self.answer_cache = AnswerCache()  # audit answers that depend only on the weights, across audits
         self.audits = AuditRunner(ledger, self.audit_view, self._audit_done)
         self._edit_lock = threading.Lock()  # one change at a time (computing one needs exclusive hooks)
         self._problems = restore(runtime, self.book, progress)
@@ -229,7 +231,8 @@ class LocalEngine(AskByStreaming, ConversationCalls):
             loaded = row_delta(row)
             if not self.runtime.has_patch(undo_key) and loaded.delta is not None:
                 self.runtime.add_patch(undo_key, negated(loaded.delta))
-        return LiveEditView(self.runtime, self.planner, row, undo_key)
+        return LiveEditView(self.runtime, self.planner, row, undo_key, cache=self.answer_cache,
+                            weights=lambda: self.book.ledger.get_meta(self.runtime.state_key))
 
     def _audit_done(self, edit_id: int) -> None:
         self.runtime.remove_patch(("undo", edit_id))

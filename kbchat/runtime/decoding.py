@@ -7,6 +7,7 @@ the selected in-model memory edits applies to exactly this generation.
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -72,6 +73,48 @@ def completion_input_ids(tokenizer, text: str, device) -> torch.Tensor:
     return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
 
 
+class _Answer:
+    """One greedy answer's text as its tokens arrive, cut as `stream_tokens` cuts it.
+
+    `push(token)` returns the piece to yield now ("" when none); `done` turns true at a stop string.
+    `text` is the decoded answer so far (it may end partway through a character).
+    """
+
+    def __init__(self, tokenizer, stops: Sequence[str]) -> None:
+        self.tokenizer = tokenizer
+        self.stops = tuple(stops)
+        self.tokens: list[int] = []
+        self.text = ""
+        self.sent = ""  # the text already yielded, as decoded when it was
+        self.pieces: list[str] = []
+        self.done = False
+
+    def push(self, token: int) -> str:
+        self.tokens.append(token)
+        text = self.text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+            return ""
+        # A stop string counts only after the answer has begun (a leading newline is not an answer).
+        begun = len(text) - len(text.lstrip())
+        stop_at = min((i for s in self.stops if (i := text.find(s, begun)) != -1), default=None)
+        if stop_at is not None:
+            self.done = True
+            return self._piece(text[len(self.sent):stop_at] if stop_at > len(self.sent) else "")
+        if len(text) > len(self.sent):
+            piece, self.sent = text[len(self.sent):], text
+            return self._piece(piece)
+        return ""
+
+    def _piece(self, piece: str) -> str:
+        if piece:
+            self.pieces.append(piece)
+        return piece
+
+
+def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
+    return {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+
+
 @torch.no_grad()
 def stream_tokens(
     model: nn.Module,
@@ -84,16 +127,15 @@ def stream_tokens(
 ) -> Iterator[str]:
     """Greedy decoding, yielding text pieces as soon as they decode cleanly; stops at EOS, a stop
     string, `max_new_tokens` or `cancel`. With `guard`, names in the answer are copied unpatched."""
-    eos = {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+    eos = _eos_ids(model, tokenizer)
     past = None
     swap = None
     step_ids = input_ids
-    new: list[int] = []
-    sent = text = ""
+    answer = _Answer(tokenizer, stop_strings)
     for _ in range(max_new_tokens):
         if cancel is not None and cancel.is_set():
             return
-        with guard.step(swap, text) if guard is not None else nullcontext():
+        with guard.step(swap, answer.text) if guard is not None else nullcontext():
             out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
         if past is None and guard is not None:
             swap = guard.start(model, input_ids, out.past_key_values)
@@ -101,27 +143,89 @@ def stream_tokens(
         token = int(out.logits[0, -1].argmax())
         if token in eos:
             break
-        new.append(token)
         step_ids = torch.tensor([[token]], device=input_ids.device)
-        text = tokenizer.decode(new, skip_special_tokens=True)
-        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
-            continue
-        # A stop string counts only after the answer has begun (a leading newline is not an answer).
-        begun = len(text) - len(text.lstrip())
-        stop_at = min((i for s in stop_strings if (i := text.find(s, begun)) != -1), default=None)
-        if stop_at is not None:
-            if stop_at > len(sent):
-                yield text[len(sent) : stop_at]
+        piece = answer.push(token)
+        if piece:
+            yield piece
+        if answer.done:
             return
-        if len(text) > len(sent):
-            yield text[len(sent) :]
-            sent = text
 
 
 def greedy_text(model: nn.Module, tokenizer, input_ids: torch.Tensor, max_new_tokens: int,
                 stops: Sequence[str] = ()) -> str:
     """The whole greedy continuation of `input_ids` as one string: `stream_tokens` joined."""
     return "".join(stream_tokens(model, tokenizer, input_ids, max_new_tokens, None, stops))
+
+
+# Rows decoded together at most; longer lists are decoded in consecutive batches.
+BATCH_ROWS = 16
+
+
+@torch.no_grad()
+def batch_greedy(model: nn.Module, tokenizer, inputs: Sequence[torch.Tensor], max_new_tokens: int,
+                 stops: Sequence[str] = ()) -> list[str]:
+    """The greedy continuation of each (1, T_i) input, decoded together: for every input, the text
+    `greedy_text` gives for it alone (EOS, `stops` and `max_new_tokens` as there), in input order.
+
+    Inputs are left-padded, with an attention mask and position ids counted from each row's first
+    real token; rows that finished leave the batch (and its KV cache). At most BATCH_ROWS at once.
+    """
+    out: list[str] = []
+    for start in range(0, len(inputs), BATCH_ROWS):
+        out += _decode_batch(model, tokenizer, inputs[start:start + BATCH_ROWS], max_new_tokens, stops)
+    return out
+
+
+def _left_pad(inputs: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both (B, T_max): each (1, T_i) input right-aligned after `pad` tokens (mask 0)."""
+    width = max(int(x.shape[-1]) for x in inputs)
+    device = inputs[0].device
+    ids = torch.full((len(inputs), width), pad, dtype=torch.long, device=device)  # (B, T)
+    mask = torch.zeros((len(inputs), width), dtype=torch.long, device=device)  # (B, T)
+    for row, x in enumerate(inputs):
+        n = int(x.shape[-1])
+        ids[row, width - n:] = x[0]
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
+def _decode_batch(model: nn.Module, tokenizer, inputs: Sequence[torch.Tensor], max_new_tokens: int,
+                  stops: Sequence[str]) -> list[str]:
+    """`batch_greedy` for one batch."""
+    if not inputs:
+        return []
+    eos = _eos_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    step_ids, mask = _left_pad(inputs, pad)  # (B, T), (B, T)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0, 1, ... from each row's first real token
+    answers = [_Answer(tokenizer, stops) for _ in inputs]
+    live = list(range(len(inputs)))  # the answer each batch row belongs to
+    past = None
+    # Only the last position's logits are read: a batch of prompts would otherwise pay (B, T, V) of them.
+    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    for _ in range(max_new_tokens):
+        out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                    use_cache=True, **last)
+        past = out.past_key_values
+        tokens = out.logits[:, -1].argmax(-1).tolist()  # (B_live,)
+        keep = [j for j, (row, token) in enumerate(zip(live, tokens, strict=True))
+                if token not in eos and not _finished(answers[row], token)]
+        if not keep:
+            break
+        if len(keep) < len(live):  # finished rows leave the batch
+            index = torch.tensor(keep, device=mask.device)
+            past.batch_select_indices(index)
+            mask, positions = mask[index], positions[index]
+            live = [live[j] for j in keep]
+        step_ids = torch.tensor([[tokens[j]] for j in keep], device=mask.device)  # (B_live, 1)
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)  # (B_live, T + 1)
+        positions = positions[:, -1:] + 1  # (B_live, 1)
+    return ["".join(a.pieces) for a in answers]
+
+
+def _finished(answer: _Answer, token: int) -> bool:
+    answer.push(token)
+    return answer.done
 
 
 def _as_list(value) -> list[int]:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from kbchat.errors import KbchatError
 from kbchat.runtime.decoding import (
+    batch_greedy,
     chat_input_ids,
     chat_stops,
     chat_text,
@@ -130,22 +131,43 @@ class ModelRuntime:
         and once one of `targets` (their new objects) is stated, later steps run without them (see
         `guard`); `fixed` patches act throughout.
         """
-        tokenizer, device = self.loaded.tokenizer, self.loaded.device.name
-        stops = prompt.stops
-        if prompt.messages is not None:
-            ids = chat_input_ids(tokenizer, prompt.messages, device)
-            text = chat_text(tokenizer, prompt.messages) if names and patches else ""
-            # a model without a chat template answers in the plain format: stop at its next line
-            stops = tuple(dict.fromkeys(stops + chat_stops(tokenizer)))
-        else:
-            ids = completion_input_ids(tokenizer, prompt.text or "", device)
-            text = prompt.text or ""
+        tokenizer = self.loaded.tokenizer
+        ids, stops = self._input(prompt)
         guard = None
         if names and patches:
+            text = (prompt.text or "") if prompt.messages is None else chat_text(tokenizer, prompt.messages)
             guard = NameGuard(tuple(names), name_positions(tokenizer, text, ids, names),
                               lambda: self._patches.select(fixed), tuple(targets))
         with self._lock.read(), self._patches.select([*patches, *fixed]):
             yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, stops, guard)
+
+    def _input(self, prompt: Prompt) -> tuple[Any, tuple[str, ...]]:
+        """The (1, T) input ids of `prompt` and the stop strings its answer ends at."""
+        tokenizer, device = self.loaded.tokenizer, self.loaded.device.name
+        if prompt.messages is None:
+            return completion_input_ids(tokenizer, prompt.text or "", device), prompt.stops
+        # a model without a chat template answers in the plain format: stop at its next line
+        stops = tuple(dict.fromkeys(prompt.stops + chat_stops(tokenizer)))
+        return chat_input_ids(tokenizer, prompt.messages, device), stops
+
+    def generate_many(self, prompts: Sequence[Prompt], patches: Sequence[Hashable], limit: int, *,
+                      fixed: Sequence[Hashable] = ()) -> list[str]:
+        """The whole greedy answer to each prompt, decoded in batches (`decoding.batch_greedy`) with
+        `patches` and `fixed` switched on, under one hold of the read lock: for each prompt the text
+        `generate(prompt, patches, limit, fixed=fixed)` joins to, in order. No name guard: give only
+        prompts whose answers need none."""
+        inputs = [self._input(p) for p in prompts]
+        by_stops: dict[tuple[str, ...], list[int]] = {}
+        for i, (_ids, stops) in enumerate(inputs):
+            by_stops.setdefault(stops, []).append(i)
+        out = [""] * len(prompts)
+        with self._lock.read(), self._patches.select([*patches, *fixed]):
+            for stops, rows in by_stops.items():
+                texts = batch_greedy(self.loaded.model, self.loaded.tokenizer, [inputs[i][0] for i in rows],
+                                     limit, stops)
+                for i, text in zip(rows, texts, strict=True):
+                    out[i] = text
+        return out
 
     def answer(self, question: str, limit: int) -> str:
         """The unpatched model's greedy chat answer to `question` (no memory, no history)."""

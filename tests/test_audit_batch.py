@@ -1,0 +1,224 @@
+"""The audit's generations batched and shared: the batched greedy decoder against one-at-a-time
+decoding, `LiveEditView.answers` against one-by-one answers on a tiny engine, and the answer cache
+across audits (used while the weights stay, not once an edit changed them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from kbchat.audit import plan_probes
+from kbchat.audit.answers import AnswerCache
+from kbchat.audit.live import LiveEditView
+from kbchat.runtime.decoding import (
+    PLAIN_STOPS,
+    batch_greedy,
+    chat_input_ids,
+    completion_input_ids,
+    greedy_text,
+)
+from tests.engines import local_engine, save_tiny_llama
+from tests.tiny_models import FACTS, one_thread, tiny
+
+EIFFEL = "Eiffel Tower → The Eiffel Tower is located in Rome"
+BIG_BEN = "Big Ben → Big Ben is located in Cairo"
+PROMPTS = [f"{subject} is located in" for subject, _true, _new in FACTS] + [
+    "The",
+    "Tell me about the museum. What do you know about the bridge? She wrote a letter to her brother and",
+]
+
+
+# ------------------------------------------------------------------------------------------------
+# The batched decoder
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model_and_tokenizer(request):
+    with one_thread():
+        yield tiny(request.param)
+
+
+@pytest.mark.parametrize("stops", [(), (".",), PLAIN_STOPS, None])
+def test_batched_greedy_equals_one_at_a_time(model_and_tokenizer, stops) -> None:
+    """Prompts of 1 to ~20 tokens; None: a stop string the first answer says partway (so it acts)."""
+    model, tokenizer = model_and_tokenizer
+    inputs = [completion_input_ids(tokenizer, p, "cpu") for p in PROMPTS]
+    assert len({int(x.shape[-1]) for x in inputs}) > 3
+    with one_thread():
+        free = greedy_text(model, tokenizer, inputs[0], 20)
+        derived = stops is None
+        if derived:
+            stops = (free.strip()[6:9],)
+        single = [greedy_text(model, tokenizer, x, 20, stops) for x in inputs]
+        assert batch_greedy(model, tokenizer, inputs, 20, stops) == single
+    if derived:
+        assert len(single[0]) < len(free)  # the stop string did cut the first answer
+
+
+def test_batched_greedy_stops_each_row_at_its_own_eos(model_and_tokenizer) -> None:
+    """A token one row says third becomes EOS: that row ends there, the others go on (or end too)."""
+    model, tokenizer = model_and_tokenizer
+    inputs = [completion_input_ids(tokenizer, p, "cpu") for p in PROMPTS]
+    with one_thread():
+        ids = greedy_ids(model, inputs[0], 3)  # the first row's third token will be EOS
+        saved = model.generation_config.eos_token_id
+        model.generation_config.eos_token_id = ids[2]
+        try:
+            single = [greedy_text(model, tokenizer, x, 16) for x in inputs]
+            batched = batch_greedy(model, tokenizer, inputs, 16)
+        finally:
+            model.generation_config.eos_token_id = saved
+    assert batched == single
+    assert len(single[0]) < len(greedy_text(model, tokenizer, inputs[0], 16))  # the EOS did end that row
+
+
+def greedy_ids(model, input_ids: torch.Tensor, n: int) -> list[int]:
+    """The first `n` greedy token ids after `input_ids`, without a cache (a reference, slow)."""
+    ids = input_ids
+    out: list[int] = []
+    with torch.no_grad():
+        for _ in range(n):
+            token = int(model(input_ids=ids).logits[0, -1].argmax())
+            out.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=-1)
+    return out
+
+
+def test_batched_greedy_in_the_chat_format() -> None:
+    with one_thread():
+        model, tokenizer = tiny("llama")
+        inputs = [chat_input_ids(tokenizer, [{"role": "user", "content": f"Where is the {s}?"}], "cpu")
+                  for s, _true, _new in FACTS]
+        inputs.append(chat_input_ids(tokenizer, [{"role": "system", "content": "Be brief."},
+                                                 {"role": "user", "content": "Hi"}], "cpu"))
+        single = [greedy_text(model, tokenizer, x, 24) for x in inputs]
+        assert batch_greedy(model, tokenizer, inputs, 24) == single
+
+
+# ------------------------------------------------------------------------------------------------
+# The live view on a tiny engine
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("tiny-home")
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from kbchat.memory import Embedder
+
+    return Embedder.load(device="cpu")
+
+
+@pytest.fixture
+def engine(tiny_dir, home, tmp_path, embedder) -> Iterator:
+    with one_thread():
+        chat = local_engine(tiny_dir, home, tmp_path / "ledger.db", embedder)
+        try:
+            yield chat
+        finally:
+            chat.close()
+
+
+class Spy:
+    """Counts the generations the runtime makes: one per `generate`, one per row of `generate_many`."""
+
+    def __init__(self, runtime, monkeypatch) -> None:
+        self.single = 0
+        self.batched: list[int] = []
+        generate, generate_many = runtime.generate, runtime.generate_many
+
+        def one(*args, **kwargs):
+            self.single += 1
+            return generate(*args, **kwargs)
+
+        def many(prompts, *args, **kwargs):
+            self.batched.append(len(prompts))
+            return generate_many(prompts, *args, **kwargs)
+
+        monkeypatch.setattr(runtime, "generate", one)
+        monkeypatch.setattr(runtime, "generate_many", many)
+
+    @property
+    def rows(self) -> int:
+        return self.single + sum(self.batched)
+
+
+def requests_of(view) -> list[tuple[str, str]]:
+    return [(p.kind, p.text) for p in plan_probes(view.request, user_probes=["Where is the Eiffel Tower? → Rome"])]
+
+
+def unbatched(engine, view: LiveEditView) -> LiveEditView:
+    """The same edit seen one generation at a time, sharing nothing."""
+    return LiveEditView(engine.runtime, engine.planner, view.row, view.undo_key, batch=False)
+
+
+@pytest.mark.parametrize("method", ["serac", "rome"])
+def test_batched_answers_equal_one_by_one(engine, method, monkeypatch) -> None:
+    record = engine.edit(EIFFEL, method=method, audit="off")
+    view = engine.audit_view(record.id)
+    requests = requests_of(view)
+    spy = Spy(engine.runtime, monkeypatch)
+    with one_thread():
+        batched = {edited: view.answers(requests, edited=edited) for edited in (False, True)}
+    assert spy.batched and max(spy.batched) > 1  # some were decoded together
+    if method == "serac":
+        assert spy.single > 0  # answers with the patch switched on keep the name guard, one at a time
+    reference = unbatched(engine, view)
+    with one_thread():
+        for edited in (False, True):
+            assert batched[edited] == [
+                reference.generate(text, edited=edited) if kind == "question" else reference.complete(text, edited=edited)
+                for kind, text in requests
+            ]
+
+
+def test_a_second_audit_reuses_answers_until_the_weights_change(engine, monkeypatch) -> None:
+    memory = engine.edit(EIFFEL, audit="wait")
+    first = engine.get_edit(memory.id).checks
+    assert first and len(engine.answer_cache) > 0
+    spy = Spy(engine.runtime, monkeypatch)
+    hits = engine.answer_cache.hits
+    engine.audits.start(memory.id, (), "wait")  # the same audit again: weights unchanged
+    again = engine.get_edit(memory.id).checks
+    assert again[len(first):] == first  # the same checks
+    assert engine.answer_cache.hits - hits > 10
+    warm = spy.rows
+
+    weights = engine.book.ledger.get_meta(engine.runtime.state_key)
+    engine.edit(BIG_BEN, method="rome", audit="off")
+    assert engine.book.ledger.get_meta(engine.runtime.state_key) != weights
+    spy.single, spy.batched = 0, []
+    hits = engine.answer_cache.hits
+    view = engine.audit_view(memory.id)
+    requests = requests_of(view)
+    with one_thread():
+        after = {edited: view.answers(requests, edited=edited) for edited in (False, True)}
+    assert engine.answer_cache.hits == hits  # nothing of the old weights is used
+    assert spy.rows > warm
+    reference = unbatched(engine, view)
+    with one_thread():
+        for edited in (False, True):
+            assert after[edited] == [reference.generate(t, edited=edited) if k == "question"
+                                     else reference.complete(t, edited=edited) for k, t in requests]
+
+
+def test_the_answer_cache_is_bounded_and_drops_the_least_recently_used() -> None:
+    cache = AnswerCache(size=2)
+    cache.put("a", "1")
+    cache.put("b", "2")
+    assert cache.get("a") == "1"  # "b" is now the least recently used
+    cache.put("c", "3")
+    assert len(cache) == 2 and cache.get("b") is None and cache.get("a") == "1" and cache.get("c") == "3"
+    assert (cache.hits, cache.misses) == (3, 1)
+    with pytest.raises(ValueError):
+        AnswerCache(size=0)
