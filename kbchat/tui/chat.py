@@ -160,13 +160,11 @@ class ChatPane(Vertical):
         """Show `chat` (None: a new, empty one), then any queued questions; select message `select`."""
         self.summary = chat.summary if chat is not None else None
         log = self.log_view
-        log.remove_children()
-        log.select(None)
         widgets = render_messages(chat.messages) if chat is not None else []
         self.queued = [UserMessage(w.text, queued=True) for w in self.queued]
         if not widgets and not self.queued:
             widgets = [EmptyState()]
-        log.mount_all([*widgets, *self.queued])
+        log.show([*widgets, *self.queued])
         self.show_title()
         if select is not None:
             self.call_after_refresh(self.select_message, select)

@@ -8,11 +8,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 
+from textual import events
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.message import Message
 from textual.widget import Widget
+from textual.widgets import Static
 
 from kbchat.conversations.records import Chat
 from kbchat.tui.chat_format import copied_notice
@@ -20,6 +23,15 @@ from kbchat.tui.correction import correction_line
 from kbchat.tui.messages import AnswerMessage, UserMessage
 
 Selectable = UserMessage | AnswerMessage
+WINDOW = 60  # widgets mounted when a chat opens: a long chat opens at once
+CHUNK = 60  # earlier widgets mounted each time the top is reached
+
+
+class EarlierNote(Static):
+    """Stands above the mounted messages while earlier ones wait to be shown."""
+
+    def show_count(self, count: int) -> None:
+        self.update(f"↑ {count} earlier message{'s' if count != 1 else ''}: scroll up, or Home for all")
 
 
 class MessageList(VerticalScroll, can_focus=True):
@@ -58,6 +70,47 @@ class MessageList(VerticalScroll, can_focus=True):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.selected: Selectable | None = None
+        self.pending: list[Widget] = []  # a long chat's earliest widgets, not mounted yet (oldest first)
+
+    # -- showing a chat -------------------------------------------------------------------------
+
+    def show(self, widgets: Sequence[Widget]) -> None:
+        """Replace what is shown by `widgets`, mounting only the last WINDOW of them; the earlier ones
+        are mounted when the user scrolls or moves up to them (`reveal_earlier`)."""
+        self.remove_children()
+        self.select(None)
+        cut = max(0, len(widgets) - WINDOW)
+        self.pending = list(widgets[:cut])
+        head = [EarlierNote(classes="message note earlier")] if self.pending else []
+        self.mount_all([*head, *widgets[cut:]])
+        for note in head:
+            note.show_count(len(self.pending))
+
+    def reveal_earlier(self, *, everything: bool = False) -> bool:
+        """Mount the next CHUNK of earlier widgets (all with `everything`) above the shown ones, keeping
+        the view where it was; False when there were none."""
+        if not self.pending:
+            return False
+        take = self.pending if everything else self.pending[-CHUNK:]
+        self.pending = self.pending[: len(self.pending) - len(take)]
+        notes = list(self.query(EarlierNote))
+        first = next((w for w in self.children if not isinstance(w, EarlierNote)), None)
+        self.mount_all(take, before=first) if first is not None else self.mount_all(take)
+        for note in notes:
+            note.show_count(len(self.pending)) if self.pending else note.remove()
+        if first is not None and not everything:
+            self.call_after_refresh(self.scroll_to_widget, first, animate=False, top=True)
+        return True
+
+    def action_page_up(self) -> None:
+        if self.scroll_y <= 0 and self.reveal_earlier():
+            return
+        super().action_page_up()
+
+    def _on_mouse_scroll_up(self, event: events.MouseScrollUp) -> None:
+        if self.scroll_y <= 0:
+            self.reveal_earlier()
+        super()._on_mouse_scroll_up(event)
 
     # -- selection ------------------------------------------------------------------------------
 
@@ -77,12 +130,15 @@ class MessageList(VerticalScroll, can_focus=True):
         self.refresh_bindings()
 
     def select_message(self, message_id: int) -> bool:
-        """Select the message saved as `message_id`; False when it is not shown."""
-        for widget in self.messages():
-            if widget.message_id == message_id:
-                self.select(widget)
-                return True
-        return False
+        """Select the message saved as `message_id` (mounting earlier ones as needed); False when the
+        chat shown does not have it."""
+        while True:
+            for widget in self.messages():
+                if widget.message_id == message_id:
+                    self.select(widget)
+                    return True
+            if not self.reveal_earlier():
+                return False
 
     def on_focus(self) -> None:
         shown = self.messages()
@@ -99,9 +155,14 @@ class MessageList(VerticalScroll, can_focus=True):
             return
         current = self._valid()
         index = shown.index(current) + step if current in shown else len(shown) - 1
+        if index < 0 and self.reveal_earlier():
+            shown = self.messages()
+            index = shown.index(current) - 1 if current in shown else 0
         self.select(shown[max(0, min(index, len(shown) - 1))])
 
     def action_edge(self, last: bool) -> None:
+        if not last:
+            self.reveal_earlier(everything=True)
         shown = self.messages()
         if shown:
             self.select(shown[-1] if last else shown[0])
@@ -154,7 +215,7 @@ class MessageList(VerticalScroll, can_focus=True):
     def show_provenance(self, chat: Chat) -> None:
         """Show on each saved answer what `chat` (read again) says its edits have become."""
         saved = {m.id: m for m in chat.messages}
-        for view in self.children:
+        for view in [*self.pending, *self.children]:
             if isinstance(view, AnswerMessage) and view.message_id in saved:
                 view.show_saved(saved[view.message_id])
 

@@ -1,0 +1,120 @@
+"""How a long saved conversation behaves in the TUI (issue #13): a chat of 1,000 messages (500
+questions and answers, on the scripted service so that only the UI is measured) — seconds from asking
+to open it until every message is shown, and the time each scrolling key takes to be handled and
+painted (page up from the bottom to the top, then down again, then j/k through messages).
+
+    .venv/bin/python -m bench.bench_chat_ui [--pairs 500] [--json bench/results/chat-ui-1000.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from kbchat.tui import KbchatApp
+from kbchat.tui.messages import AnswerMessage
+from tests.fake_service import FakeChatService
+
+TARGET_OPEN_S = 1.0
+
+
+def long_chat(fake: FakeChatService, pairs: int) -> int:
+    chat = fake.new_chat("a long conversation")
+    for i in range(pairs):
+        question = f"Question {i}: where is the Eiffel Tower, and what is the capital of France?"
+        fake.say(chat.id, question).result()
+    return chat.id
+
+
+async def wait(pilot, predicate, timeout: float = 120.0) -> None:
+    deadline = time.perf_counter() + timeout
+    while not predicate():
+        if time.perf_counter() > deadline:
+            raise TimeoutError("the TUI did not get there in time")
+        await pilot.pause(0.005)
+
+
+def shown(app: KbchatApp, pairs: int) -> bool:
+    """Whether the chat is open: its answers mounted or waiting above (a long chat mounts its last
+    messages first), and nothing left to lay out."""
+    log = app.chat.log_view
+    waiting = sum(isinstance(w, AnswerMessage) for w in log.pending)
+    return not app.chat.loading and len(app.query(AnswerMessage)) + waiting == pairs
+
+
+async def timed_keys(pilot, keys: list[str]) -> list[float]:
+    out = []
+    for key in keys:
+        started = time.perf_counter()
+        await pilot.press(key)
+        await pilot.wait_for_scheduled_animations()
+        out.append(time.perf_counter() - started)
+    return out
+
+
+async def measure(pairs: int, size: tuple[int, int]) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        fake = FakeChatService(chats_db=f"{tmp}/chats.db")
+        chat_id = long_chat(fake, pairs)
+        app = KbchatApp(fake.opener(steps=1))
+        async with app.run_test(size=size) as pilot:
+            started = time.perf_counter()
+            await wait(pilot, lambda: shown(app, pairs))
+            await pilot.pause()
+            first_open = time.perf_counter() - started
+            await pilot.press("ctrl+n")
+            await wait(pilot, lambda: not app.query(AnswerMessage))
+            started = time.perf_counter()
+            app.chat.open_chat(chat_id)
+            await wait(pilot, lambda: shown(app, pairs))
+            await pilot.pause()
+            reopen = time.perf_counter() - started
+            await pilot.press("up")  # into the messages
+            page_up = await timed_keys(pilot, ["pageup"] * 120)  # far enough to mount earlier messages
+            page_down = await timed_keys(pilot, ["pagedown"] * 40)
+            steps = await timed_keys(pilot, ["k"] * 40 + ["j"] * 40)
+            home = await timed_keys(pilot, ["home"])  # every message mounted
+        fake.close()
+    keys = page_up + page_down + steps
+    return {"messages": 2 * pairs, "size": list(size), "open_on_start_s": round(first_open, 3),
+            "open_from_list_s": round(reopen, 3),
+            "key_ms_median": round(1000 * statistics.median(keys), 1),
+            "key_ms_p95": round(1000 * sorted(keys)[int(0.95 * len(keys)) - 1], 1),
+            "key_ms_max": round(1000 * max(keys), 1),
+            "page_up_ms_median": round(1000 * statistics.median(page_up), 1),
+            "select_ms_median": round(1000 * statistics.median(steps), 1),
+            "home_all_mounted_s": round(home[0], 2)}
+
+
+def out(line: str) -> None:
+    """Print to the real standard output (Textual's test harness may leave sys.stdout redirected)."""
+    print(line, file=sys.__stdout__, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=500)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    rows = [asyncio.run(measure(args.pairs, size)) for size in ((80, 24), (160, 40))]
+    out("| messages | terminal | open on start (s) | open from the list (s) | key median / p95 / max (ms) |")
+    out("|---|---|---|---|---|")
+    for r in rows:
+        out(f"| {r['messages']} | {r['size'][0]}×{r['size'][1]} | {r['open_on_start_s']} | {r['open_from_list_s']} | "
+              f"{r['key_ms_median']} / {r['key_ms_p95']} / {r['key_ms_max']} |")
+    out(f"target: open in under {TARGET_OPEN_S:g} s")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"command": "python -m bench.bench_chat_ui " + " ".join(sys.argv[1:]),
+                                               "machine": platform.processor() or platform.machine(),
+                                               "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
