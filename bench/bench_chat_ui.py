@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 from kbchat.tui import KbchatApp
-from kbchat.tui.messages import AnswerMessage
 from tests.fake_service import FakeChatService
 
 TARGET_OPEN_S = 1.0
@@ -45,8 +44,7 @@ def shown(app: KbchatApp, pairs: int) -> bool:
     """Whether the chat is open: its answers mounted or waiting above (a long chat mounts its last
     messages first), and nothing left to lay out."""
     log = app.chat.log_view
-    waiting = sum(isinstance(w, AnswerMessage) for w in log.pending)
-    return not app.chat.loading and len(app.query(AnswerMessage)) + waiting == pairs
+    return not app.chat.loading and len(log.messages()) + len(log.pending) == 2 * pairs
 
 
 async def timed_keys(pilot, keys: list[str]) -> list[float]:
@@ -70,16 +68,18 @@ async def measure(pairs: int, size: tuple[int, int]) -> dict:
             await pilot.pause()
             first_open = time.perf_counter() - started
             await pilot.press("ctrl+n")
-            await wait(pilot, lambda: not app.query(AnswerMessage))
+            await wait(pilot, lambda: not app.chat.log_view.messages())
             started = time.perf_counter()
             app.chat.open_chat(chat_id)
             await wait(pilot, lambda: shown(app, pairs))
             await pilot.pause()
             reopen = time.perf_counter() - started
+            out(f"  {size}: opened in {first_open:.2f} s on start, {reopen:.2f} s from the list")
             await pilot.press("up")  # into the messages
-            page_up = await timed_keys(pilot, ["pageup"] * 120)  # far enough to mount earlier messages
+            page_up = await timed_keys(pilot, ["pageup"] * 30)  # far enough to mount earlier messages
             page_down = await timed_keys(pilot, ["pagedown"] * 40)
             steps = await timed_keys(pilot, ["k"] * 40 + ["j"] * 40)
+            out(f"  {size}: keys done; Home (mounting every message) next")
             home = await timed_keys(pilot, ["home"])  # every message mounted
         fake.close()
     keys = page_up + page_down + steps

@@ -32,7 +32,7 @@ from kbchat.tui.chat_format import chat_title
 from kbchat.tui.commands import Command, complete, help_markdown, parse_command
 from kbchat.tui.edit_flow import EditFlows
 from kbchat.tui.message_nav import MessageList
-from kbchat.tui.messages import AnswerMessage, EditCard, EmptyState, Note, UserMessage, render_messages
+from kbchat.tui.messages import AnswerMessage, EditCard, EmptyState, Lazy, Note, UserMessage, lazy_messages
 from kbchat.tui.workers import TaskGate, call_ui, report_error, run_in_worker
 
 OPENING = "Opening the model… type a question: it is asked as soon as the model is open"
@@ -160,7 +160,7 @@ class ChatPane(Vertical):
         """Show `chat` (None: a new, empty one), then any queued questions; select message `select`."""
         self.summary = chat.summary if chat is not None else None
         log = self.log_view
-        widgets = render_messages(chat.messages) if chat is not None else []
+        widgets: list[Widget | Lazy] = [*lazy_messages(chat.messages)] if chat is not None else []
         self.queued = [UserMessage(w.text, queued=True) for w in self.queued]
         if not widgets and not self.queued:
             widgets = [EmptyState()]

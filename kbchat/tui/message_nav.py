@@ -17,10 +17,10 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Static
 
-from kbchat.conversations.records import Chat
+from kbchat.conversations.records import Chat, ChatMessage
 from kbchat.tui.chat_format import copied_notice
 from kbchat.tui.correction import correction_line
-from kbchat.tui.messages import AnswerMessage, UserMessage
+from kbchat.tui.messages import AnswerMessage, Lazy, UserMessage
 
 Selectable = UserMessage | AnswerMessage
 WINDOW = 60  # widgets mounted when a chat opens: a long chat opens at once
@@ -70,19 +70,21 @@ class MessageList(VerticalScroll, can_focus=True):
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.selected: Selectable | None = None
-        self.pending: list[Widget] = []  # a long chat's earliest widgets, not mounted yet (oldest first)
+        self.pending: list[Widget | Lazy] = []  # a long chat's earliest items, not mounted yet (oldest first)
+        self._saved: dict[int, ChatMessage] = {}  # the latest provenance read, for answers made later
 
     # -- showing a chat -------------------------------------------------------------------------
 
-    def show(self, widgets: Sequence[Widget]) -> None:
-        """Replace what is shown by `widgets`, mounting only the last WINDOW of them; the earlier ones
-        are mounted when the user scrolls or moves up to them (`reveal_earlier`)."""
+    def show(self, items: Sequence[Widget | Lazy]) -> None:
+        """Replace what is shown by `items`, making and mounting only the last WINDOW of them; the earlier
+        ones are made and mounted when the user scrolls or moves up to them (`reveal_earlier`)."""
         self.remove_children()
         self.select(None)
-        cut = max(0, len(widgets) - WINDOW)
-        self.pending = list(widgets[:cut])
+        self._saved = {}
+        cut = max(0, len(items) - WINDOW)
+        self.pending = list(items[:cut])
         head = [EarlierNote(classes="message note earlier")] if self.pending else []
-        self.mount_all([*head, *widgets[cut:]])
+        self.mount_all([*head, *self._made(items[cut:])])
         for note in head:
             note.show_count(len(self.pending))
 
@@ -91,7 +93,7 @@ class MessageList(VerticalScroll, can_focus=True):
         the view where it was; False when there were none."""
         if not self.pending:
             return False
-        take = self.pending if everything else self.pending[-CHUNK:]
+        take = self._made(self.pending if everything else self.pending[-CHUNK:])
         self.pending = self.pending[: len(self.pending) - len(take)]
         notes = list(self.query(EarlierNote))
         first = next((w for w in self.children if not isinstance(w, EarlierNote)), None)
@@ -101,6 +103,13 @@ class MessageList(VerticalScroll, can_focus=True):
         if first is not None and not everything:
             self.call_after_refresh(self.scroll_to_widget, first, animate=False, top=True)
         return True
+
+    def _made(self, items: Sequence[Widget | Lazy]) -> list[Widget]:
+        widgets = [item.get() if isinstance(item, Lazy) else item for item in items]
+        for view in widgets:
+            if isinstance(view, AnswerMessage) and view.message_id in self._saved:
+                view.show_saved(self._saved[view.message_id])
+        return widgets
 
     def action_page_up(self) -> None:
         if self.scroll_y <= 0 and self.reveal_earlier():
@@ -215,7 +224,8 @@ class MessageList(VerticalScroll, can_focus=True):
     def show_provenance(self, chat: Chat) -> None:
         """Show on each saved answer what `chat` (read again) says its edits have become."""
         saved = {m.id: m for m in chat.messages}
-        for view in [*self.pending, *self.children]:
+        self._saved = saved
+        for view in self.children:
             if isinstance(view, AnswerMessage) and view.message_id in saved:
                 view.show_saved(saved[view.message_id])
 

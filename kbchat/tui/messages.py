@@ -3,7 +3,8 @@ progress and edit cards."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 from textual.app import ComposeResult
 from textual.containers import Vertical
@@ -161,21 +162,44 @@ class EditCard(Static):
         self.update(edit_card_content(record))
 
 
-def render_messages(messages: Sequence[ChatMessage]) -> list[Widget]:
-    """The widgets of a saved conversation: each question, then its answers; when it was asked again,
-    the earlier answers are labelled "then:" and the latest "now:"."""
-    questions: dict[int, UserMessage] = {}
+class Lazy:
+    """A widget made when first asked for (`get`), so that a long chat only builds what it shows."""
+
+    def __init__(self, make: Callable[[], Widget]) -> None:
+        self._make = make
+        self._widget: Widget | None = None
+
+    def get(self) -> Widget:
+        if self._widget is None:
+            self._widget = self._make()
+        return self._widget
+
+
+def lazy_messages(messages: Sequence[ChatMessage]) -> list[Lazy]:
+    """The widgets of a saved conversation, each made on demand: each question, then its answers; when
+    it was asked again, the earlier answers are labelled "then:" and the latest "now:"."""
+    questions: dict[int, Lazy] = {}
     answers: dict[int, list[ChatMessage]] = {}
     for message in messages:
         if message.role == "user":
-            questions[message.id] = UserMessage(message.content, message_id=message.id)
+            questions[message.id] = Lazy(partial(UserMessage, message.content, message_id=message.id))
         elif message.reply_to is not None:
             answers.setdefault(message.reply_to, []).append(message)
-    widgets: list[Widget] = []
+    items: list[Lazy] = []
     for question_id, question in questions.items():
-        widgets.append(question)
+        items.append(question)
         given = answers.get(question_id, [])
         for i, answer in enumerate(given):
             label = "" if len(given) == 1 else "now:" if i == len(given) - 1 else "then:"
-            widgets.append(AnswerMessage.saved(answer, question, label=label))
-    return widgets
+            items.append(Lazy(partial(_saved_answer, answer, question, label)))
+    return items
+
+
+def _saved_answer(answer: ChatMessage, question: Lazy, label: str) -> AnswerMessage:
+    made = question.get()
+    return AnswerMessage.saved(answer, made if isinstance(made, UserMessage) else None, label=label)
+
+
+def render_messages(messages: Sequence[ChatMessage]) -> list[Widget]:
+    """Every widget of a saved conversation at once (see `lazy_messages`)."""
+    return [item.get() for item in lazy_messages(messages)]
