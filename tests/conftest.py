@@ -29,3 +29,40 @@ def real_service(model_home, tmp_path):
         yield chat
     finally:
         chat.close()
+
+
+# -- the tiny random Llama as a model folder, for engines, the CLI and the contract suite --------------
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    from tests.engines import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_home(tmp_path_factory):
+    """One data dir for the tiny engines: the statistics are computed once."""
+    return tmp_path_factory.mktemp("tiny-home")
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    from kbchat.memory import Embedder
+
+    return Embedder.load(device="cpu")
+
+
+# -- the scripted service and the async test backend -------------------------------------------------
+
+
+@pytest.fixture
+def fake():
+    from tests.fake_service import FakeChatService
+
+    return FakeChatService()
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"

@@ -5,7 +5,6 @@ across audits (used while the weights stay, not once an edit changed them)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ from kbchat.runtime.decoding import (
     completion_input_ids,
     greedy_text,
 )
-from tests.engines import local_engine, save_tiny_llama
+from tests.engines import local_engine
 from tests.tiny_models import FACTS, one_thread, tiny
 
 EIFFEL = "Eiffel Tower → The Eiffel Tower is located in Rome"
@@ -102,27 +101,10 @@ def test_batched_greedy_in_the_chat_format() -> None:
 # The live view on a tiny engine
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tiny-home")
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    from kbchat.memory import Embedder
-
-    return Embedder.load(device="cpu")
-
-
 @pytest.fixture
-def engine(tiny_dir, home, tmp_path, embedder) -> Iterator:
+def engine(tiny_model_dir, tiny_home, tmp_path, embedder) -> Iterator:
     with one_thread():
-        chat = local_engine(tiny_dir, home, tmp_path / "ledger.db", embedder)
+        chat = local_engine(tiny_model_dir, tiny_home, tmp_path / "ledger.db", embedder)
         try:
             yield chat
         finally:

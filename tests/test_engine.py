@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from kbchat.ledger import Ledger
-from tests.engines import local_engine, save_tiny_llama
+from tests.engines import local_engine
 from tests.tiny_models import one_thread
 
 EIFFEL = "Eiffel Tower → The Eiffel Tower is located in Rome"
@@ -21,27 +21,10 @@ QUESTION = "Where is the Eiffel Tower?"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tiny-home")
-
-
-@pytest.fixture(scope="module")
-def embedder():
-    from kbchat.memory import Embedder
-
-    return Embedder.load(device="cpu")
-
-
 @pytest.fixture
-def engine(tiny_dir, home, tmp_path, embedder):
+def engine(tiny_model_dir, tiny_home, tmp_path, embedder):
     with one_thread():
-        chat = local_engine(tiny_dir, home, tmp_path / "ledger.db", embedder)
+        chat = local_engine(tiny_model_dir, tiny_home, tmp_path / "ledger.db", embedder)
         try:
             yield chat
         finally:
@@ -103,9 +86,9 @@ def _request(engine):
     return EditRequest(first.subject, first.prompt, first.target, first.target_true)
 
 
-def _kbchat(args: list[str], tiny_dir: Path, home: Path, db: str, crash: str | None = None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KBCHAT_HOME": str(home), "KBCHAT_DB": db,
-           "KBCHAT_MODEL": str(tiny_dir)}
+def _kbchat(args: list[str], tiny_model_dir: Path, tiny_home: Path, db: str, crash: str | None = None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "KBCHAT_HOME": str(tiny_home), "KBCHAT_DB": db,
+           "KBCHAT_MODEL": str(tiny_model_dir)}
     env.pop("KBCHAT_CRASH_AT", None)
     if crash:
         env["KBCHAT_CRASH_AT"] = crash
@@ -114,38 +97,38 @@ def _kbchat(args: list[str], tiny_dir: Path, home: Path, db: str, crash: str | N
 
 
 @pytest.mark.parametrize("method", ["serac", "rome"])
-def test_a_kill_inside_a_revert_leaves_one_consistent_state(engine, tiny_dir, home, tmp_path, method) -> None:
+def test_a_kill_inside_a_revert_leaves_one_consistent_state(engine, tiny_model_dir, tiny_home, tmp_path, method) -> None:
     """kill -9 between the writes of a revert: the ledger verifies, and reopens as before the revert."""
     older = engine.edit(EIFFEL, method=method, audit="off")
     newer = engine.edit(BERLIN, method=method, audit="off")
     engine.close()
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
-    killed = _kbchat(["revert", str(newer.id)], tiny_dir, home, db, crash="ledger.revert")
+    killed = _kbchat(["revert", str(newer.id)], tiny_model_dir, tiny_home, db, crash="ledger.revert")
     assert killed.returncode == -9, killed.stderr
     with Ledger.open(db) as ledger:
         states = {e.id: e.status for e in ledger.edits()}
     expected = {older.id: "superseded" if method == "serac" else "active", newer.id: "active"}
     assert states == expected
-    verify = _kbchat(["verify"], tiny_dir, home, db)
+    verify = _kbchat(["verify"], tiny_model_dir, tiny_home, db)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    done = _kbchat(["revert", str(newer.id)], tiny_dir, home, db)
+    done = _kbchat(["revert", str(newer.id)], tiny_model_dir, tiny_home, db)
     assert done.returncode == 0, done.stderr
     with Ledger.open(db) as ledger:
         assert {e.id: e.status for e in ledger.edits()} == {older.id: "active", newer.id: "reverted"}
-    assert _kbchat(["verify"], tiny_dir, home, db).returncode == 0
+    assert _kbchat(["verify"], tiny_model_dir, tiny_home, db).returncode == 0
 
 
 # A commit records through the same transaction as a weight edit (the tiny model fails commit's own
 # reliability check before it gets there, so it is not among these).
 @pytest.mark.parametrize("argv", [["edit", EIFFEL, "--method", "rome", "--no-audit"], ["edit", EIFFEL, "--no-audit"]])
-def test_a_kill_while_recording_leaves_the_ledger_as_it_was(engine, tiny_dir, home, tmp_path, argv) -> None:
+def test_a_kill_while_recording_leaves_the_ledger_as_it_was(engine, tiny_model_dir, tiny_home, tmp_path, argv) -> None:
     """kill -9 inside the transaction that records a weight edit or a memory edit."""
     engine.edit(BERLIN, audit="off")
     before = [(e.id, e.status) for e in engine.edits()]
     engine.close()
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
-    killed = _kbchat(argv, tiny_dir, home, db, crash="ledger.record")
+    killed = _kbchat(argv, tiny_model_dir, tiny_home, db, crash="ledger.record")
     assert killed.returncode == -9, killed.stderr
     with Ledger.open(db) as ledger:
         assert [(e.id, e.status) for e in ledger.edits()] == before
-    assert _kbchat(["verify"], tiny_dir, home, db).returncode == 0
+    assert _kbchat(["verify"], tiny_model_dir, tiny_home, db).returncode == 0

@@ -15,18 +15,7 @@ from pathlib import Path
 import pytest
 
 from kbchat.ledger import Ledger
-from tests.engines import save_tiny_llama
 from tests.test_engine import BERLIN, EIFFEL, _kbchat
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("tiny-home")
 
 
 @pytest.fixture
@@ -67,69 +56,69 @@ def fill(disk: Path) -> None:
             pass
 
 
-def test_a_full_disk_refuses_the_edit_and_loses_nothing(tiny_dir, home, small_disk) -> None:
+def test_a_full_disk_refuses_the_edit_and_loses_nothing(tiny_model_dir, tiny_home, small_disk) -> None:
     db = f"sqlite:///{small_disk / 'ledger.db'}"
-    assert _kbchat(["edit", BERLIN, "--no-audit"], tiny_dir, home, db).returncode == 0
+    assert _kbchat(["edit", BERLIN, "--no-audit"], tiny_model_dir, tiny_home, db).returncode == 0
     before = statuses(db)
     fill(small_disk)
-    line = one_line_error(_kbchat(["edit", EIFFEL, "--method", "rome", "--no-audit"], tiny_dir, home, db))
+    line = one_line_error(_kbchat(["edit", EIFFEL, "--method", "rome", "--no-audit"], tiny_model_dir, tiny_home, db))
     assert "full" in line or "disk" in line, line
     (small_disk / "filler").unlink()
     assert statuses(db) == before
-    verify = _kbchat(["verify"], tiny_dir, home, db)
+    verify = _kbchat(["verify"], tiny_model_dir, tiny_home, db)
     assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert _kbchat(["edit", EIFFEL, "--method", "rome", "--no-audit"], tiny_dir, home, db).returncode == 0
+    assert _kbchat(["edit", EIFFEL, "--method", "rome", "--no-audit"], tiny_model_dir, tiny_home, db).returncode == 0
 
 
-def test_a_read_only_ledger_refuses_writes_and_loses_nothing(tiny_dir, home, small_disk) -> None:
+def test_a_read_only_ledger_refuses_writes_and_loses_nothing(tiny_model_dir, tiny_home, small_disk) -> None:
     db = f"sqlite:///{small_disk / 'ledger.db'}"
-    assert _kbchat(["edit", BERLIN, "--no-audit"], tiny_dir, home, db).returncode == 0
+    assert _kbchat(["edit", BERLIN, "--no-audit"], tiny_model_dir, tiny_home, db).returncode == 0
     before = statuses(db)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
-        line = one_line_error(_kbchat(["edit", EIFFEL, "--no-audit"], tiny_dir, home, db))
+        line = one_line_error(_kbchat(["edit", EIFFEL, "--no-audit"], tiny_model_dir, tiny_home, db))
         assert "read" in line.lower() or "open" in line.lower(), line
-        one_line_error(_kbchat(["revert", str(before[0][0])], tiny_dir, home, db))
+        one_line_error(_kbchat(["revert", str(before[0][0])], tiny_model_dir, tiny_home, db))
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
     assert statuses(db) == before
-    assert _kbchat(["verify"], tiny_dir, home, db).returncode == 0
+    assert _kbchat(["verify"], tiny_model_dir, tiny_home, db).returncode == 0
 
 
-def test_a_ledger_locked_for_long_is_one_line_and_nothing_half_written(tiny_dir, home, tmp_path, monkeypatch) -> None:
+def test_a_ledger_locked_for_long_is_one_line_and_nothing_half_written(tiny_model_dir, tiny_home, tmp_path, monkeypatch) -> None:
     db_file = tmp_path / "ledger.db"
     db = f"sqlite:///{db_file}"
-    assert _kbchat(["edit", BERLIN, "--no-audit"], tiny_dir, home, db).returncode == 0
+    assert _kbchat(["edit", BERLIN, "--no-audit"], tiny_model_dir, tiny_home, db).returncode == 0
     before = statuses(db)
     holder = sqlite3.connect(db_file, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another process's writer, holding on
     try:
         monkeypatch.setenv("KBCHAT_LOCK_TIMEOUT", "1")
-        line = one_line_error(_kbchat(["edit", EIFFEL, "--no-audit"], tiny_dir, home, db))
+        line = one_line_error(_kbchat(["edit", EIFFEL, "--no-audit"], tiny_model_dir, tiny_home, db))
         assert "locked" in line and "KBCHAT_LOCK_TIMEOUT" in line, line
     finally:
         holder.rollback()
         holder.close()
     assert statuses(db) == before
-    assert _kbchat(["edit", EIFFEL, "--no-audit"], tiny_dir, home, db).returncode == 0
+    assert _kbchat(["edit", EIFFEL, "--no-audit"], tiny_model_dir, tiny_home, db).returncode == 0
 
 
-def test_a_damaged_model_folder_is_one_line_naming_it(tiny_dir, home, tmp_path) -> None:
+def test_a_damaged_model_folder_is_one_line_naming_it(tiny_model_dir, tiny_home, tmp_path) -> None:
     broken = tmp_path / "broken-model"
     broken.mkdir()
-    for item in tiny_dir.iterdir():
+    for item in tiny_model_dir.iterdir():
         (broken / item.name).write_bytes(item.read_bytes())
     weights = next(broken.glob("*.safetensors"))
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 3])  # cut short
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
-    line = one_line_error(_kbchat(["ask", "Where?"], broken, home, db))
+    line = one_line_error(_kbchat(["ask", "Where?"], broken, tiny_home, db))
     assert str(broken) in line, line
     assert statuses(db) == []
 
 
 @pytest.mark.parametrize("method", ["mend", "instructedit"])
-def test_a_learned_editor_missing_for_this_model_is_one_line_with_the_command(tiny_dir, home, tmp_path, method):
+def test_a_learned_editor_missing_for_this_model_is_one_line_with_the_command(tiny_model_dir, tiny_home, tmp_path, method):
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
-    line = one_line_error(_kbchat(["edit", EIFFEL, "--method", method, "--no-audit"], tiny_dir, home, db))
+    line = one_line_error(_kbchat(["edit", EIFFEL, "--method", method, "--no-audit"], tiny_model_dir, tiny_home, db))
     assert f"kbchat train-editor --method {method}" in line, line
     assert statuses(db) == []

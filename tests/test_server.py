@@ -34,11 +34,6 @@ def auth(token: str = TOKEN) -> dict[str, str]:
 
 
 @pytest.fixture
-def fake() -> FakeChatService:
-    return FakeChatService()
-
-
-@pytest.fixture
 def server(fake: FakeChatService) -> Iterator[ServerThread]:
     with ServerThread(create_app(fake, token=TOKEN, max_body_bytes=4096)) as running:
         yield running
@@ -589,11 +584,6 @@ def test_remote_chat_connect_checks_the_token_and_the_address(server: ServerThre
 
 
 # -- the TUI against a host -------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.mark.anyio

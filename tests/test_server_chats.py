@@ -15,11 +15,6 @@ from tests.test_server import QUESTION, TOKEN, auth
 
 
 @pytest.fixture
-def fake() -> FakeChatService:
-    return FakeChatService()
-
-
-@pytest.fixture
 def http(fake: FakeChatService) -> Iterator[httpx.Client]:
     with ServerThread(create_app(fake, token=TOKEN)) as server, httpx.Client(base_url=server.url, timeout=10) as c:
         yield c

@@ -109,16 +109,6 @@ def populate(fake: FakeChatService) -> None:
     fake.failing_metrics = set()
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def fake() -> FakeChatService:
-    return FakeChatService()
-
-
 # -- pure helpers -------------------------------------------------------------------------------------
 
 

@@ -37,16 +37,6 @@ FRANCE_Q = "What is the capital of France?"
 FRANCE_A = "The capital of France is Paris."
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def fake() -> FakeChatService:
-    return FakeChatService()
-
-
 def questions(app: KbchatApp) -> list[str]:
     return [w.text for w in app.query(UserMessage)]
 

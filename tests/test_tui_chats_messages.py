@@ -19,16 +19,6 @@ from tests.test_tui_chats import EIFFEL_Q, FRANCE_A, FRANCE_Q, ask, questions
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def fake() -> FakeChatService:
-    return FakeChatService()
-
-
 # -- moving through messages -------------------------------------------------------------------------------
 
 

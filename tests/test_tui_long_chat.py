@@ -16,11 +16,6 @@ PAIRS = 100  # 200 messages
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def long_chat() -> FakeChatService:
     fake = FakeChatService()
     chat = fake.new_chat("long")
