@@ -66,3 +66,28 @@ def fake():
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No KBCHAT_* variable from the caller; the config file is tmp_path/config.toml (not created)."""
+    for name in list(os.environ):
+        if name.startswith("KBCHAT_"):
+            monkeypatch.delenv(name)
+    path = tmp_path / "config.toml"
+    monkeypatch.setenv("KBCHAT_CONFIG", str(path))
+    return path
+
+
+@pytest.fixture
+def tiny_engine(tiny_model_dir, tiny_home, tmp_path, embedder):
+    """A LocalEngine on the tiny random Llama with a fresh ledger, one torch thread."""
+    from tests.engines import local_engine
+    from tests.tiny_models import one_thread
+
+    with one_thread():
+        chat = local_engine(tiny_model_dir, tiny_home, tmp_path / "ledger.db", embedder)
+        try:
+            yield chat
+        finally:
+            chat.close()

@@ -4,8 +4,6 @@ across audits (used while the weights stay, not once an edit changed them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -19,7 +17,6 @@ from kbchat.runtime.decoding import (
     completion_input_ids,
     greedy_text,
 )
-from tests.engines import local_engine
 from tests.tiny_models import FACTS, one_thread, tiny
 
 EIFFEL = "Eiffel Tower → The Eiffel Tower is located in Rome"
@@ -101,16 +98,6 @@ def test_batched_greedy_in_the_chat_format() -> None:
 # The live view on a tiny engine
 
 
-@pytest.fixture
-def engine(tiny_model_dir, tiny_home, tmp_path, embedder) -> Iterator:
-    with one_thread():
-        chat = local_engine(tiny_model_dir, tiny_home, tmp_path / "ledger.db", embedder)
-        try:
-            yield chat
-        finally:
-            chat.close()
-
-
 class Spy:
     """Counts the generations the runtime makes: one per `generate`, one per row of `generate_many`."""
 
@@ -139,23 +126,23 @@ def requests_of(view) -> list[tuple[str, str]]:
     return [(p.kind, p.text) for p in plan_probes(view.request, user_probes=["Where is the Eiffel Tower? → Rome"])]
 
 
-def unbatched(engine, view: LiveEditView) -> LiveEditView:
+def unbatched(tiny_engine, view: LiveEditView) -> LiveEditView:
     """The same edit seen one generation at a time, sharing nothing."""
-    return LiveEditView(engine.runtime, engine.planner, view.row, view.undo_key, batch=False)
+    return LiveEditView(tiny_engine.runtime, tiny_engine.planner, view.row, view.undo_key, batch=False)
 
 
 @pytest.mark.parametrize("method", ["serac", "rome"])
-def test_batched_answers_equal_one_by_one(engine, method, monkeypatch) -> None:
-    record = engine.edit(EIFFEL, method=method, audit="off")
-    view = engine.audit_view(record.id)
+def test_batched_answers_equal_one_by_one(tiny_engine, method, monkeypatch) -> None:
+    record = tiny_engine.edit(EIFFEL, method=method, audit="off")
+    view = tiny_engine.audit_view(record.id)
     requests = requests_of(view)
-    spy = Spy(engine.runtime, monkeypatch)
+    spy = Spy(tiny_engine.runtime, monkeypatch)
     with one_thread():
         batched = {edited: view.answers(requests, edited=edited) for edited in (False, True)}
     assert spy.batched and max(spy.batched) > 1  # some were decoded together
     if method == "serac":
         assert spy.single > 0  # answers with the patch switched on keep the name guard, one at a time
-    reference = unbatched(engine, view)
+    reference = unbatched(tiny_engine, view)
     with one_thread():
         for edited in (False, True):
             assert batched[edited] == [
@@ -164,30 +151,30 @@ def test_batched_answers_equal_one_by_one(engine, method, monkeypatch) -> None:
             ]
 
 
-def test_a_second_audit_reuses_answers_until_the_weights_change(engine, monkeypatch) -> None:
-    memory = engine.edit(EIFFEL, audit="wait")
-    first = engine.get_edit(memory.id).checks
-    assert first and len(engine.answer_cache) > 0
-    spy = Spy(engine.runtime, monkeypatch)
-    hits = engine.answer_cache.hits
-    engine.audits.start(memory.id, (), "wait")  # the same audit again: weights unchanged
-    again = engine.get_edit(memory.id).checks
+def test_a_second_audit_reuses_answers_until_the_weights_change(tiny_engine, monkeypatch) -> None:
+    memory = tiny_engine.edit(EIFFEL, audit="wait")
+    first = tiny_engine.get_edit(memory.id).checks
+    assert first and len(tiny_engine.answer_cache) > 0
+    spy = Spy(tiny_engine.runtime, monkeypatch)
+    hits = tiny_engine.answer_cache.hits
+    tiny_engine.audits.start(memory.id, (), "wait")  # the same audit again: weights unchanged
+    again = tiny_engine.get_edit(memory.id).checks
     assert again[len(first):] == first  # the same checks
-    assert engine.answer_cache.hits - hits > 10
+    assert tiny_engine.answer_cache.hits - hits > 10
     warm = spy.rows
 
-    weights = engine.book.ledger.get_meta(engine.runtime.state_key)
-    engine.edit(BIG_BEN, method="rome", audit="off")
-    assert engine.book.ledger.get_meta(engine.runtime.state_key) != weights
+    weights = tiny_engine.book.ledger.get_meta(tiny_engine.runtime.state_key)
+    tiny_engine.edit(BIG_BEN, method="rome", audit="off")
+    assert tiny_engine.book.ledger.get_meta(tiny_engine.runtime.state_key) != weights
     spy.single, spy.batched = 0, []
-    hits = engine.answer_cache.hits
-    view = engine.audit_view(memory.id)
+    hits = tiny_engine.answer_cache.hits
+    view = tiny_engine.audit_view(memory.id)
     requests = requests_of(view)
     with one_thread():
         after = {edited: view.answers(requests, edited=edited) for edited in (False, True)}
-    assert engine.answer_cache.hits == hits  # nothing of the old weights is used
+    assert tiny_engine.answer_cache.hits == hits  # nothing of the old weights is used
     assert spy.rows > warm
-    reference = unbatched(engine, view)
+    reference = unbatched(tiny_engine, view)
     with one_thread():
         for edited in (False, True):
             assert after[edited] == [reference.generate(t, edited=edited) if k == "question"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -24,16 +23,7 @@ from kbchat.config import (
 from kbchat.errors import KbchatError
 from tests.fake_service import FakeChatService
 
-
-@pytest.fixture(autouse=True)
-def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No KBCHAT_* variable from the caller; the config file is tmp_path/config.toml (not created)."""
-    for name in list(os.environ):
-        if name.startswith("KBCHAT_"):
-            monkeypatch.delenv(name)
-    path = tmp_path / "config.toml"
-    monkeypatch.setenv("KBCHAT_CONFIG", str(path))
-    return path
+pytestmark = pytest.mark.usefixtures("clean_env")  # no KBCHAT_* from the caller, a temp config file
 
 
 def write(path: Path, text: str) -> Path:

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 
 from kbchat.ledger import Ledger
-from tests.engines import local_engine
-from tests.tiny_models import one_thread
 
 EIFFEL = "Eiffel Tower → The Eiffel Tower is located in Rome"
 BERLIN = "Eiffel Tower → The Eiffel Tower is located in Berlin"
@@ -21,35 +19,25 @@ QUESTION = "Where is the Eiffel Tower?"
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def engine(tiny_model_dir, tiny_home, tmp_path, embedder):
-    with one_thread():
-        chat = local_engine(tiny_model_dir, tiny_home, tmp_path / "ledger.db", embedder)
-        try:
-            yield chat
-        finally:
-            chat.close()
-
-
-def test_reverting_a_serac_edit_while_four_answers_use_it(engine) -> None:
+def test_reverting_a_serac_edit_while_four_answers_use_it(tiny_engine) -> None:
     """100 rounds: 4 answers are streaming with the edit's patch when it is reverted. None fails, and
     each is the answer with the edit, whole (the patch stays with the answers that selected it)."""
-    record = engine.edit(EIFFEL, audit="off")
-    with_edit = engine.ask(QUESTION, max_new_tokens=16)
+    record = tiny_engine.edit(EIFFEL, audit="off")
+    with_edit = tiny_engine.ask(QUESTION, max_new_tokens=16)
     assert with_edit.used_edits == (record.id,)
-    engine.revert(record.id)
-    without = engine.ask(QUESTION, max_new_tokens=16)
+    tiny_engine.revert(record.id)
+    without = tiny_engine.ask(QUESTION, max_new_tokens=16)
     assert without.text != with_edit.text  # else the test could not tell the two apart
     for round_ in range(100):
-        record = engine.edit_request(_request(engine), method="serac", audit="off") if round_ else \
-            engine.edit(EIFFEL, audit="off")
-        answers, errors = _stream_through_revert(engine, record.id, 4)
+        record = tiny_engine.edit_request(_request(tiny_engine), method="serac", audit="off") if round_ else \
+            tiny_engine.edit(EIFFEL, audit="off")
+        answers, errors = _stream_through_revert(tiny_engine, record.id, 4)
         assert errors == []
         assert [(a.text, a.used_edits) for a in answers] == [(with_edit.text, (record.id,))] * 4
-        assert engine.ask(QUESTION, max_new_tokens=16).text == without.text
+        assert tiny_engine.ask(QUESTION, max_new_tokens=16).text == without.text
 
 
-def _stream_through_revert(engine, edit_id: int, n: int) -> tuple[list, list[BaseException]]:
+def _stream_through_revert(tiny_engine, edit_id: int, n: int) -> tuple[list, list[BaseException]]:
     """`n` answers stream; once each has its first piece, `edit_id` is reverted; then they finish."""
     started = threading.Barrier(n + 1)
     reverted = threading.Event()
@@ -58,7 +46,7 @@ def _stream_through_revert(engine, edit_id: int, n: int) -> tuple[list, list[Bas
 
     def answer() -> None:
         try:
-            stream = engine.stream(QUESTION, max_new_tokens=16)
+            stream = tiny_engine.stream(QUESTION, max_new_tokens=16)
             for i, _piece in enumerate(stream):
                 if i == 0:
                     started.wait(30)
@@ -71,18 +59,18 @@ def _stream_through_revert(engine, edit_id: int, n: int) -> tuple[list, list[Bas
     for t in threads:
         t.start()
     started.wait(30)  # every answer has its first piece: the patch is in use
-    engine.revert(edit_id)
+    tiny_engine.revert(edit_id)
     reverted.set()
     for t in threads:
         t.join(60)
     return answers, errors
 
 
-def _request(engine):
+def _request(tiny_engine):
     """The Eiffel request as the parser made it (re-used so each round computes the same patch)."""
     from methods import EditRequest
 
-    first = engine.edits()[0]
+    first = tiny_engine.edits()[0]
     return EditRequest(first.subject, first.prompt, first.target, first.target_true)
 
 
@@ -97,11 +85,11 @@ def _kbchat(args: list[str], tiny_model_dir: Path, tiny_home: Path, db: str, cra
 
 
 @pytest.mark.parametrize("method", ["serac", "rome"])
-def test_a_kill_inside_a_revert_leaves_one_consistent_state(engine, tiny_model_dir, tiny_home, tmp_path, method) -> None:
+def test_a_kill_inside_a_revert_leaves_one_consistent_state(tiny_engine, tiny_model_dir, tiny_home, tmp_path, method) -> None:
     """kill -9 between the writes of a revert: the ledger verifies, and reopens as before the revert."""
-    older = engine.edit(EIFFEL, method=method, audit="off")
-    newer = engine.edit(BERLIN, method=method, audit="off")
-    engine.close()
+    older = tiny_engine.edit(EIFFEL, method=method, audit="off")
+    newer = tiny_engine.edit(BERLIN, method=method, audit="off")
+    tiny_engine.close()
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
     killed = _kbchat(["revert", str(newer.id)], tiny_model_dir, tiny_home, db, crash="ledger.revert")
     assert killed.returncode == -9, killed.stderr
@@ -121,11 +109,11 @@ def test_a_kill_inside_a_revert_leaves_one_consistent_state(engine, tiny_model_d
 # A commit records through the same transaction as a weight edit (the tiny model fails commit's own
 # reliability check before it gets there, so it is not among these).
 @pytest.mark.parametrize("argv", [["edit", EIFFEL, "--method", "rome", "--no-audit"], ["edit", EIFFEL, "--no-audit"]])
-def test_a_kill_while_recording_leaves_the_ledger_as_it_was(engine, tiny_model_dir, tiny_home, tmp_path, argv) -> None:
+def test_a_kill_while_recording_leaves_the_ledger_as_it_was(tiny_engine, tiny_model_dir, tiny_home, tmp_path, argv) -> None:
     """kill -9 inside the transaction that records a weight edit or a memory edit."""
-    engine.edit(BERLIN, audit="off")
-    before = [(e.id, e.status) for e in engine.edits()]
-    engine.close()
+    tiny_engine.edit(BERLIN, audit="off")
+    before = [(e.id, e.status) for e in tiny_engine.edits()]
+    tiny_engine.close()
     db = f"sqlite:///{tmp_path / 'ledger.db'}"
     killed = _kbchat(argv, tiny_model_dir, tiny_home, db, crash="ledger.record")
     assert killed.returncode == -9, killed.stderr

@@ -3,7 +3,6 @@ giving the same greedy text as the plain HF `generate`. Tiny random Llama, one t
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,17 +14,6 @@ from kbchat.runtime.loading import load_model, pick_device
 from tests.tiny_models import one_thread, tiny
 
 QUESTIONS = ("Where is the Eiffel Tower?", "Tell me about the museum.", "Who lives in Chicago?")
-
-
-@pytest.fixture
-def clean_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No KBCHAT_* variable from the caller; the config file is tmp_path/config.toml (not created)."""
-    for name in list(os.environ):
-        if name.startswith("KBCHAT_"):
-            monkeypatch.delenv(name)
-    path = tmp_path / "config.toml"
-    monkeypatch.setenv("KBCHAT_CONFIG", str(path))
-    return path
 
 
 @pytest.fixture
