@@ -285,6 +285,11 @@ class ChatPane(Vertical):
         self.prompt.focus()
         self.prompt.cursor_position = len(line)
 
+    @on(MessageList.LatestRequested)
+    def _latest(self) -> None:
+        if self.chat_id is not None:
+            self.open_chat(self.chat_id)
+
     @on(MessageList.AskAgainRequested)
     def _ask_again(self, event: MessageList.AskAgainRequested) -> None:
         self.ask_again(event.question)
@@ -294,10 +299,13 @@ class ChatPane(Vertical):
     def ask(self, question: str, *, waiting: UserMessage | None = None) -> bool:
         """Ask `question` in the chat shown (made now if new); the answer streams into the log, under
         `waiting` when it was queued. Before the service is open, or while a chat loads, it is queued."""
-        if self.service is None or self.loading:
+        if self.service is None or self.loading or self.log_view.detached:
             self._clear_empty_state()
             self.queued.append(UserMessage(question, queued=True))
-            self.add(self.queued[-1])
+            if self.log_view.detached and not self.loading and self.chat_id is not None:
+                self.open_chat(self.chat_id)  # the latest messages first; the question is asked after them
+            else:
+                self.add(self.queued[-1])
             return True
         if not self.gate.begin_task("answering"):
             return False

@@ -25,6 +25,7 @@ from kbchat.tui.messages import AnswerMessage, Lazy, UserMessage
 Selectable = UserMessage | AnswerMessage
 WINDOW = 60  # widgets mounted when a chat opens: a long chat opens at once
 CHUNK = 60  # earlier widgets mounted each time the top is reached
+MAX_MOUNTED = 150  # past this, the latest messages are taken down (each key re-lays out every widget)
 
 
 class EarlierNote(Static):
@@ -32,6 +33,14 @@ class EarlierNote(Static):
 
     def show_count(self, count: int) -> None:
         self.update(f"↑ {count} earlier message{'s' if count != 1 else ''}: scroll up, or Home for all")
+
+
+class LaterNote(Static):
+    """Stands below the mounted messages when the latest ones were taken down."""
+
+    def __init__(self) -> None:
+        super().__init__("↓ later messages are hidden while you read back: End (or ↓ past here) shows the latest",
+                         classes="message note earlier")
 
 
 class MessageList(VerticalScroll, can_focus=True):
@@ -67,11 +76,15 @@ class MessageList(VerticalScroll, can_focus=True):
     class LeaveRequested(Message):
         """The user is done with the messages (back to the input)."""
 
+    class LatestRequested(Message):
+        """The latest messages were taken down and the user wants them back (the chat is shown anew)."""
+
     def __init__(self, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.selected: Selectable | None = None
         self.pending: list[Widget | Lazy] = []  # a long chat's earliest items, not mounted yet (oldest first)
         self._saved: dict[int, ChatMessage] = {}  # the latest provenance read, for answers made later
+        self.detached = False  # the latest messages were taken down: the chat must be shown anew
 
     # -- showing a chat -------------------------------------------------------------------------
 
@@ -81,6 +94,7 @@ class MessageList(VerticalScroll, can_focus=True):
         self.remove_children()
         self.select(None)
         self._saved = {}
+        self.detached = False
         cut = max(0, len(items) - WINDOW)
         self.pending = list(items[:cut])
         head = [EarlierNote(classes="message note earlier")] if self.pending else []
@@ -93,6 +107,13 @@ class MessageList(VerticalScroll, can_focus=True):
         the view where it was; False when there were none."""
         if not self.pending:
             return False
+        if everything and len(self.pending) > MAX_MOUNTED:  # Home, far back: the chat's first messages
+            take = self._made(self.pending[:MAX_MOUNTED])
+            self.pending = []
+            self.remove_children()
+            self.mount_all(take)
+            self._take_down_latest(force=True)
+            return True
         take = self._made(self.pending if everything else self.pending[-CHUNK:])
         self.pending = self.pending[: len(self.pending) - len(take)]
         notes = list(self.query(EarlierNote))
@@ -100,9 +121,40 @@ class MessageList(VerticalScroll, can_focus=True):
         self.mount_all(take, before=first) if first is not None else self.mount_all(take)
         for note in notes:
             note.show_count(len(self.pending)) if self.pending else note.remove()
+        self._take_down_latest()
         if first is not None and not everything:
             self.call_after_refresh(self.scroll_to_widget, first, animate=False, top=True)
         return True
+
+    def _take_down_latest(self, *, force: bool = False) -> None:
+        """Keep at most MAX_MOUNTED messages mounted by removing the latest ones (never while an answer
+        streams); `force`: the latest are not shown whatever the count (after Home)."""
+        shown = self.messages()
+        if any(isinstance(w, AnswerMessage) and w.streaming for w in shown):
+            return
+        if len(shown) <= MAX_MOUNTED and not force:
+            return
+        children = list(self.children)
+        keep = children.index(shown[min(len(shown), MAX_MOUNTED) - 1]) + 1 if shown else 0
+        for widget in children[keep:]:
+            if not isinstance(widget, LaterNote):
+                widget.remove()
+        if self.selected is not None and self.selected in children[keep:]:
+            self.selected = None
+        if not self.detached:
+            self.detached = True
+            self.mount(LaterNote())
+
+    def _at_latest(self) -> bool:
+        """Whether the latest messages are shown; if not, ask for them (and say False)."""
+        if self.detached:
+            self.post_message(self.LatestRequested())
+        return not self.detached
+
+    def action_page_down(self) -> None:
+        if self.scroll_y >= self.max_scroll_y and not self._at_latest():
+            return
+        super().action_page_down()
 
     def _made(self, items: Sequence[Widget | Lazy]) -> list[Widget]:
         widgets = [item.get() if isinstance(item, Lazy) else item for item in items]
@@ -164,12 +216,16 @@ class MessageList(VerticalScroll, can_focus=True):
             return
         current = self._valid()
         index = shown.index(current) + step if current in shown else len(shown) - 1
+        if index >= len(shown) and not self._at_latest():
+            return
         if index < 0 and self.reveal_earlier():
             shown = self.messages()
             index = shown.index(current) - 1 if current in shown else 0
         self.select(shown[max(0, min(index, len(shown) - 1))])
 
     def action_edge(self, last: bool) -> None:
+        if last and not self._at_latest():
+            return
         if not last:
             self.reveal_earlier(everything=True)
         shown = self.messages()
