@@ -76,9 +76,11 @@ async def measure(pairs: int, size: tuple[int, int]) -> dict:
             reopen = time.perf_counter() - started
             out(f"  {size}: opened in {first_open:.2f} s on start, {reopen:.2f} s from the list")
             await pilot.press("up")  # into the messages
+            near = await timed_keys(pilot, ["k"] * 20 + ["j"] * 20)  # among the latest messages
             page_up = await timed_keys(pilot, ["pageup"] * 30)  # far enough to mount earlier messages
-            page_down = await timed_keys(pilot, ["pagedown"] * 40)
-            steps = await timed_keys(pilot, ["k"] * 40 + ["j"] * 40)
+            far = await timed_keys(pilot, ["k"] * 300)  # reading far back: at most MAX_MOUNTED stay mounted
+            page_down = await timed_keys(pilot, ["pagedown"] * 20)
+            steps = [*near, *far]
             out(f"  {size}: keys done; Home (mounting every message) next")
             home = await timed_keys(pilot, ["home"])  # every message mounted
         fake.close()
@@ -90,6 +92,9 @@ async def measure(pairs: int, size: tuple[int, int]) -> dict:
             "key_ms_max": round(1000 * max(keys), 1),
             "page_up_ms_median": round(1000 * statistics.median(page_up), 1),
             "select_ms_median": round(1000 * statistics.median(steps), 1),
+            "near_latest_key_ms_median": round(1000 * statistics.median(near), 1),
+            "far_back_key_ms_median": round(1000 * statistics.median(far), 1),
+            "far_back_key_ms_p95": round(1000 * sorted(far)[int(0.95 * len(far)) - 1], 1),
             "home_all_mounted_s": round(home[0], 2)}
 
 
@@ -104,11 +109,13 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     rows = [asyncio.run(measure(args.pairs, size)) for size in ((80, 24), (160, 40))]
-    out("| messages | terminal | open on start (s) | open from the list (s) | key median / p95 / max (ms) |")
-    out("|---|---|---|---|---|")
+    out("| messages | terminal | open on start (s) | open from the list (s) | key median / p95 / max (ms) | "
+        "k/j near the latest / far back, median (ms) |")
+    out("|---|---|---|---|---|---|")
     for r in rows:
         out(f"| {r['messages']} | {r['size'][0]}×{r['size'][1]} | {r['open_on_start_s']} | {r['open_from_list_s']} | "
-              f"{r['key_ms_median']} / {r['key_ms_p95']} / {r['key_ms_max']} |")
+              f"{r['key_ms_median']} / {r['key_ms_p95']} / {r['key_ms_max']} | "
+            f"{r['near_latest_key_ms_median']} / {r['far_back_key_ms_median']} |")
     out(f"target: open in under {TARGET_OPEN_S:g} s")
     if args.json:
         Path(args.json).write_text(json.dumps({"command": "python -m bench.bench_chat_ui " + " ".join(sys.argv[1:]),
