@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from kbchat.tui.message_nav import MAX_MOUNTED, WINDOW, EarlierNote, LaterNote
+from kbchat.tui.message_nav import CHUNK, MAX_MOUNTED, WINDOW, EarlierNote, LaterNote
 from kbchat.tui.messages import AnswerMessage, UserMessage
 from tests.fake_service import FakeChatService
 from tests.test_tui import RecordingApp, opened, wait_for
@@ -41,7 +41,7 @@ async def test_a_long_chat_mounts_its_last_messages_then_earlier_ones(long_chat)
         for _ in range(WINDOW):
             await pilot.press("k")
         # past the first mounted message: the next chunk came in and the selection moved on
-        assert len(mounted(app)) == 2 * WINDOW and log.selected is mounted(app)[WINDOW - 1]
+        assert len(mounted(app)) == WINDOW + CHUNK and log.selected is mounted(app)[CHUNK - 1]
         await pilot.press("home")  # the chat's first messages, at most MAX_MOUNTED of them
         await wait_for(pilot, lambda: len(mounted(app)) == MAX_MOUNTED)
         assert not log.pending and not app.query(EarlierNote) and log.detached and app.query(LaterNote)

@@ -24,8 +24,8 @@ from kbchat.tui.messages import AnswerMessage, Lazy, UserMessage
 
 Selectable = UserMessage | AnswerMessage
 WINDOW = 60  # widgets mounted when a chat opens: a long chat opens at once
-CHUNK = 60  # earlier widgets mounted each time the top is reached
-MAX_MOUNTED = 150  # past this, the latest messages are taken down (each key re-lays out every widget)
+CHUNK = 40  # earlier widgets mounted each time the top is reached
+MAX_MOUNTED = 100  # past this, the latest messages are taken down (each key re-lays out every widget)
 
 
 class EarlierNote(Static):
