@@ -26,7 +26,7 @@ from kbchat.engine.auditing import AuditRunner
 from kbchat.engine.deltas import negated, row_delta
 from kbchat.engine.pipeline import EditPipeline
 from kbchat.engine.planning import Planner
-from kbchat.engine.restore import restore
+from kbchat.engine.restore import add_patches, restore
 from kbchat.errors import KbchatError
 from kbchat.ledger import Ledger
 from kbchat.memory import Embedder
@@ -144,12 +144,9 @@ class LocalEngine(AskByStreaming, ConversationCalls):
             for edit_id in changes.removed:
                 if self.runtime.has_patch(edit_id):
                     self.runtime.remove_patch(edit_id)
-            for row in changes.added:
-                loaded = row_delta(row) if row.method == "serac" else None
-                if loaded is not None and loaded.delta is not None:
-                    self.runtime.add_patch(row.id, loaded.delta)
-                elif loaded is not None and loaded.problem and loaded.problem not in self._problems:
-                    self._problems.append(loaded.problem)
+            for problem in add_patches(self.runtime, changes.added):
+                if problem not in self._problems:
+                    self._problems.append(problem)
         finally:
             self._edit_lock.release()
 

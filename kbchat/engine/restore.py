@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from kbchat.engine.deltas import row_delta
+from kbchat.ledger import StoredEdit
 from kbchat.memory.book import MemoryBook
 from kbchat.records import Progress, ProgressFn
 from kbchat.runtime import ModelRuntime
@@ -33,7 +36,15 @@ def restore(runtime: ModelRuntime, book: MemoryBook, progress: ProgressFn) -> li
     memory = book.load()
     if memory:
         progress(Progress("memory", 0, len(memory), f"indexing {len(memory)} memory edit(s)"))
-    for row in memory:
+    problems += add_patches(runtime, memory)
+    return list(dict.fromkeys(problems))
+
+
+def add_patches(runtime: ModelRuntime, rows: Sequence[StoredEdit]) -> list[str]:
+    """Switch on the in-model patches of the serac edits among `rows`; returns the problems found (a
+    delta missing or altered is not applied)."""
+    problems = []
+    for row in rows:
         if row.method != "serac":
             continue
         loaded = row_delta(row)
@@ -41,4 +52,4 @@ def restore(runtime: ModelRuntime, book: MemoryBook, progress: ProgressFn) -> li
             problems.append(loaded.problem)
         if loaded.delta is not None:
             runtime.add_patch(row.id, loaded.delta)
-    return list(dict.fromkeys(problems))
+    return problems

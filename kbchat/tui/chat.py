@@ -9,7 +9,6 @@ workers and their results reach the UI thread through `call_ui`. The pane needs 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from textual import on, work
@@ -17,7 +16,6 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.content import Content
-from textual.suggester import Suggester
 from textual.widget import Widget
 from textual.widgets import Input, Markdown
 
@@ -29,7 +27,7 @@ from kbchat.service import Capabilities, ChatService
 from kbchat.tui.answer_job import AnswerJob, run_answer
 from kbchat.tui.chat_flows import ChatFlows
 from kbchat.tui.chat_format import chat_title
-from kbchat.tui.commands import Command, complete, help_markdown, parse_command
+from kbchat.tui.commands import Command, CommandSuggester, help_markdown, parse_command
 from kbchat.tui.edit_flow import EditFlows
 from kbchat.tui.message_nav import MessageList
 from kbchat.tui.messages import AnswerMessage, EditCard, EmptyState, Lazy, Note, UserMessage, lazy_messages
@@ -37,17 +35,6 @@ from kbchat.tui.workers import TaskGate, call_ui, report_error, run_in_worker
 
 OPENING = "Opening the model… type a question: it is asked as soon as the model is open"
 READY = "Ask a question, or /help for commands"
-
-
-class CommandSuggester(Suggester):
-    """Completes slash command names, methods, statuses and export formats (see commands.complete)."""
-
-    def __init__(self, methods: Sequence[str] = ALL_METHODS) -> None:
-        super().__init__(use_cache=True, case_sensitive=True)
-        self.methods = tuple(methods)
-
-    async def get_suggestion(self, value: str) -> str | None:
-        return complete(value, self.methods)
 
 
 class ChatPane(Vertical):

@@ -7,6 +7,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from textual.suggester import Suggester
+
 from kbchat.config import ALL_METHODS, STATUSES
 from kbchat.conversations.export import EXPORT_FORMATS
 from kbchat.errors import KbchatError
@@ -216,3 +218,14 @@ def _extend(value: str, options: Sequence[str], *, prefix_len: int | None = None
         if option.lower().startswith(typed.lower()) and len(option) > len(typed):
             return value + option[len(typed):]
     return None
+
+
+class CommandSuggester(Suggester):
+    """Completes slash command names, methods, statuses and export formats (see `complete`)."""
+
+    def __init__(self, methods: Sequence[str] = ALL_METHODS) -> None:
+        super().__init__(use_cache=True, case_sensitive=True)
+        self.methods = tuple(methods)
+
+    async def get_suggestion(self, value: str) -> str | None:
+        return complete(value, self.methods)
