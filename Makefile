@@ -26,7 +26,8 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check kbchat methods tests bench migrations
-	$(BIN)/pytest -q -ra
+	# two workers: the real-model tests on one (see tests/conftest.py), everything else on the other
+	$(BIN)/pytest -q -ra -n 2 --dist loadgroup
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -13,6 +13,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `-n 2 --dist loadgroup` (what `make test` runs) the tests on the real model all go to one
+    worker: one data dir, so the model is dequantised and the statistics computed once, while the
+    other worker runs everything else."""
+    for item in items:
+        if "model_home" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("real-model"))
+
+
 @pytest.fixture(scope="session")
 def model_home(tmp_path_factory) -> Path:
     """A data dir shared by every real-model test: the model cache and statistics are built once."""

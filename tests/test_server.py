@@ -600,7 +600,7 @@ async def test_tui_against_a_remote_host(server: ServerThread, fake: FakeChatSer
         assert app.sub_title.startswith("0 active edits · fake-lm-135M")
         await submit(pilot, QUESTION)
         await idle(pilot)
-        assert answers(app)[0].body.source == "The Eiffel Tower is located in **Paris**, France."
+        assert answers(app)[0].text == "The Eiffel Tower is located in **Paris**, France."
         await submit(pilot, f"/edit {EIFFEL}")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
         body = str(app.screen.query_one("#dialog-body").content)
@@ -614,7 +614,7 @@ async def test_tui_against_a_remote_host(server: ServerThread, fake: FakeChatSer
         await submit(pilot, QUESTION)
         await idle(pilot)
         answer = answers(app)[1]
-        assert answer.body.source == "The Eiffel Tower is located in Rome."
+        assert answer.text == "The Eiffel Tower is located in Rome."
         assert "memory: edit #1" in str(answer.meta.content)
     assert ("edit", EIFFEL, None) in fake.calls
 

@@ -138,7 +138,7 @@ async def test_tui_story_against_the_host(host: ServerThread, real_service) -> N
         assert "SmolLM2" in app.sub_title
         await submit(pilot, "Where is the Eiffel Tower?")
         await wait_for(pilot, lambda: app.busy is None and not app.chat.answering, timeout=300)
-        assert "Paris" in answers(app)[0].body.source
+        assert "Paris" in answers(app)[0].text
         await submit(pilot, f"/edit {EIFFEL} --method serac")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), timeout=120)
         await pilot.press("y")
@@ -149,7 +149,7 @@ async def test_tui_story_against_the_host(host: ServerThread, real_service) -> N
         await submit(pilot, "Where is the Eiffel Tower?")
         await wait_for(pilot, lambda: len(answers(app)) == 2 and app.busy is None and not app.chat.answering,
                        timeout=300)
-        assert "Rome" in answers(app)[1].body.source
+        assert "Rome" in answers(app)[1].text
         assert f"memory: edit #{card.record.id}" in str(answers(app)[1].meta.content)
     assert real_service.get_edit(card.record.id).status == "active"
     # The host audits the edit in a background thread; let it finish before the model is closed.

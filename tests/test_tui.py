@@ -245,16 +245,16 @@ async def test_question_streams_into_markdown(fake: FakeChatService) -> None:
         assert app.chat.prompt.value == ""
         [answer] = answers(app)
         # Pieces arrive one by one: part of the answer is visible before the whole.
-        await wait_for(pilot, lambda: 0 < len(answer.body.source) < len(ANSWER))
+        await wait_for(pilot, lambda: 0 < len(answer.text) < len(ANSWER))
         await idle(pilot)
-        assert answer.body.source == ANSWER
+        assert answer.text == ANSWER
         assert not answer.has_class("streaming")
         assert str(answer.meta.content) == "no edits"  # its provenance: no edit used, not cancelled
         # The next question carries the conversation so far (the service gives it to the model).
         fake.piece_delay = 0.0
         await submit(pilot, "And the capital of France?")
         await idle(pilot)
-        assert answers(app)[1].body.source == "The capital of France is Paris."
+        assert answers(app)[1].text == "The capital of France is Paris."
         streams = [c for c in fake.calls if c[0] == "stream"]
         assert streams[0][2] == ()
         assert streams[1][2] == ({"role": "user", "content": "Where is the Eiffel Tower?"},
@@ -268,21 +268,21 @@ async def test_escape_cancels_a_slow_answer(fake: FakeChatService) -> None:
         await opened(pilot)
         await submit(pilot, "Where is the Eiffel Tower?")
         [answer] = answers(app)
-        await wait_for(pilot, lambda: answer.body.source)
+        await wait_for(pilot, lambda: answer.text)
         started = time.monotonic()
         await pilot.press("escape")
         await idle(pilot)
         assert time.monotonic() - started < 1.0
         assert "(cancelled)" in str(answer.meta.content)
         assert answer.has_class("cancelled")
-        assert 0 < len(answer.body.source) < len(ANSWER)
+        assert 0 < len(answer.text) < len(ANSWER)
         # The service keeps what was said before Esc (its rule); the pane shows it as saved, marked.
-        assert [m.content for m in fake.chat(1).messages] == ["Where is the Eiffel Tower?", answer.body.source]
+        assert [m.content for m in fake.chat(1).messages] == ["Where is the Eiffel Tower?", answer.text]
         assert answer.message_id == fake.chat(1).messages[1].id
         fake.piece_delay = 0.0
         await submit(pilot, "capital of france?")  # still responsive
         await idle(pilot)
-        assert answers(app)[1].body.source == "The capital of France is Paris."
+        assert answers(app)[1].text == "The capital of France is Paris."
 
 
 async def test_failing_stream_is_notified(fake: FakeChatService) -> None:
@@ -322,7 +322,7 @@ async def test_edit_confirm_then_card_with_checks(fake: FakeChatService) -> None
         await submit(pilot, "Where is the Eiffel Tower?")
         await idle(pilot)
         answer = answers(app)[0]
-        assert answer.body.source == "The Eiffel Tower is located in Rome."
+        assert answer.text == "The Eiffel Tower is located in Rome."
         assert "memory: edit #1" in str(answer.meta.content)
         await pilot.click(answer.meta, offset=(10, 0))  # on "edit #1": opens that edit
         await wait_for(pilot, lambda: isinstance(app.screen, EditDetailScreen))
@@ -374,7 +374,7 @@ async def test_failed_edit_is_an_error_notification(fake: FakeChatService) -> No
         assert not app.query(EditCard) and not app.query(EditProgress)
         await submit(pilot, "capital of France?")  # the app carries on
         await idle(pilot)
-        assert answers(app)[0].body.source == "The capital of France is Paris."
+        assert answers(app)[0].text == "The capital of France is Paris."
 
 
 async def test_method_rome_then_edit_uses_rome(fake: FakeChatService) -> None:
@@ -718,7 +718,7 @@ async def test_story_with_the_real_engine(real_service) -> None:
         await wait_for(pilot, lambda: "active edit" in app.sub_title, timeout=120)
         await submit(pilot, "Where is the Eiffel Tower?")
         await wait_for(pilot, lambda: app.busy is None and not app.chat.answering, timeout=120)
-        assert answers(app)[0].body.source.strip()
+        assert answers(app)[0].text.strip()
         await submit(pilot, EIFFEL + " --method serac")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), timeout=60)
         await pilot.press("y")

@@ -60,6 +60,32 @@ async def test_e_prefills_a_correction_and_edits_only_after_enter(fake: FakeChat
         assert fake.edits()[0].target == "Rome"
 
 
+async def test_e_on_a_question_corrects_its_latest_answer(fake: FakeChatService) -> None:
+    app = RecordingApp(fake.opener())
+    async with app.run_test() as pilot:
+        await opened(pilot)
+        await ask(pilot, EIFFEL_Q)
+        await pilot.press("up", "k")  # the question
+        assert isinstance(app.chat.log_view.selected, UserMessage)
+        await pilot.press("e")
+        assert app.chat.prompt.value == "/edit Eiffel Tower → The Eiffel Tower is located in Paris, France"
+
+
+async def test_moving_through_messages_tells_the_footer_only_when_the_keys_change(fake: FakeChatService) -> None:
+    """Each bindings refresh makes the footer re-lay out the screen: moving between a question and its
+    answer (the same keys apply to both) must not cause one."""
+    app = RecordingApp(fake.opener())
+    async with app.run_test() as pilot:
+        await opened(pilot)
+        await ask(pilot, EIFFEL_Q)
+        await ask(pilot, FRANCE_Q)
+        await pilot.press("up")
+        published: list[object] = []
+        app.screen.bindings_updated_signal.subscribe(app, published.append)
+        await pilot.press("k", "k", "k", "j", "j")
+        assert published == []
+
+
 async def test_r_asks_again_and_shows_both_answers(fake: FakeChatService) -> None:
     app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
@@ -153,7 +179,7 @@ async def test_a_question_typed_while_opening_is_queued_then_asked() -> None:
         await pilot.pause()
         waiting = list(app.query(UserMessage))
         assert [w.text for w in waiting] == [EIFFEL_Q, FRANCE_Q]
-        assert all(w.has_class("queued") and "queued" in str(w.meta.content) for w in waiting)
+        assert all(w.has_class("queued") and "queued" in w.note for w in waiting)
         assert app.chat.prompt.value == ""
         await submit(pilot, "/edits")  # commands cannot wait: said, and the text stays
         await wait_for(pilot, lambda: messages(app, "warning"))

@@ -8,8 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from textual.widgets.markdown import MarkdownStream
-
 from kbchat.conversations.records import ChatMessage, ChatSummary
 from kbchat.records import Answer
 from kbchat.service import AnswerStream, ChatService
@@ -34,7 +32,6 @@ class AnswerJob:
     chat_id: int | None
     again: int | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
-    md_stream: MarkdownStream | None = None
     answer: Answer | None = None
     saved: ChatMessage | None = None  # the answer as the service saved it, with its provenance
     chat: ChatSummary | None = None  # the chat after the answer (its title, its message count)
@@ -59,12 +56,9 @@ def run_answer(service: ChatService, job: AnswerJob, ui: Ui, fail: Fail) -> None
             stream = service.say(chat_id, job.text, cancel=job.cancel)
         else:
             stream = service.ask_again(chat_id, job.again, cancel=job.cancel)
-        job.md_stream = ui(job.view.start_stream)
         for piece in stream:
-            if job.md_stream is None:  # the UI is gone
+            if not ui(job.view.append, piece):  # the UI is gone
                 stream.close()
-            else:
-                ui(job.md_stream.write, piece)
     except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
         job.failed = True
         fail(error)

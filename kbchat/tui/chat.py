@@ -350,9 +350,8 @@ class ChatPane(Vertical):
                 self.gate.task_done()
             self.ui(self.ask_queued)
 
-    async def _answered(self, job: AnswerJob) -> None:
-        await job.view.finish(job.md_stream, job.answer, cancelled=job.cancelled, failed=job.failed,
-                              saved=job.saved)
+    def _answered(self, job: AnswerJob) -> None:
+        job.view.finish(job.answer, cancelled=job.cancelled, failed=job.failed, saved=job.saved)
         if job.answer is not None and job.answer.question_id is not None:
             job.question.message_id = job.answer.question_id
         if job.chat is not None and (self.summary is None or self.summary.id == job.chat.id):

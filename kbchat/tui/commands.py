@@ -123,9 +123,9 @@ def parse_command(line: str, *, default_method: str | None = None,
         return None
     if not line.startswith("/"):
         return Command("ask", text=line)
-    head, _, rest = line.partition(" ")
+    head, *others = line.split(maxsplit=1)  # any white space ends the name: a pasted newline too
     name = head.lower()
-    rest = rest.strip()
+    rest = others[0].strip() if others else ""
     if name not in COMMAND_NAMES:
         close = difflib.get_close_matches(name, COMMAND_NAMES, n=1)
         hint = f"did you mean {close[0]}? " if close else ""

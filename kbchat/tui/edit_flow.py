@@ -156,10 +156,12 @@ class EditFlows:
             except Exception as error:  # noqa: BLE001 - a worker must report, never crash the app
                 report_error(app, error)
             finally:
+                # Free the gate before showing the outcome: a question typed once the card shows must
+                # not be refused as "wait: editing".
                 try:
-                    call_ui(app, done, view, result)
-                finally:
                     gate.task_done()
+                finally:
+                    call_ui(app, done, view, result)
 
         host.run_worker(run, thread=True, group="edit", exit_on_error=False)
         return True

@@ -45,8 +45,9 @@ class LaterNote(Static):
 
 class MessageList(VerticalScroll, can_focus=True):
     """The conversation's widgets, scrolled; focused, one question or answer is selected (class
-    `selected`). Keys: ↑/↓ or k/j move, Home/End go to the first/last, c copies, e corrects an answer,
-    r asks a question (or an answer's question) again, Esc goes back to the input."""
+    `selected`). Keys: ↑/↓ or k/j move, Home/End go to the first/last, c copies, e corrects an answer
+    (on a question: its latest answer), r asks a question (or an answer's question) again, Esc goes back
+    to the input."""
 
     BINDINGS = [
         Binding("down,j", "move(1)", "Select", key_display="↑↓"),
@@ -85,6 +86,7 @@ class MessageList(VerticalScroll, can_focus=True):
         self.pending: list[Widget | Lazy] = []  # a long chat's earliest items, not mounted yet (oldest first)
         self._saved: dict[int, ChatMessage] = {}  # the latest provenance read, for answers made later
         self.detached = False  # the latest messages were taken down: the chat must be shown anew
+        self._actions: tuple[bool, ...] = ()  # the key actions available when the footer last heard
 
     # -- showing a chat -------------------------------------------------------------------------
 
@@ -188,7 +190,11 @@ class MessageList(VerticalScroll, can_focus=True):
             widget.add_class("selected")
             if scroll:
                 self.scroll_to_widget(widget, animate=False, top=widget.outer_size.height > self.size.height)
-        self.refresh_bindings()
+        # The footer re-lays out the whole screen when told the bindings changed: tell it only when they did
+        actions = tuple(bool(self.check_action(a, ())) for a in ("copy", "correct", "ask_again", "leave"))
+        if actions != self._actions:
+            self._actions = actions
+            self.refresh_bindings()
 
     def select_message(self, message_id: int) -> bool:
         """Select the message saved as `message_id` (mounting earlier ones as needed); False when the
@@ -245,7 +251,8 @@ class MessageList(VerticalScroll, can_focus=True):
         if action == "copy":
             return selected is not None and bool(selected.text)
         if action == "correct":
-            return isinstance(selected, AnswerMessage) and not selected.streaming and bool(selected.text)
+            answer = self.answer_of(selected)
+            return answer is not None and not answer.streaming and bool(answer.text)
         if action == "ask_again":
             question = self.question_of(selected)
             return question is not None and question.message_id is not None
@@ -262,12 +269,19 @@ class MessageList(VerticalScroll, can_focus=True):
         notice, severity = copied_notice(what, os.environ)
         self.app.notify(notice, severity=severity, markup=False)  # type: ignore[arg-type]
 
+    def answer_of(self, widget: Selectable | None) -> AnswerMessage | None:
+        """The answer `widget` is, or, for a question, its latest answer shown (None: none)."""
+        if isinstance(widget, AnswerMessage):
+            return widget
+        answers = self.answers_to(widget) if widget is not None else []
+        return answers[-1] if answers else None
+
     def action_correct(self) -> None:
-        selected = self._valid()
-        if not isinstance(selected, AnswerMessage):
+        answer = self.answer_of(self._valid())
+        if answer is None or answer.streaming:
             return
-        question = selected.question.text if selected.question is not None else ""
-        self.post_message(self.CorrectionRequested(correction_line(question, selected.text)))
+        question = answer.question.text if answer.question is not None else ""
+        self.post_message(self.CorrectionRequested(correction_line(question, answer.text)))
 
     def action_ask_again(self) -> None:
         question = self.question_of(self._valid())

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from functools import partial
 
+from rich.console import Group
+from rich.markdown import Markdown as RichMarkdown
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.content import Content
 from textual.widget import Widget
-from textual.widgets import Label, Markdown, ProgressBar, Static
-from textual.widgets.markdown import MarkdownStream
+from textual.widgets import Label, ProgressBar, Static
 
 from kbchat.conversations.records import ChatMessage
 from kbchat.records import Answer, EditRecord, Progress
@@ -21,26 +23,27 @@ from kbchat.tui.format import edit_card_content, progress_line
 QUEUED = "queued: asked as soon as the model is open"
 
 
-class UserMessage(Vertical):
+class UserMessage(Static):
     """A question as the user typed it; `message_id` is its saved id (None until saved). A queued
-    question waits for the model to open and says so."""
+    question waits for the model to open and says so. One widget, however long the chat: each mounted
+    widget costs every key press a layout pass."""
 
     def __init__(self, text: str, *, message_id: int | None = None, queued: bool = False) -> None:
         super().__init__(classes="message user")
         self.text = text
         self.message_id = message_id
-        self.body = Markdown(text, classes="user-body")
-        self.meta = Static(QUEUED, classes="user-meta")
         self.set_queued(queued)
 
-    def compose(self) -> ComposeResult:
-        yield self.body
-        yield self.meta
+    @property
+    def note(self) -> str:
+        """The line shown under the question ("" for none)."""
+        return QUEUED if self.has_class("queued") else ""
 
     def set_queued(self, queued: bool) -> None:
         """Mark the question as waiting for the model (or no longer)."""
-        self.meta.display = queued
         self.set_class(queued, "queued")
+        body = RichMarkdown(self.text)
+        self.update(Group(body, Text(self.note, style="italic dim")) if queued else body)
 
 
 class Note(Static):
@@ -55,17 +58,20 @@ class EmptyState(Static):
 
 
 class AnswerMessage(Vertical):
-    """An answer to `question`: Markdown that grows as pieces stream in, then its provenance (the edits it
+    """An answer to `question`: its text, growing as pieces stream in, then its provenance (the edits it
     was made with, whether it was cut short, turns left out of the context). `message_id` is the saved
-    answer's id; `label` ("then:", "now:") tells answers to the same question apart."""
+    answer's id; `label` ("then:", "now:") tells answers to the same question apart.
+
+    Two or three widgets (body, provenance, a label only when there is one), the text drawn by Rich's
+    Markdown: a long chat mounts a hundred of these and every key press lays them all out."""
 
     def __init__(self, question: UserMessage | None = None, *, label: str = "", text: str = "") -> None:
         super().__init__(classes="message assistant streaming")
         self.question = question
         self.message_id: int | None = None
-        self.label = Static(label, classes="answer-label")
-        self.label.display = bool(label)
-        self.body = Markdown(text, classes="answer-body")
+        self.text = text
+        self.label: Static | None = Static(label, classes="answer-label") if label else None
+        self.body = Static(RichMarkdown(text), classes="answer-body")
         self.meta = Static("", classes="answer-meta")
         self.meta.display = False
 
@@ -78,19 +84,19 @@ class AnswerMessage(Vertical):
         return view
 
     def compose(self) -> ComposeResult:
-        yield self.label
+        if self.label is not None:
+            yield self.label
         yield self.body
         yield self.meta
-
-    @property
-    def text(self) -> str:
-        return self.body.source
 
     @property
     def streaming(self) -> bool:
         return self.has_class("streaming")
 
     def set_label(self, label: str) -> None:
+        if self.label is None:
+            self.label = Static(label, classes="answer-label")
+            self.mount(self.label, before=self.body)
         self.label.update(label)
         self.label.display = bool(label)
 
@@ -104,20 +110,22 @@ class AnswerMessage(Vertical):
         self.meta.update(meta)
         self.meta.display = bool(meta.plain)
 
-    def start_stream(self) -> MarkdownStream:
-        """A Markdown stream to append pieces to (call on the UI thread)."""
-        return Markdown.get_stream(self.body)
+    def _show_text(self, text: str) -> None:
+        self.text = text
+        self.body.update(RichMarkdown(text))
 
-    async def finish(self, stream: MarkdownStream | None, answer: Answer | None, *, cancelled: bool,
-                     failed: bool = False, saved: ChatMessage | None = None) -> None:
-        """Stop streaming and render the final text once, in full, with its provenance (`saved`: the
-        answer as the service kept it, if it did)."""
-        if stream is not None:
-            await stream.stop()
-        if answer is not None:
-            await self.body.update(answer.text or "*(no answer)*")
-        elif not self.body.source:
-            await self.body.update("*(no answer)*")
+    def append(self, piece: str) -> bool:
+        """Add a streamed piece to the text (call on the UI thread). True: a worker calling through
+        `call_ui`, which gives None once the app is exiting, can tell the answer is still shown."""
+        self._show_text(self.text + piece)
+        return True
+
+    def finish(self, answer: Answer | None, *, cancelled: bool, failed: bool = False,
+               saved: ChatMessage | None = None) -> None:
+        """Stop streaming: show the final text in full, with its provenance (`saved`: the answer as the
+        service kept it, if it did)."""
+        final = answer.text if answer is not None else self.text
+        self._show_text(final or "*(no answer)*")
         if saved is not None:
             self.show_saved(saved, cancelled=cancelled)
         else:
