@@ -133,15 +133,19 @@ def main() -> None:
               f"{'  PROBLEMS: ' + '; '.join(problems) if problems else ''}", flush=True)
         if home != shared:
             shutil.rmtree(home, ignore_errors=True)
-    killed = sum(r["killed"] for r in rounds)
+        if args.json:  # after every round: a stopped soak keeps what it showed
+            Path(args.json).write_text(json.dumps(summary(args, rounds, reported, durations), indent=1))
     failed = [r for r in rounds if r["problems"]]
-    summary = {"command": " ".join(["python -m bench.soak", *sys.argv[1:]]), "seed": args.seed,
-               "rounds": len(rounds), "killed": killed, "rounds_with_problems": len(failed),
-               "edits_reported": len(reported), "durations": durations, "per_round": rounds}
-    print(f"{len(rounds)} rounds, {killed} killed mid-operation, {len(failed)} with problems")
-    if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=1))
+    print(f"{len(rounds)} rounds, {sum(r['killed'] for r in rounds)} killed mid-operation, {len(failed)} with problems")
     sys.exit(1 if failed else 0)
+
+
+def summary(args: argparse.Namespace, rounds: list[dict], reported: dict[int, str],
+            durations: dict[str, float]) -> dict:
+    return {"command": " ".join(["python -m bench.soak", *sys.argv[1:]]), "seed": args.seed,
+            "rounds": len(rounds), "rounds_asked": args.rounds, "killed": sum(r["killed"] for r in rounds),
+            "rounds_with_problems": sum(bool(r["problems"]) for r in rounds),
+            "edits_reported": len(reported), "durations": durations, "per_round": rounds}
 
 
 if __name__ == "__main__":

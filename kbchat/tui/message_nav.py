@@ -23,7 +23,7 @@ from kbchat.tui.correction import correction_line
 from kbchat.tui.messages import AnswerMessage, Lazy, UserMessage
 
 Selectable = UserMessage | AnswerMessage
-WINDOW = 60  # widgets mounted when a chat opens: a long chat opens at once
+WINDOW = 40  # messages mounted when a chat opens (a tall terminal shows ~20): a long chat opens at once
 CHUNK = 40  # earlier widgets mounted each time the top is reached
 MAX_MOUNTED = 100  # past this, the latest messages are taken down (each key re-lays out every widget)
 
@@ -87,13 +87,14 @@ class MessageList(VerticalScroll, can_focus=True):
         self._saved: dict[int, ChatMessage] = {}  # the latest provenance read, for answers made later
         self.detached = False  # the latest messages were taken down: the chat must be shown anew
         self._actions: tuple[bool, ...] = ()  # the key actions available when the footer last heard
+        self._leaving: set[Widget] = set()  # removed but still children until Textual's removal ends
 
     # -- showing a chat -------------------------------------------------------------------------
 
     def show(self, items: Sequence[Widget | Lazy]) -> None:
         """Replace what is shown by `items`, making and mounting only the last WINDOW of them; the earlier
         ones are made and mounted when the user scrolls or moves up to them (`reveal_earlier`)."""
-        self.remove_children()
+        self._remove(list(self.children))
         self.select(None)
         self._saved = {}
         self.detached = False
@@ -112,14 +113,14 @@ class MessageList(VerticalScroll, can_focus=True):
         if everything and len(self.pending) > MAX_MOUNTED:  # Home, far back: the chat's first messages
             take = self._made(self.pending[:MAX_MOUNTED])
             self.pending = []
-            self.remove_children()
+            self._remove(list(self.children))
             self.mount_all(take)
             self._take_down_latest(force=True)
             return True
         take = self._made(self.pending if everything else self.pending[-CHUNK:])
         self.pending = self.pending[: len(self.pending) - len(take)]
         notes = list(self.query(EarlierNote))
-        first = next((w for w in self.children if not isinstance(w, EarlierNote)), None)
+        first = next((w for w in self.children if not isinstance(w, EarlierNote) and w not in self._leaving), None)
         self.mount_all(take, before=first) if first is not None else self.mount_all(take)
         for note in notes:
             note.show_count(len(self.pending)) if self.pending else note.remove()
@@ -136,11 +137,9 @@ class MessageList(VerticalScroll, can_focus=True):
             return
         if len(shown) <= MAX_MOUNTED and not force:
             return
-        children = list(self.children)
+        children = [w for w in self.children if w not in self._leaving]
         keep = children.index(shown[min(len(shown), MAX_MOUNTED) - 1]) + 1 if shown else 0
-        for widget in children[keep:]:
-            if not isinstance(widget, LaterNote):
-                widget.remove()
+        self._remove([w for w in children[keep:] if not isinstance(w, LaterNote)])
         if self.selected is not None and self.selected in children[keep:]:
             self.selected = None
         if not self.detached:
@@ -178,8 +177,15 @@ class MessageList(VerticalScroll, can_focus=True):
     # -- selection ------------------------------------------------------------------------------
 
     def messages(self) -> list[Selectable]:
-        """The questions and answers, top to bottom."""
-        return [w for w in self.children if isinstance(w, UserMessage | AnswerMessage)]
+        """The questions and answers shown, top to bottom (not those being removed)."""
+        self._leaving &= set(self.children)
+        return [w for w in self.children if isinstance(w, UserMessage | AnswerMessage) and w not in self._leaving]
+
+    def _remove(self, widgets: list[Widget]) -> None:
+        """Take `widgets` down. Textual removes them after this frame: until then they are still
+        children, and `messages` must not count them."""
+        self._leaving.update(widgets)
+        self.remove_children(widgets)
 
     def select(self, widget: Selectable | None, *, scroll: bool = True) -> None:
         """Make `widget` the selected message (None: none) and scroll it into view."""
