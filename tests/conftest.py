@@ -18,7 +18,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     worker: one data dir, so the model is dequantised and the statistics computed once, while the
     other worker runs everything else."""
     for item in items:
-        if "model_home" in getattr(item, "fixturenames", ()):
+        grouped = item.get_closest_marker("xdist_group") is not None  # a test may choose its own
+        if not grouped and "model_home" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("real-model"))
 
 

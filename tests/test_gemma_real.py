@@ -80,6 +80,7 @@ def gemma(model_home, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("gemma")  # its own model and cache: off the default model's worker
 def test_eiffel_story_on_gemma_with_serac_and_rome(gemma):
     chat = gemma
     assert chat.info().model == "gemma3-270m"
