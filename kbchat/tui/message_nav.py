@@ -120,7 +120,7 @@ class MessageList(VerticalScroll, can_focus=True):
         take = self._made(self.pending if everything else self.pending[-CHUNK:])
         self.pending = self.pending[: len(self.pending) - len(take)]
         notes = list(self.query(EarlierNote))
-        first = next((w for w in self.children if not isinstance(w, EarlierNote) and w not in self._leaving), None)
+        first = next((w for w in self._shown() if not isinstance(w, EarlierNote)), None)
         self.mount_all(take, before=first) if first is not None else self.mount_all(take)
         for note in notes:
             note.show_count(len(self.pending)) if self.pending else note.remove()
@@ -137,7 +137,7 @@ class MessageList(VerticalScroll, can_focus=True):
             return
         if len(shown) <= MAX_MOUNTED and not force:
             return
-        children = [w for w in self.children if w not in self._leaving]
+        children = self._shown()
         keep = children.index(shown[min(len(shown), MAX_MOUNTED) - 1]) + 1 if shown else 0
         self._remove([w for w in children[keep:] if not isinstance(w, LaterNote)])
         if self.selected is not None and self.selected in children[keep:]:
@@ -178,8 +178,13 @@ class MessageList(VerticalScroll, can_focus=True):
 
     def messages(self) -> list[Selectable]:
         """The questions and answers shown, top to bottom (not those being removed)."""
-        self._leaving &= set(self.children)
-        return [w for w in self.children if isinstance(w, UserMessage | AnswerMessage) and w not in self._leaving]
+        return [w for w in self._shown() if isinstance(w, UserMessage | AnswerMessage)]
+
+    def _shown(self) -> list[Widget]:
+        """The children, less those being removed (Textual removes them after this frame)."""
+        children = list(self.children)
+        self._leaving &= set(children)  # those gone for good need no remembering
+        return [w for w in children if w not in self._leaving]
 
     def _remove(self, widgets: list[Widget]) -> None:
         """Take `widgets` down. Textual removes them after this frame: until then they are still
