@@ -5,8 +5,9 @@ float32 greedy; then process start → first token of `kbchat ask` in fresh proc
 Variants (12 chat questions, greedy, `--new-tokens` each):
   a  HF `model.generate(do_sample=False)`, float32 (the baseline "plain generate")
   b  our `stream_tokens`, float32 (what kbchat runs today)
-  c  `stream_tokens` with the weights in bfloat16 (`KBCHAT_DTYPE=bfloat16`)
-  c2 as c, with oneDNN switched off during one-token steps (PyTorch's own bf16 GEMV; bench-only)
+  c  `stream_tokens` with the weights in bfloat16 (`KBCHAT_DTYPE=bfloat16`): oneDNN for passes over many
+     tokens, PyTorch's own GEMV for one-token steps (`kbchat.runtime.onednn`, shipped)
+  c0 as c with oneDNN for every pass (bfloat16 before the per-pass switch)
   d  a static KV cache (HF `StaticCache`) in a copy of our greedy loop, float32, eager
   e  d with the model `torch.compile`d (module hooks included), compile time reported apart
 
@@ -75,17 +76,6 @@ def ours(model, tok, limit: int) -> Decoder:
         finally:
             handle.remove()
     return run
-
-
-def onednn_off_for_steps(model) -> None:
-    """(c2): switch oneDNN off around one-token forward passes (PyTorch's own bf16 GEMV serves them) and
-    back on for longer ones (the prefill, where oneDNN's bf16 GEMM is far faster). Process-global: bench-only."""
-    def pre(_module, _args, kwargs):
-        ids = kwargs.get("input_ids")
-        torch._C._set_mkldnn_enabled(ids is None or ids.shape[-1] != 1)
-
-    model.register_forward_pre_hook(pre, with_kwargs=True)
-    model.register_forward_hook(lambda *_: torch._C._set_mkldnn_enabled(True))
 
 
 @torch.no_grad()
@@ -270,8 +260,8 @@ def _first_byte(command: list[str], environ: dict) -> float:
 NAMES = {
     "a": "HF generate(do_sample=False), float32 (plain generate)",
     "b": "kbchat stream_tokens, float32 (today)",
-    "c": "stream_tokens, bfloat16 weights (KBCHAT_DTYPE=bfloat16)",
-    "c2": "stream_tokens, bfloat16, oneDNN off for one-token steps (bench-only)",
+    "c": "stream_tokens, bfloat16 weights, oneDNN per pass (KBCHAT_DTYPE=bfloat16)",
+    "c0": "stream_tokens, bfloat16 weights, oneDNN for every pass (before)",
     "d": "static KV cache (HF StaticCache), float32, eager",
     "e": "static KV cache + torch.compile(model), float32",
 }
@@ -284,9 +274,8 @@ def markdown(result: dict) -> str:
         f"`{result['command']}`", "",
         f"CPU: {env['cpu']} ({env['cores']} cores, torch capability {env['cpu_capability']}, avx512_bf16: "
         f"{env['avx512_bf16']}); torch {env['torch']}, transformers {env['transformers']}; "
-        f"{env['threads']} torch thread(s). **The machine was loaded by other benchmarks** (two long runs "
-        "sharing its 2 cores): absolute figures are low and noisy; compare the ratios, measured in one run "
-        f"with the variants interleaved ABBA over {result['rounds']} rounds.", "",
+        f"{env['threads']} torch thread(s); load average at the start {env['loadavg']}. Compare the ratios, "
+        f"measured in one run with the variants interleaved ABBA over {result['rounds']} rounds.", "",
         f"{len(QUESTIONS)} chat questions, greedy, {result['new_tokens']} new tokens at most.", "",
         "| variant | tokens/s | vs (a) | vs (b) | answers identical to (b) |", "|---|---|---|---|---|",
     ]
@@ -312,7 +301,7 @@ def environment(threads: int) -> dict:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "avx512_bf16": "avx512_bf16" in flags, "torch": torch.__version__,
             "transformers": transformers.__version__, "threads": threads,
-            "load": "machine loaded by other benchmarks", "loadavg": os.getloadavg()}
+            "loadavg": [round(x, 2) for x in os.getloadavg()]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -330,11 +319,12 @@ def main(argv: list[str] | None = None) -> None:
     bf16 = load_model(None, home, dtype="bfloat16")
     tok = f32.tokenizer
     prompts = [chat_input_ids(tok, [{"role": "user", "content": q}], "cpu") for q in QUESTIONS]
-    c2_model = copy.deepcopy(bf16.model)
-    onednn_off_for_steps(c2_model)
+    bf16_plain = load_model(None, home, dtype="bfloat16")
+    if bf16_plain.switch is not None:
+        bf16_plain.switch.remove()
     decoders: dict[str, Decoder] = {
         "a": plain_generate(f32.model, tok, limit), "b": ours(f32.model, tok, limit),
-        "c": ours(bf16.model, tok, limit), "c2": ours(c2_model, tok, limit),
+        "c": ours(bf16.model, tok, limit), "c0": ours(bf16_plain.model, tok, limit),
         "d": lambda ids: static_greedy(f32.model, f32.model, tok, ids, limit),
     }
     compile_info: dict = {"skipped": True}

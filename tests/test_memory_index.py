@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
 
 import faiss
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from kbchat.errors import ModelLoadError
 from kbchat.memory import SCOPE_THRESHOLD, Embedder, Hit, MemoryIndex, key_text_for, subject_key
 from kbchat.memory.embedder import default_model_path
+from kbchat.memory.encoder import Pipeline, read_pipeline
 
 EIFFEL, MICROSOFT, DARRIEUX = 1, 2, 3
 EDITS = {
@@ -60,6 +63,25 @@ def test_embedder_loads_the_packaged_model(embedder: Embedder) -> None:
     assert embedder.embed([]).shape == (0, 384)
     with pytest.raises(TypeError):
         embedder.embed("one string")
+
+
+def test_embedder_gives_the_vectors_of_sentence_transformers_without_importing_it(embedder: Embedder) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["Where is the Eiffel Tower?", "The Eiffel Tower is located in Rome", "x", "a long text " * 200, ""]
+    reference = SentenceTransformer(str(default_model_path()), device="cpu").encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose(embedder.embed(texts), reference, atol=1e-5)
+    assert read_pipeline(default_model_path()) == Pipeline("mean", 256, 384)
+
+
+def test_a_folder_with_other_pooling_is_left_to_sentence_transformers(tmp_path) -> None:
+    folder = tmp_path / "model"
+    shutil.copytree(default_model_path(), folder)
+    config = folder / "1_Pooling" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "pooling_mode_max_tokens": True}))
+    assert read_pipeline(folder) is None
+    vectors = Embedder.load(folder).embed(["Where is the Eiffel Tower?"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
 def test_embedder_missing_folder_says_how_to_fix(tmp_path) -> None:

@@ -21,7 +21,7 @@ from sqlalchemy import Engine, create_engine, inspect, text
 from kbchat.conversations.records import EditUse
 from kbchat.errors import LedgerError
 from kbchat.ledger import Ledger, NewEdit
-from kbchat.ledger.database import MIGRATIONS_DIR, make_engine, migration_connection, upgrade
+from kbchat.ledger.database import HEAD_REVISION, MIGRATIONS_DIR, make_engine, migration_connection, upgrade
 from tests.postgres import BACKENDS, backend_url, postgres_server  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +106,7 @@ def run_cli(*args: str, home: Path, db: str | None = None) -> subprocess.Complet
 def test_single_head() -> None:
     script = ScriptDirectory(str(MIGRATIONS_DIR))
     assert script.get_heads() == [HEAD]
+    assert HEAD_REVISION == HEAD  # what the fast path of `upgrade` compares with
 
 
 def test_upgrade_on_empty_file_creates_the_schema(engine: Engine) -> None:

@@ -92,3 +92,73 @@ def test_our_greedy_text_equals_plain_generate(question):
     # stream_tokens holds back an incomplete multi-byte character at the very end (it never completes)
     assert ours == plain.removesuffix("\ufffd")
     assert out.shape[1] > ids.shape[1]  # something was generated
+
+
+# --- bfloat16 on a CPU: oneDNN set per forward pass (kbchat.runtime.onednn) ---------------------------
+
+
+def _flags_seen(model) -> tuple[list[bool], object]:
+    """Records oneDNN's switch as the first decoder layer sees it, once per pass."""
+    seen: list[bool] = []
+    handle = model.model.layers[0].register_forward_pre_hook(lambda *_: seen.append(torch._C._get_mkldnn_enabled()))
+    return seen, handle
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_bfloat16_on_cpu_uses_native_gemv_for_one_token_steps_only(clean_env, tiny_folder, tmp_path):
+    with one_thread():
+        loaded = load_model(str(tiny_folder), tmp_path / "home", device="cpu", dtype="bfloat16")
+        assert loaded.switch is not None
+        seen, handle = _flags_seen(loaded.model)
+        ids = chat_input_ids(loaded.tokenizer, [{"role": "user", "content": QUESTIONS[0]}], "cpu")
+        text = greedy_text(loaded.model, loaded.tokenizer, ids, 6)
+        handle.remove()
+        assert seen[0] is True and len(seen) > 1 and not any(seen[1:])  # prefill on oneDNN, steps not
+        assert torch._C._get_mkldnn_enabled()  # restored after every pass
+        loaded.switch.remove()
+        assert greedy_text(loaded.model, loaded.tokenizer, ids, 6) == text  # the same tokens either way
+        f32 = load_model(str(tiny_folder), tmp_path / "home", device="cpu", dtype="float32")
+    assert f32.switch is None
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_the_switch_is_restored_and_released_when_a_pass_fails(clean_env, tiny_folder, tmp_path):
+    import threading
+
+    with one_thread():
+        loaded = load_model(str(tiny_folder), tmp_path / "home", device="cpu", dtype="bfloat16")
+        with pytest.raises(IndexError):
+            loaded.model(input_ids=torch.tensor([[10 ** 6]]))  # a token id outside the vocabulary
+        assert torch._C._get_mkldnn_enabled()
+        other = threading.Thread(target=lambda: loaded.model(input_ids=torch.tensor([[3, 4]])))
+        other.start()
+        other.join(timeout=60)
+    assert not other.is_alive()  # the failed pass let go of the process lock
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this torch has no oneDNN")
+def test_passes_of_concurrent_answers_take_turns(clean_env, tiny_folder, tmp_path):
+    import threading
+    import time
+
+    with one_thread():
+        loaded = load_model(str(tiny_folder), tmp_path / "home", device="cpu", dtype="bfloat16")
+        spans: list[tuple[float, float, bool]] = []
+
+        def slow_layer(_module, _args):
+            started = time.perf_counter()
+            flag = torch._C._get_mkldnn_enabled()
+            time.sleep(0.01)  # long enough for another thread to come in if it could
+            spans.append((started, time.perf_counter(), flag == torch._C._get_mkldnn_enabled()))
+
+        loaded.model.model.layers[0].register_forward_pre_hook(slow_layer)
+        ids = [torch.tensor([[3, 4, 5]]), torch.tensor([[6]])]
+        threads = [threading.Thread(target=lambda i=i: [loaded.model(input_ids=ids[i % 2]) for _ in range(5)])
+                   for i in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    spans.sort()
+    assert len(spans) == 20 and all(same for *_, same in spans)  # no pass saw the switch change under it
+    assert all(a_end <= b_start for (_, a_end, _), (b_start, _, _) in zip(spans, spans[1:]))  # no overlap

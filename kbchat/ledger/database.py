@@ -8,10 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.util import CommandError
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -22,6 +19,9 @@ from kbchat.errors import LedgerError
 
 # The migrations live in the source tree next to the package, not inside it.
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+# The newest migration. A ledger already there opens without importing alembic (~0.5 s of every start);
+# tests/test_migrations.py checks this against alembic's own idea of the head.
+HEAD_REVISION = "0002"
 # Execution option read by the "begin" hooks: this transaction writes, so it takes the write lock first.
 _WRITER = "kbchat_writer"
 # Key of the transaction-level advisory lock kbchat's writers take on PostgreSQL (any fixed bigint).
@@ -197,6 +197,12 @@ def upgrade(engine: Engine) -> None:
             f"cannot open ledger at {shown}: migrations not found at {MIGRATIONS_DIR} "
             "(install kbchat from its source checkout: pip install -e .)"
         )
+    if current_revision(engine) == HEAD_REVISION:
+        return
+    from alembic import command
+    from alembic.config import Config
+    from alembic.util import CommandError
+
     config = Config()
     # configparser interpolates '%', which may occur in a path.
     config.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
@@ -211,6 +217,15 @@ def upgrade(engine: Engine) -> None:
         ) from exc
     except SQLAlchemyError as exc:
         raise LedgerError(f"cannot open ledger at {shown}: {db_reason(exc)}") from exc
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The ledger's schema revision, or None when it has none yet (or it cannot be read here)."""
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError:
+        return None
 
 
 # --- fingerprints --------------------------------------------------------------------------------

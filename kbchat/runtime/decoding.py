@@ -111,6 +111,13 @@ class _Answer:
         return piece
 
 
+def _last_logits_only(model: nn.Module) -> dict:
+    """The keyword that makes a prefill compute the output layer for its last position only (what
+    `generate` does too): the other positions' logits are never read, and they cost a full pass over
+    the 49k-word output layer per prompt token."""
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
     return {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
 
@@ -128,6 +135,7 @@ def stream_tokens(
     """Greedy decoding, yielding text pieces as soon as they decode cleanly; stops at EOS, a stop
     string, `max_new_tokens` or `cancel`. With `guard`, names in the answer are copied unpatched."""
     eos = _eos_ids(model, tokenizer)
+    last = _last_logits_only(model)
     past = None
     swap = None
     step_ids = input_ids
@@ -136,7 +144,7 @@ def stream_tokens(
         if cancel is not None and cancel.is_set():
             return
         with guard.step(swap, answer.text) if guard is not None else nullcontext():
-            out = model(input_ids=step_ids, past_key_values=past, use_cache=True)
+            out = model(input_ids=step_ids, past_key_values=past, use_cache=True, **last)
         if past is None and guard is not None:
             swap = guard.start(model, input_ids, out.past_key_values)
         past = out.past_key_values
@@ -202,7 +210,7 @@ def _decode_batch(model: nn.Module, tokenizer, inputs: Sequence[torch.Tensor], m
     live = list(range(len(inputs)))  # the answer each batch row belongs to
     past = None
     # Only the last position's logits are read: a batch of prompts would otherwise pay (B, T, V) of them.
-    last = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+    last = _last_logits_only(model)
     for _ in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past,
                     use_cache=True, **last)

