@@ -3,6 +3,7 @@ giving the same greedy text as the plain HF `generate`. Tiny random Llama, one t
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,8 @@ def test_bfloat16_on_cpu_uses_native_gemv_for_one_token_steps_only(clean_env, ti
         handle.remove()
         assert seen[0] is True and len(seen) > 1 and not any(seen[1:])  # prefill on oneDNN, steps not
         assert torch._C._get_mkldnn_enabled()  # restored after every pass
+        twin = copy.deepcopy(loaded.model)  # a working copy keeps the switch
+        assert greedy_text(twin, loaded.tokenizer, ids, 6) == text
         loaded.switch.remove()
         assert greedy_text(loaded.model, loaded.tokenizer, ids, 6) == text  # the same tokens either way
         f32 = load_model(str(tiny_folder), tmp_path / "home", device="cpu", dtype="float32")
@@ -161,4 +164,5 @@ def test_passes_of_concurrent_answers_take_turns(clean_env, tiny_folder, tmp_pat
             thread.join()
     spans.sort()
     assert len(spans) == 20 and all(same for *_, same in spans)  # no pass saw the switch change under it
-    assert all(a_end <= b_start for (_, a_end, _), (b_start, _, _) in zip(spans, spans[1:]))  # no overlap
+    ends, starts = [end for _, end, _ in spans[:-1]], [start for start, _, _ in spans[1:]]
+    assert all(end <= start for end, start in zip(ends, starts, strict=True))  # no two passes overlapped

@@ -52,6 +52,11 @@ class PassSwitch:
         torch._C._set_mkldnn_enabled(self._state.stack.pop())
         _PASSES.release()
 
+    def __deepcopy__(self, memo: dict) -> PassSwitch:
+        # A deep copy of the model (e.g. a working copy for value optimisation) keeps its hooks, which
+        # then share this switch: the same process lock and the same per-pass setting.
+        return self
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
