@@ -181,6 +181,36 @@ def test_a_second_audit_reuses_answers_until_the_weights_change(tiny_engine, mon
                                      else reference.complete(t, edited=edited) for k, t in requests]
 
 
+@pytest.mark.parametrize("method", ["serac", "rome"])
+def test_log_probabilities_and_accuracies_come_from_one_teacher_forced_pass(tiny_engine, method,
+                                                                           monkeypatch) -> None:
+    record = tiny_engine.edit(EIFFEL, method=method, audit="off")
+    view = tiny_engine.audit_view(record.id)
+    pairs = [("The Eiffel Tower is located in", "Rome"), ("The Eiffel Tower is located in", "Paris"),
+             ("Big Ben is in", "London")]
+    calls: list[int] = []
+    score = tiny_engine.runtime.score
+    monkeypatch.setattr(tiny_engine.runtime, "score", lambda fn, batch, patches=(): calls.append(len(batch))
+                        or score(fn, batch, patches))
+    with one_thread():
+        for edited in (False, True):
+            lps = view.logprobs(pairs, edited=edited)
+            passes = len(calls)
+            accs = view.token_accuracies(pairs[:2], edited=edited)
+            assert len(calls) == passes  # the accuracies came with the log-probabilities
+            fresh = LiveEditView(tiny_engine.runtime, tiny_engine.planner, view.row, view.undo_key)
+            assert fresh.token_accuracies(pairs[:2], edited=edited) == accs  # asked first, the same
+            assert fresh.logprobs(pairs, edited=edited) == lps
+
+
+def test_edit_view_scores_change_with_the_edit(tiny_engine) -> None:
+    record = tiny_engine.edit(EIFFEL, method="rome", audit="off")
+    view = tiny_engine.audit_view(record.id)
+    pair = [("The Eiffel Tower is located in", "Rome")]
+    with one_thread():
+        assert view.logprobs(pair, edited=True)[0] > view.logprobs(pair, edited=False)[0] + 0.1
+
+
 def test_the_answer_cache_is_bounded_and_drops_the_least_recently_used() -> None:
     cache = AnswerCache(size=2)
     cache.put("a", "1")

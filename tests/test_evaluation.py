@@ -19,6 +19,7 @@ from kbchat.evaluation.metrics import (
     prefers_new,
     target_logprob,
     target_logprobs,
+    target_scores,
     token_accuracies,
     token_accuracy,
 )
@@ -282,3 +283,12 @@ def test_ngram_entropy_rejects_bad_arguments():
         ngram_entropy([])
     with pytest.raises(ValueError):
         ngram_entropy("a b", ns=(2, 3), weights=(1.0,))
+
+
+def test_target_scores_are_the_log_probabilities_and_accuracies_of_one_pass(bpe_tok) -> None:
+    model, tok = tiny_llama(len(bpe_tok)), bpe_tok
+    pairs = [("The Eiffel Tower is located in", "Rome"), ("Big Ben is in", "London Town"), ("x", "y")]
+    with torch.no_grad():
+        scores = target_scores(model, tok, pairs)
+        assert [lp for lp, _ in scores] == pytest.approx(target_logprobs(model, tok, pairs), abs=1e-5)
+        assert [acc for _, acc in scores] == token_accuracies(model, tok, pairs)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from kbchat.audit.answers import AnswerCache
 from kbchat.audit.probes import PROMPT, QUESTION
 from kbchat.engine.planning import Plan, Planner
-from kbchat.evaluation.metrics import target_logprobs, token_accuracies
+from kbchat.evaluation.metrics import target_scores
 from kbchat.ledger import StoredEdit
 from kbchat.runtime import ModelRuntime
 from methods import EditRequest
@@ -79,6 +79,7 @@ class LiveEditView:
         self.weights = weights
         self.batch = batch
         self._answers: dict[tuple, str] = {}  # this view's own memo: identical greedy inputs, one answer
+        self._forced: dict[tuple[str, str, bool], tuple[float, float]] = {}  # (log P, accuracy) per pair
 
     def _plan(self, text: str, *, chat: bool, edited: bool) -> tuple[Plan, tuple[Hashable, ...]]:
         """The plan, and the patch that hides a weight edit ("before") if any."""
@@ -154,23 +155,22 @@ class LiveEditView:
         for job, text in zip(jobs, texts, strict=True):
             self._answers[job.key] = text.strip()
 
-    def _scored(self, fn, pairs: Sequence[tuple[str, str]], edited: bool) -> list[float]:
-        """Score pairs in one batch per distinct set of active patches."""
-        groups: dict[tuple, list[int]] = {}
-        prompts: list[str] = []
-        for i, (prompt, _target) in enumerate(pairs):
+    def _scored(self, pick: int, pairs: Sequence[tuple[str, str]], edited: bool) -> list[float]:
+        """Log-probability (pick 0) or token accuracy (pick 1) of each pair. Both come from one
+        teacher-forced pass per distinct set of active patches, so asking for the other later is free."""
+        missing = list(dict.fromkeys(pair for pair in pairs if (*pair, edited) not in self._forced))
+        groups: dict[tuple, list[tuple[str, str, str]]] = {}  # patches -> (prompt, target, prompt as planned)
+        for prompt, target in missing:
             plan, undo = self._plan(prompt, chat=False, edited=edited)
-            prompts.append(plan.prompt.text or prompt)
-            groups.setdefault((*plan.patches, *undo), []).append(i)
-        out = [0.0] * len(pairs)
+            groups.setdefault((*plan.patches, *undo), []).append((prompt, target, plan.prompt.text or prompt))
         for patches, rows in groups.items():
-            batch = [(prompts[i], pairs[i][1]) for i in rows]
-            for i, value in zip(rows, self.runtime.score(fn, batch, patches), strict=True):
-                out[i] = value
-        return out
+            scores = self.runtime.score(target_scores, [(planned, target) for _, target, planned in rows], patches)
+            for (prompt, target, _), score in zip(rows, scores, strict=True):
+                self._forced[(prompt, target, edited)] = score
+        return [self._forced[(*pair, edited)][pick] for pair in pairs]
 
     def logprobs(self, pairs: Sequence[tuple[str, str]], *, edited: bool) -> list[float]:
-        return self._scored(target_logprobs, pairs, edited)
+        return self._scored(0, pairs, edited)
 
     def token_accuracies(self, pairs: Sequence[tuple[str, str]], *, edited: bool) -> list[float]:
-        return self._scored(token_accuracies, pairs, edited)
+        return self._scored(1, pairs, edited)

@@ -165,6 +165,14 @@ def token_accuracies(
     return [hits.float().mean().item() for _, hits in _target_scores(model, tokenizer, pairs, batch_size)]
 
 
+def target_scores(
+    model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16
+) -> list[tuple[float, float]]:
+    """(`target_logprobs`, `token_accuracies`) of each pair from the same forward passes."""
+    return [(float(lp.sum()), hits.float().mean().item())
+            for lp, hits in _target_scores(model, tokenizer, pairs, batch_size)]
+
+
 def token_accuracy(model: nn.Module, tokenizer, prompt: str, target: str) -> float:
     """EasyEdit's accuracy: the fraction of target tokens that are the argmax prediction given the
     prompt and the true preceding target tokens (teacher forced), in [0, 1]."""

@@ -178,8 +178,8 @@ class ModelRuntime:
         """The unpatched model's greedy continuation of `text`."""
         return "".join(self.generate(Prompt(text=text, stops=tuple(stops)), (), limit)).strip()
 
-    def score(self, fn: Callable[[Any, Any, Sequence[tuple[str, str]]], list[float]],
-              pairs: Sequence[tuple[str, str]], patches: Sequence[Hashable] = ()) -> list[float]:
+    def score(self, fn: Callable[[Any, Any, Sequence[tuple[str, str]]], list[T]],
+              pairs: Sequence[tuple[str, str]], patches: Sequence[Hashable] = ()) -> list[T]:
         """`fn(model, tokenizer, pairs)` (a teacher-forced scorer) with `patches` switched on."""
         with self._lock.read(), self._patches.select(patches):
             return fn(self.loaded.model, self.loaded.tokenizer, pairs)
