@@ -26,7 +26,7 @@ from kbchat.engine.auditing import AuditRunner
 from kbchat.engine.deltas import negated, row_delta
 from kbchat.engine.pipeline import EditPipeline
 from kbchat.engine.planning import Planner
-from kbchat.engine.restore import add_patches, restore
+from kbchat.engine.restore import add_patches, replay_weights, restore
 from kbchat.errors import KbchatError
 from kbchat.ledger import Ledger
 from kbchat.memory import Embedder
@@ -62,6 +62,7 @@ class LocalEngine(AskByStreaming, ConversationCalls):
         self.audits = AuditRunner(ledger, self.audit_view, self._audit_done)
         self._edit_lock = threading.Lock()  # one change at a time (computing one needs exclusive hooks)
         self._problems = restore(runtime, self.book, progress)
+        self._weights_seen = ledger.signature("weight")  # the set of active weight edits the weights hold
         self.conversations = ChatKeeper(ledger.chat_log(), self.stream, self.get_edit, lambda: runtime.name,
                                         self._fits)
 
@@ -135,20 +136,30 @@ class LocalEngine(AskByStreaming, ConversationCalls):
         return AnswerStream(pieces(), finish, cancel)
 
     def _catch_up(self) -> None:
-        """Take in the memory edits other processes made, reverted or committed in the same ledger, with
-        their patches. Skipped while an edit of ours runs (it holds the lock): the next question catches up."""
+        """`_sync` before a question; skipped while an edit of ours runs (it holds the lock, and syncs
+        itself): the next question catches up."""
         if not self._edit_lock.acquire(blocking=False):
             return
         try:
-            changes = self.book.sync()
-            for edit_id in changes.removed:
-                if self.runtime.has_patch(edit_id):
-                    self.runtime.remove_patch(edit_id)
-            for problem in add_patches(self.runtime, changes.added):
-                if problem not in self._problems:
-                    self._problems.append(problem)
+            self._sync()
         finally:
             self._edit_lock.release()
+
+    def _sync(self) -> None:
+        """Take in what other processes made, reverted or committed in the same ledger: memory edits
+        with their patches, and weight edits (the weights are replayed from the ledger when its
+        fingerprint is not that of ours). Two cheap queries when nothing changed. Hold `_edit_lock`."""
+        changes = self.book.sync()
+        for edit_id in changes.removed:
+            if self.runtime.has_patch(edit_id):
+                self.runtime.remove_patch(edit_id)
+        problems = add_patches(self.runtime, changes.added)
+        seen = self.book.ledger.signature("weight")
+        if seen != self._weights_seen:
+            if self.book.ledger.get_meta(self.runtime.state_key) != self.runtime.last_fingerprint():
+                problems += replay_weights(self.runtime, self.book.ledger)
+            self._weights_seen = seen
+        self._problems.extend(p for p in dict.fromkeys(problems) if p not in self._problems)
 
     def _fits(self, messages: Sequence[Message], limit: int | None) -> bool:
         """Whether `messages` and an answer of `limit` tokens fit in the context, with room for the
@@ -192,6 +203,7 @@ class LocalEngine(AskByStreaming, ConversationCalls):
         if target_true is None:
             request = replace(request, target_true=self.pipeline.predict(request))
         with self._edit_lock:
+            self._sync()  # never compute or apply on weights another process has moved on from
             stored = self.pipeline.edit(parsed, request, method, progress, dict(hparams or {}))
         self.audits.start(stored.id, probes, audit)
         return self.book.get(stored.id)
@@ -199,6 +211,7 @@ class LocalEngine(AskByStreaming, ConversationCalls):
     def revert(self, edit_id: int) -> EditRecord:
         """Undo an active edit. Reverting a memory edit brings back the one it superseded, if any."""
         with self._edit_lock:
+            self._sync()
             stored, problems = self.pipeline.revert(self.book.ledger.get(edit_id))
         self._problems.extend(p for p in problems if p not in self._problems)
         return self.book.get(stored.id)
@@ -206,6 +219,7 @@ class LocalEngine(AskByStreaming, ConversationCalls):
     def commit(self, *, progress: ProgressFn = no_progress) -> list[EditRecord]:
         """Write the active memory edits into the weights in one MEMIT batch (see EditPipeline.commit)."""
         with self._edit_lock:
+            self._sync()
             stored, retired = self.pipeline.commit(progress)
         return [self.book.get(stored.id), *(self.book.get(i) for i in retired)]
 

@@ -61,6 +61,7 @@ class ModelRuntime:
         self._patches = ScopedDeltas(loaded.model)
         self._base_fingerprint: str | None = None
         self._deltas: tuple[Delta, ...] = ()  # the active deltas, in the order they were applied
+        self._last_fingerprint: str | None = None
         self._fingerprint_lock = threading.Lock()
 
     # -- what the model is --------------------------------------------------------------------------
@@ -207,6 +208,11 @@ class ModelRuntime:
         with self._lock.read():
             return self._weights.fingerprint()
 
+    def last_fingerprint(self) -> str | None:
+        """The weights' fingerprint as of the last replay, apply or rebuild (None before any): what the
+        ledger records for them, without hashing the model again."""
+        return self._last_fingerprint
+
     def base_fingerprint(self) -> str:
         """Fingerprint of the weights before any delta; computed once, when first needed."""
         with self._fingerprint_lock:
@@ -225,7 +231,8 @@ class ModelRuntime:
         with self._lock.write():
             self._weights.rebuild(deltas)
             self._deltas = tuple(deltas)
-            return self._weights.fingerprint()
+            self._last_fingerprint = self._weights.fingerprint()
+            return self._last_fingerprint
 
     def apply(self, delta: Delta, record: Callable[[str, str], T]) -> T:
         """Apply `delta` on top, then `record(before, after)` (the ledger write); if recording fails the
@@ -233,12 +240,14 @@ class ModelRuntime:
         with self._lock.write():
             before = self._weights.fingerprint()
             applied = self._weights.apply(delta)
+            after = self._weights.fingerprint()
             try:
-                result = record(before, self._weights.fingerprint())
+                result = record(before, after)
             except BaseException:
                 applied.undo()
                 raise
             self._deltas = (*self._deltas, delta)
+            self._last_fingerprint = after
             return result
 
     def trial(self, delta: Delta, prompts: Sequence[str], limit: int) -> list[str]:
@@ -259,12 +268,14 @@ class ModelRuntime:
         with self._lock.write():
             previous = self._deltas
             self._weights.rebuild(deltas)
+            after = self._weights.fingerprint()
             try:
-                result = record(self._weights.fingerprint())
+                result = record(after)
             except BaseException:
                 self._weights.rebuild(previous)
                 raise
             self._deltas = tuple(deltas)
+            self._last_fingerprint = after
             return result
 
     # -- the patch table ----------------------------------------------------------------------------
