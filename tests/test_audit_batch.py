@@ -11,11 +11,13 @@ from kbchat.audit import plan_probes
 from kbchat.audit.answers import AnswerCache
 from kbchat.audit.live import LiveEditView
 from kbchat.runtime.decoding import (
+    MIN_SHARED_PREFIX,
     PLAIN_STOPS,
     batch_greedy,
     chat_input_ids,
     completion_input_ids,
     greedy_text,
+    shared_prefix,
 )
 from tests.tiny_models import FACTS, one_thread, tiny
 
@@ -92,6 +94,28 @@ def test_batched_greedy_in_the_chat_format() -> None:
                                                  {"role": "user", "content": "Hi"}], "cpu"))
         single = [greedy_text(model, tokenizer, x, 24) for x in inputs]
         assert batch_greedy(model, tokenizer, inputs, 24) == single
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_a_prefix_all_rows_share_is_computed_once(arch) -> None:
+    """Rows opening alike (as chat prompts do, with the template's system turn) share one pass over
+    that prefix; the answers are still each row's own."""
+    with one_thread():
+        model, tokenizer = tiny(arch)
+        opening = "The museum guide said this about the city and the tower today:"
+        inputs = [completion_input_ids(tokenizer, f"{opening} {p}", "cpu") for p in PROMPTS[:5]]
+        shared = shared_prefix(inputs)
+        assert shared >= MIN_SHARED_PREFIX
+        lengths: list[int] = []
+        handle = model.register_forward_pre_hook(
+            lambda _m, _a, kw: lengths.append(int(kw["input_ids"].shape[-1])), with_kwargs=True)
+        try:
+            batched = batch_greedy(model, tokenizer, inputs, 12)
+        finally:
+            handle.remove()
+        assert lengths[0] == shared and lengths[1] == max(int(x.shape[-1]) for x in inputs) - shared
+        assert batched == [greedy_text(model, tokenizer, x, 12) for x in inputs]
+    assert shared_prefix(inputs[:1]) == 0 and shared_prefix([inputs[0], inputs[0]]) == inputs[0].shape[-1] - 1
 
 
 # ------------------------------------------------------------------------------------------------

@@ -204,13 +204,18 @@ def _decode_batch(model: nn.Module, tokenizer, inputs: Sequence[torch.Tensor], m
         return []
     eos = _eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    step_ids, mask = _left_pad(inputs, pad)  # (B, T), (B, T)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): 0, 1, ... from each row's first real token
-    answers = [_Answer(tokenizer, stops) for _ in inputs]
-    live = list(range(len(inputs)))  # the answer each batch row belongs to
-    past = None
     # Only the last position's logits are read: a batch of prompts would otherwise pay (B, T, V) of them.
     last = _last_logits_only(model)
+    shared = shared_prefix(inputs)
+    past = None
+    if shared:  # e.g. the chat template's system turn: computed once, its KV cache copied to every row
+        past = model(input_ids=inputs[0][:, :shared], use_cache=True, **last).past_key_values
+        past.batch_repeat_interleave(len(inputs))
+    step_ids, mask = _left_pad([x[:, shared:] for x in inputs], pad)  # (B, T), (B, T): the rest of each
+    positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): counted from each row's first real token
+    mask = torch.cat([mask.new_ones((len(inputs), shared)), mask], dim=-1)  # (B, shared + T): pads mid-row
+    answers = [_Answer(tokenizer, stops) for _ in inputs]
+    live = list(range(len(inputs)))  # the answer each batch row belongs to
     for _ in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past,
                     use_cache=True, **last)
@@ -229,6 +234,25 @@ def _decode_batch(model: nn.Module, tokenizer, inputs: Sequence[torch.Tensor], m
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=-1)  # (B_live, T + 1)
         positions = positions[:, -1:] + 1  # (B_live, 1)
     return ["".join(a.pieces) for a in answers]
+
+
+# A shared prefix shorter than this is not worth a pass of its own.
+MIN_SHARED_PREFIX = 8
+
+
+def shared_prefix(inputs: Sequence[torch.Tensor]) -> int:
+    """The number of leading tokens all (1, T_i) inputs share, leaving each at least one of its own;
+    0 for a single input or when fewer than MIN_SHARED_PREFIX are shared."""
+    if len(inputs) < 2:
+        return 0
+    rows = [x[0] for x in inputs]
+    limit = min(int(r.shape[0]) for r in rows) - 1
+    first = rows[0][:limit]
+    same = torch.ones(limit, dtype=torch.bool, device=first.device)  # (limit,)
+    for r in rows[1:]:
+        same &= r[:limit] == first
+    shared = int(same.long().cumprod(0).sum()) if limit > 0 else 0
+    return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
 def _finished(answer: _Answer, token: int) -> bool:
