@@ -133,9 +133,9 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`",
         "",
         f"Machine: {env['cpu']}, {env['cores']} cores, torch {env['torch']} with {env['threads']} thread(s); "
-        f"model {env['model']} ({env['device']}). **The machine was loaded by other benchmarks during this run** "
-        f"(1-min load average {env['load_start']:.2f} at the start, {env['load_end']:.2f} at the end), so absolute "
-        "seconds are high and noisy: the old/new ratios, measured in the same process minutes apart, are the figure.",
+        f"model {env['model']} ({env['device']}); 1-min load average {env['load_start']:.2f} at the start, "
+        f"{env['load_end']:.2f} at the end (this run's own work included). Absolute seconds vary with the machine; "
+        "the old/new ratios, measured in the same process minutes apart, are the figure.",
         "",
         table(result),
         "",

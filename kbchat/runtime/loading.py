@@ -4,7 +4,8 @@ PyPI (`gemma3-270m`), or the default SmolLM2.
 A GGUF file is dequantised once (~18 s for the default) and cached as safetensors in the data dir;
 later loads read the cache. The device is CUDA when present (bf16, or fp16 where bf16 is not
 supported), else CPU in float32; the `dtype` setting ($KBCHAT_DTYPE) chooses float32 or bfloat16 instead
-(bfloat16 on a CPU with AVX512-BF16 decodes ~1.4x faster; answers may differ from float32's).
+(bfloat16 on a CPU with AVX512-BF16 decodes ~2x faster with `runtime.onednn`'s per-pass switch; answers
+may differ from float32's).
 """
 
 from __future__ import annotations
