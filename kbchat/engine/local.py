@@ -159,6 +159,10 @@ class LocalEngine(AskByStreaming, ConversationCalls):
             if self.book.ledger.get_meta(self.runtime.state_key) != self.runtime.last_fingerprint():
                 problems += replay_weights(self.runtime, self.book.ledger)
             self._weights_seen = seen
+        self._note(problems)
+
+    def _note(self, problems: Sequence[str]) -> None:
+        """Add problems found after opening to those `problems()` reports, each once."""
         self._problems.extend(p for p in dict.fromkeys(problems) if p not in self._problems)
 
     def _fits(self, messages: Sequence[Message], limit: int | None) -> bool:
@@ -213,7 +217,7 @@ class LocalEngine(AskByStreaming, ConversationCalls):
         with self._edit_lock:
             self._sync()
             stored, problems = self.pipeline.revert(self.book.ledger.get(edit_id))
-        self._problems.extend(p for p in problems if p not in self._problems)
+        self._note(problems)
         return self.book.get(stored.id)
 
     def commit(self, *, progress: ProgressFn = no_progress) -> list[EditRecord]:

@@ -150,7 +150,7 @@ def target_logprobs(
     attention mask; the result does not depend on the batch composition (up to float error).
     Raises ValueError for an empty target or a prompt that yields no context token.
     """
-    return [float(lp.sum()) for lp, _ in _target_scores(model, tokenizer, pairs, batch_size)]
+    return [logprob for logprob, _ in target_scores(model, tokenizer, pairs, batch_size)]
 
 
 def target_logprob(model: nn.Module, tokenizer, prompt: str, target: str) -> float:
@@ -162,7 +162,7 @@ def token_accuracies(
     model: nn.Module, tokenizer, pairs: Sequence[tuple[str, str]], batch_size: int = 16
 ) -> list[float]:
     """`token_accuracy` for many (prompt, target) pairs, batched like `target_logprobs`."""
-    return [hits.float().mean().item() for _, hits in _target_scores(model, tokenizer, pairs, batch_size)]
+    return [accuracy for _, accuracy in target_scores(model, tokenizer, pairs, batch_size)]
 
 
 def target_scores(

@@ -56,10 +56,8 @@ class SentenceEncoder:
     """Encodes texts as sentence-transformers would for a `Pipeline` folder (vectors not yet normalised)."""
 
     def __init__(self, folder: Path, pipeline: Pipeline, device: str = "cpu") -> None:
-        import torch
         from transformers import AutoModel, AutoTokenizer
 
-        self._torch = torch
         self.pipeline = pipeline
         self.device = device
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
@@ -70,7 +68,8 @@ class SentenceEncoder:
 
     def encode(self, texts: list[str], batch_size: int = 64, **_: Any) -> np.ndarray:
         """(len(texts), dim) float32, pooled as the folder says."""
-        torch = self._torch
+        import torch  # here, not at the top: `kbchat.memory` stays light for callers that never embed
+
         out = []
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start:start + batch_size], padding=True, truncation=True,
