@@ -85,32 +85,74 @@ def run_single(model, tokenizer, cases, method, stats, model_id) -> dict:
     return summarise(rows, seconds)
 
 
-def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int = 50) -> dict:
+class SequentialState:
+    """A sequential run's progress on disk, so a stopped run carries on where it was: each delta as
+    `NNNN.delta` (methods.Delta bytes) and `progress.json` (measures before editing, seconds per edit,
+    immediate efficacy, the curve so far)."""
+
+    def __init__(self, folder: Path | None, method: str, cases: list[EditCase]) -> None:
+        self.folder = folder
+        self.key = {"method": method, "cases": [c.case_id for c in cases]}
+        self.progress: dict = {"before": None, "seconds": [], "immediate": [], "curve": {}}
+        if folder and (folder / "progress.json").is_file():
+            saved = json.loads((folder / "progress.json").read_text())
+            if saved["key"] != self.key:
+                raise SystemExit(f"bench_counterfact: {folder} holds another run (method or cases)")
+            self.progress = saved["progress"]
+
+    def deltas(self) -> list[methods.Delta]:
+        n = len(self.progress["seconds"])
+        return [methods.Delta.from_bytes((self.folder / f"{i:04d}.delta").read_bytes()) for i in range(n)]
+
+    def add(self, delta: methods.Delta, seconds: float, immediate: bool) -> None:
+        if self.folder:
+            (self.folder / f"{len(self.progress['seconds']):04d}.delta").write_bytes(delta.to_bytes())
+        self.progress["seconds"].append(seconds)
+        self.progress["immediate"].append(immediate)
+        self.save()
+
+    def save(self) -> None:
+        if self.folder:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            tmp = self.folder / "progress.json.tmp"
+            tmp.write_text(json.dumps({"key": self.key, "progress": self.progress}))
+            tmp.replace(self.folder / "progress.json")  # a kill mid-write keeps the previous file
+
+
+def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int = 50,
+                   state_dir: Path | None = None) -> dict:
     """Edit every case in turn, keeping all edits. Figures after the last edit (efficacy there is
     retention), plus `immediate` (efficacy right after each edit) and, every `every` edits, retention
-    and neighbourhood preservation of the edits made so far: the curve that shows collapse, if any."""
+    and neighbourhood preservation of the edits made so far: the curve that shows collapse, if any.
+    With `state_dir`, a stopped run resumes: its saved deltas are applied again, in order."""
     impl = methods.get(method)
-    before = [measure(model, tokenizer, c) for c in cases]
-    seconds, deltas, handles, immediate, curve = [], [], [], [], {}
-    for i, case in enumerate(cases, 1):
+    state = SequentialState(state_dir, method, cases)
+    if state.progress["before"] is None:
+        state.progress["before"] = [measure(model, tokenizer, c) for c in cases]
+        state.save()
+    before, curve = state.progress["before"], state.progress["curve"]
+    deltas = state.deltas()
+    handles = [d.apply(model) for d in deltas]
+    for i, case in enumerate(cases[len(deltas):], len(deltas) + 1):
         started = time.perf_counter()
         kwargs = {"stats": stats, "model_id": model_id} if impl.uses_statistics else {}
         if impl.protects_prior:
             kwargs["prior"] = deltas
         delta = impl.compute(model, tokenizer, [case.request], **kwargs)
-        seconds.append(time.perf_counter() - started)
+        seconds = time.perf_counter() - started
         deltas.append(delta)
         handles.append(delta.apply(model))
         r = case.request
-        immediate.append(preferences(model, tokenizer, [r.text], r.target, r.target_true)[0])
         if i % every == 0 and i < len(cases):
-            curve[i] = summarise(_sequential_rows(model, tokenizer, cases[:i], before[:i]), seconds)
-            print(f"  {method} after {i} edits: {json.dumps(curve[i])}", flush=True)
-    out = summarise(_sequential_rows(model, tokenizer, cases, before), seconds)
+            curve[str(i)] = summarise(_sequential_rows(model, tokenizer, cases[:i], before[:i]),
+                                      state.progress["seconds"] + [seconds])
+            print(f"  {method} after {i} edits: {json.dumps(curve[str(i)])}", flush=True)
+        state.add(delta, seconds, preferences(model, tokenizer, [r.text], r.target, r.target_true)[0])
+    out = summarise(_sequential_rows(model, tokenizer, cases, before), state.progress["seconds"])
     for handle in reversed(handles):
         handle.undo()
-    out["immediate_efficacy"] = round(100 * mean(immediate), 1)
-    out["curve"] = {str(k): {m: v[m] for m in ("efficacy", "paraphrase", "neighbourhood")} for k, v in curve.items()}
+    out["immediate_efficacy"] = round(100 * mean(state.progress["immediate"]), 1)
+    out["curve"] = {k: {m: v[m] for m in ("efficacy", "paraphrase", "neighbourhood")} for k, v in curve.items()}
     return out
 
 
@@ -143,6 +185,9 @@ def main() -> None:
     parser.add_argument("--sequential", type=int, default=0, help="number of sequential edits (0: single)")
     parser.add_argument("--home", default=None, help="data dir with the model cache and statistics")
     parser.add_argument("--json", default=None, help="also write the figures to this file")
+    parser.add_argument("--every", type=int, default=50, help="sequential: measure the curve every N edits")
+    parser.add_argument("--state", default=None, help="sequential: keep progress in this folder (one per method) "
+                                                      "and resume from it")
     parser.add_argument("--torch-threads", type=int, default=None, help="e.g. 1 when two benchmarks share 2 cores")
     args = parser.parse_args()
     if args.torch_threads:
@@ -176,8 +221,11 @@ def main() -> None:
                "mode": f"sequential {n}" if args.sequential else "single", "torch_threads": torch.get_num_threads(),
                "methods": {}}
     for name in args.methods.split(","):
-        run = run_sequential if args.sequential else run_single
-        results["methods"][name] = run(model, tokenizer, cases, name, stats, model_id)
+        if args.sequential:
+            state = Path(args.state) / name if args.state else None
+            results["methods"][name] = run_sequential(model, tokenizer, cases, name, stats, model_id, args.every, state)
+        else:
+            results["methods"][name] = run_single(model, tokenizer, cases, name, stats, model_id)
         print(name, json.dumps(results["methods"][name]), flush=True)
         if args.json:  # after each method: a long run that is stopped keeps what it measured
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -1,8 +1,12 @@
 """The chat benchmark (issue #12) on the default model: edits typed as `SUBJECT → FACT`, answers to
 chat questions, subject names intact, fluency, follow-ups, neighbours (kbchat.evaluation.chat).
 
-    .venv/bin/python -m bench.chat_bench --data ../shared/data/counterfact/counterfact-val.json \\
-        --limit 40 --method serac --json bench/results/chat-serac-40.json
+Several methods run in one process share the unedited answers (each question is asked once with no
+edit active), and `--resume` carries on a run that was stopped: the cases its JSON file already holds
+are scored again from their saved answers, not asked again.
+
+    .venv/bin/python -m bench.chat_bench --limit 200 --methods serac,rome,memit,alphaedit,ike \\
+        --json 'bench/results/chat-{method}-val200.json' --resume
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,37 +27,67 @@ from kbchat.evaluation.chat import answer_nll, run_chat_bench
 from kbchat.evaluation.datasets import load_cases
 from kbchat.evaluation.tables import format_chat_table
 
+DATA = Path(__file__).resolve().parents[2] / "shared/data/counterfact/counterfact-val.json"
 
-def save(result: dict, args: argparse.Namespace, started: float) -> None:
-    """Write `result` (the run so far, or all of it) to --json, with the command and its Markdown table."""
-    result["command"] = "python -m bench.chat_bench " + " ".join(sys.argv[1:])
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1, ensure_ascii=False))
-        Path(args.json).with_suffix(".md").write_text(f"`{result['command']}`\n\n{format_chat_table(result)}\n")
+
+def log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def json_path(args: argparse.Namespace, method: str) -> Path | None:
+    if not args.json:
+        return None
+    if "{method}" not in args.json and len(args.methods) > 1:
+        raise SystemExit("chat_bench: with several --methods, --json must hold '{method}'")
+    return Path(args.json.format(method=method))
+
+
+def earlier(path: Path | None, args: argparse.Namespace, method: str) -> tuple[list[dict[str, Any]], float]:
+    """The per-case rows and seconds of an earlier run in `path` of the same data, method and mode."""
+    if not (args.resume and path and path.is_file()):
+        return [], 0.0
+    old = json.loads(path.read_text())
+    same = old.get("method") == method and old.get("sequential") is False and old.get("data") == args.data
+    if not same or args.sequential:
+        raise SystemExit(f"chat_bench: {path} holds another run (method, data or mode): cannot resume it")
+    return old["per_case"], float(old.get("seconds", 0.0))
+
+
+def save(result: dict, path: Path | None, args: argparse.Namespace, seconds: float) -> None:
+    """Write `result` (the run so far, or all of it) to `path`, with the command and its Markdown table."""
+    result.update(command="python -m bench.chat_bench " + " ".join(sys.argv[1:]), data=args.data,
+                  seconds=round(seconds, 1), threads=args.threads)
+    if path:
+        path.write_text(json.dumps(result, indent=1, ensure_ascii=False))
+        path.with_suffix(".md").write_text(f"`{result['command']}`\n\n{format_chat_table(result)}\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared/data/counterfact/"
-                                              "counterfact-val.json"))
+    parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--limit", type=int, default=40)
-    parser.add_argument("--method", default="serac")
+    parser.add_argument("--methods", type=lambda s: s.split(","), default=["serac"])
     parser.add_argument("--home", default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sequential", action="store_true")
-    parser.add_argument("--json", default=None)
+    parser.add_argument("--resume", action="store_true", help="carry on the run each --json file holds")
+    parser.add_argument("--json", default=None, help="output file; '{method}' in it is the method's name")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
-    started = time.perf_counter()
+    answered: dict[str, str] = {}  # unedited answers, shared by the methods
     with tempfile.TemporaryDirectory() as tmp, \
             LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=data_dir(args.home)) as engine:
-        result = run_chat_bench(engine, cases, args.method, answer_nll(engine.runtime),
-                                log=lambda line: print(line, file=sys.stderr, flush=True),
-                                sequential=args.sequential, partial=lambda r: save(r, args, started))
-    save(result, args, started)
-    print(format_chat_table(result))
+        for method in args.methods:
+            path = json_path(args, method)
+            done, spent = earlier(path, args, method)
+            started = time.perf_counter() - spent
+            log(f"{method}: {len(done)} cases from an earlier run, {len(cases)} in all")
+            result = run_chat_bench(engine, cases, method, answer_nll(engine.runtime), log=log,
+                                    sequential=args.sequential, done=done, answered=answered,
+                                    partial=lambda r, p=path, t=started: save(r, p, args, time.perf_counter() - t))
+            save(result, path, args, time.perf_counter() - started)
+            print(format_chat_table(result))
 
 
 if __name__ == "__main__":

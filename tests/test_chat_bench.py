@@ -77,3 +77,31 @@ def test_distinct_ngrams():
     assert distinct_ngrams("Galata is located in Naples, Italy.") == 1.0
     assert distinct_ngrams("Sega, SegaMBA, SegaMBA, SegaMBA, SegaMBA, SegaMBA") < 0.5
     assert distinct_ngrams("Rome") == 1.0
+
+
+def test_resumed_run_asks_only_the_cases_left_and_scores_all(tmp_path):
+    cases = load_cases(flat_file(tmp_path))
+    whole = run_chat_bench(FakeChatService(), cases, "serac", constant_fluency)
+    saved = []
+    run_chat_bench(FakeChatService(), cases[:1], "serac", constant_fluency, partial=saved.append)
+    fake = FakeChatService()
+    resumed = run_chat_bench(fake, cases, "serac", constant_fluency, done=saved[-1]["per_case"])
+    assert resumed["figures"] == whole["figures"] and resumed["per_case"] == whole["per_case"]
+    assert [e.subject for e in fake.edits()] == [cases[1].request.subject]  # the first case was not redone
+    stale = [{**saved[-1]["per_case"][0], "after": {}}]  # a row missing answers this case asks is redone
+    fake = FakeChatService()
+    run_chat_bench(fake, cases, "serac", constant_fluency, done=stale)
+    assert len(fake.edits()) == 2
+
+
+def test_methods_sharing_unedited_answers_ask_each_question_once(tmp_path):
+    cases = load_cases(flat_file(tmp_path))
+    fake = FakeChatService()
+    answered: dict[str, str] = {}
+    first = run_chat_bench(fake, cases, "serac", constant_fluency, answered=answered)
+    asked = sum(c[0] == "ask" for c in fake.calls)
+    second = run_chat_bench(fake, cases, "ike", constant_fluency, answered=answered)
+    asked_again = sum(c[0] == "ask" for c in fake.calls) - asked
+    unedited = {q for row in first["per_case"] for q in row["before"]}
+    assert asked_again == asked - len(unedited)  # only the answers after each edit were asked again
+    assert [row["before"] for row in second["per_case"]] == [row["before"] for row in first["per_case"]]

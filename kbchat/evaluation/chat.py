@@ -138,9 +138,10 @@ def _follow_up(engine: ChatBenchEngine, case: EditCase, ask: str) -> tuple[str, 
     return question, engine.ask(question, history=history, max_new_tokens=MAX_TOKENS).text
 
 
-def _score(tally: Tally, case: EditCase, qs: CaseQuestions, before: dict[str, str], after: dict[str, str],
-           follow: str, fluency: Fluency) -> None:
+def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any], fluency: Fluency) -> None:
+    """Adds one case's figures, read from its row's answers (`_row`)."""
     req = case.request
+    before, after, follow = row["before"], row["after"], row["follow_up"][1]
     tally.add("reliability", mentions(after[qs.asks[0]], req.target))
     tally.add(f"reliability[{qs.relation}]", mentions(after[qs.asks[0]], req.target))
     for q in qs.asks[1:]:
@@ -175,43 +176,86 @@ def _canary_questions(count: int) -> list[list[str]]:
             for i in range(count)]
 
 
+def _unedited(engine: ChatBenchEngine, qs: Sequence[str], answered: dict[str, str]) -> dict[str, str]:
+    """The answers to `qs` with no edit active, asking only those `answered` does not hold yet (and
+    adding them to it). Single editing reverts each edit exactly, so the unedited answer to a question
+    is the same whichever case or method asks it."""
+    answered.update(_ask_all(engine, [q for q in dict.fromkeys(qs) if q not in answered]))
+    return {q: answered[q] for q in qs}
+
+
+def _single_case(engine: ChatBenchEngine, case: EditCase, qs: CaseQuestions, method: str,
+                 answered: dict[str, str]) -> dict[str, Any]:
+    """One case of single editing: unedited answers, the edit, the answers after it, the revert."""
+    before = _unedited(engine, [*qs.asks, *qs.unchanged], answered)
+    record = engine.edit(edit_text(case), method=method, audit="off")
+    try:
+        after = _ask_all(engine, [*qs.asks, *qs.rephrase, *qs.unchanged])
+        follow = _follow_up(engine, case, qs.asks[0])
+    finally:
+        engine.revert(record.id)
+    return _row(case, record, qs, before, after, follow)
+
+
+def _sequential_rows(engine: ChatBenchEngine, cases: Sequence[EditCase], plans: Sequence[CaseQuestions],
+                     method: str, answered: dict[str, str], log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """All edits made, then every case asked; every edit reverted at the end."""
+    befores = [_unedited(engine, [*qs.asks, *qs.unchanged], answered) for qs in plans]
+    records: list[EditRecord] = []
+    rows = []
+    try:
+        for i, case in enumerate(cases, 1):
+            records.append(engine.edit(edit_text(case), method=method, audit="off"))
+            log(f"edit {i}/{len(cases)} {case.request.subject}")
+        for case, qs, before, record in zip(cases, plans, befores, records, strict=True):
+            after = _ask_all(engine, [*qs.asks, *qs.rephrase, *qs.unchanged])
+            rows.append(_row(case, record, qs, before, after, _follow_up(engine, case, qs.asks[0])))
+    finally:
+        for record in reversed(records):
+            engine.revert(record.id)
+    return rows
+
+
 def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: str, fluency: Fluency,
                    log: Callable[[str], None] = lambda _: None, sequential: bool = False,
-                   partial: Callable[[dict[str, Any]], None] = lambda _: None) -> dict[str, Any]:
+                   partial: Callable[[dict[str, Any]], None] = lambda _: None,
+                   done: Sequence[dict[str, Any]] = (), answered: dict[str, str] | None = None) -> dict[str, Any]:
     """Every case: single editing (each edit reverted before the next) or sequential (all edits made,
     then every case asked; reverted at the end). `partial(result so far)` is called after each case of
-    single editing, so a long run that is stopped keeps what it measured."""
-    tally = Tally()
+    single editing, so a long run that is stopped keeps what it measured.
+
+    Resuming single editing: `done` holds per-case rows of an earlier run of the same cases and
+    method; those cases are scored again from their rows, not asked again. `answered` holds unedited
+    answers by question, shared by runs on one engine (several methods) and filled here."""
+    answered = {} if answered is None else answered
     plans = [CaseQuestions.of(c, canaries) for c, canaries in zip(cases, _canary_questions(len(cases)), strict=True)]
-    rows: list[dict[str, Any]] = []
+    tally = Tally()
     if sequential:
-        befores = [_ask_all(engine, [*qs.asks, *qs.unchanged]) for qs in plans]
-        records = []
-        try:
-            for i, case in enumerate(cases, 1):
-                records.append(engine.edit(edit_text(case), method=method, audit="off"))
-                log(f"edit {i}/{len(cases)} {case.request.subject}")
-            for case, qs, before, record in zip(cases, plans, befores, records, strict=True):
-                after = _ask_all(engine, [*qs.asks, *qs.rephrase, *qs.unchanged])
-                follow = _follow_up(engine, case, qs.asks[0])
-                _score(tally, case, qs, before, after, follow[1], fluency)
-                rows.append(_row(case, record, qs, before, after, follow))
-        finally:
-            for record in reversed(records):
-                engine.revert(record.id)
-    else:
-        for i, (case, qs) in enumerate(zip(cases, plans, strict=True), 1):
-            before = _ask_all(engine, [*qs.asks, *qs.unchanged])
-            record = engine.edit(edit_text(case), method=method, audit="off")
-            try:
-                after = _ask_all(engine, [*qs.asks, *qs.rephrase, *qs.unchanged])
-                follow = _follow_up(engine, case, qs.asks[0])
-            finally:
-                engine.revert(record.id)
-            _score(tally, case, qs, before, after, follow[1], fluency)
-            rows.append(_row(case, record, qs, before, after, follow))
-            log(f"{i}/{len(cases)} {case.request.subject}: {after[qs.asks[0]][:80]!r}")
-            partial({"method": method, "cases": i, "sequential": False, "figures": tally.summary(),
-                     "per_case": rows})
-    return {"method": method, "cases": len(cases), "sequential": sequential, "figures": tally.summary(),
-            "per_case": rows}
+        rows = _sequential_rows(engine, cases, plans, method, answered, log)
+        for case, qs, row in zip(cases, plans, rows, strict=True):
+            _score(tally, case, qs, row, fluency)
+        return _result(method, True, rows, tally)
+    known = {row["case"]: row for row in done}
+    rows: list[dict[str, Any]] = []
+    for i, (case, qs) in enumerate(zip(cases, plans, strict=True), 1):
+        row = known.get(case.case_id)
+        if row is None or not _answers_all(row, qs):
+            row = _single_case(engine, case, qs, method, answered)
+            log(f"{i}/{len(cases)} {case.request.subject}: {row['after'][qs.asks[0]][:80]!r}")
+        else:  # resumed: its unedited answers serve later cases and methods too
+            answered.update(row["before"])
+        _score(tally, case, qs, row, fluency)
+        rows.append(row)
+        partial(_result(method, False, rows, tally))
+    return _result(method, False, rows, tally)
+
+
+def _answers_all(row: dict[str, Any], qs: CaseQuestions) -> bool:
+    """Whether an earlier run's row holds an answer to every question this case asks now."""
+    return set([*qs.asks, *qs.unchanged]) <= set(row["before"]) and \
+        set([*qs.asks, *qs.rephrase, *qs.unchanged]) <= set(row["after"])
+
+
+def _result(method: str, sequential: bool, rows: list[dict[str, Any]], tally: Tally) -> dict[str, Any]:
+    return {"method": method, "cases": len(rows), "sequential": sequential, "figures": tally.summary(),
+            "per_case": list(rows)}
