@@ -9,7 +9,7 @@ is of process CPU time (1 torch thread), which other jobs on a shared machine do
 wall-clock ratio and the load average are recorded beside it.
 
     .venv/bin/python -m bench.many_edits --edits 1000 --json bench/results/serac-1000.json \\
-        --plot bench/results/serac-1000.png
+        --plot bench/results/serac-1000.png --state ~/serac-1000   # the same again carries on a stopped run
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -177,10 +178,14 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"| {r['active_edits']} | {r['reliability']['rate']:.1%} (n={r['reliability']['n']}) | "
                      f"{r['neighbours_unchanged']['rate']:.1%} (n={r['neighbours_unchanged']['n']}) | "
-                     f"{r['seconds_per_edit']:.2f} ({r['cpu_seconds_per_edit']:.2f}) | {r['seconds_per_answer']:.2f} | {r['latency_ratio']:.2f} |")
+                     f"{_secs(r['seconds_per_edit'])} ({_secs(r['cpu_seconds_per_edit'])}) | {r['seconds_per_answer']:.2f} | {r['latency_ratio']:.2f} |")
     lines.append(f"| target (1,000 edits) | ≥ {t['reliability']:.0%} | ≥ {t['neighbours_unchanged']:.0%} | | | "
                  f"≤ {t['latency_ratio']} |")
     return "\n".join(lines)
+
+
+def _secs(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"  # None: a checkpoint taken on resuming, no edit timed
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
@@ -207,6 +212,35 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
+class Progress:
+    """A run's state in `--state DIR`: the ledger (DIR/ledger.db, the product's own persistence, so a
+    reopened engine has every edit made so far), the empty ledger's answers and the counters
+    (DIR/progress.json), so a stopped run carries on; without DIR, a temporary folder."""
+
+    def __init__(self, folder: Path) -> None:
+        self.file = folder / "progress.json"
+        self.db = f"sqlite:///{folder}/ledger.db"
+        saved = json.loads(self.file.read_text()) if self.file.is_file() else {}
+        self.base: Asked = {q: Reply(*r) for q, r in saved.get("base", {}).items()}
+        self.made: int = saved.get("made", 0)
+        self.counts: dict[str, int] = saved.get("counts", {"parser": 0, "fallback": 0, "failed": 0})
+        self.clock: dict[str, float] = saved.get("clock", {"since": 0, "wall": 0.0, "cpu": 0.0})
+        self.checkpoints: list[dict[str, Any]] = saved.get("checkpoints", [])
+
+    def catch_up(self, in_ledger: int) -> None:
+        """An edit that reached the ledger before a kill kept it from being counted: count it now."""
+        missing = in_ledger - self.counts["parser"] - self.counts["fallback"]
+        self.made += max(0, missing)
+        self.counts["parser"] += max(0, missing)
+
+    def save(self) -> None:
+        state = {"base": {q: list(r) for q, r in self.base.items()}, "made": self.made, "counts": self.counts,
+                 "clock": self.clock, "checkpoints": self.checkpoints}
+        tmp = self.file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, ensure_ascii=False))
+        tmp.replace(self.file)  # a kill mid-write keeps the previous file
+
+
 def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     cases = load_cases(args.data, skip_unusable=True)
     edits = distinct_subjects(cases, args.edits)
@@ -214,31 +248,66 @@ def run(args: argparse.Namespace, result: dict[str, Any]) -> None:
     neighbours = neighbour_questions(cases, edits, args.neighbours)
     order = random.Random(args.seed).sample(range(len(edits)), len(edits))
     probe = sorted({i for m in marks for i in sampled(order, m, args.sample)})
-    result.update(edits=len(edits), neighbour_questions=len(neighbours), checkpoints=[])
-    counts = {"parser": 0, "fallback": 0, "failed": 0}
-    with tempfile.TemporaryDirectory() as tmp, \
-            LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=data_dir(args.home)) as engine:
-        log(f"empty ledger: asking {len(neighbours)} neighbour and {len(probe)} sampled questions")
-        base = ask_all(engine, [*neighbours, *(questions(edits[i].request)[0] for i in probe)])
-        result["empty_ledger_seconds_per_answer"] = round(sum(v.wall for v in base.values()) / len(base), 3)
-        result["empty_ledger_cpu_seconds_per_answer"] = round(sum(v.cpu for v in base.values()) / len(base), 3)
-        since, wall, cpu = 0, 0.0, 0.0
-        for n, case in enumerate(edits, 1):
-            wall0, cpu0 = time.perf_counter(), time.process_time()
-            counts[make_edit(engine, case, args.method)] += 1
-            wall, cpu, since = wall + time.perf_counter() - wall0, cpu + time.process_time() - cpu0, since + 1
-            if n % 10 == 0:
-                log(f"{n}/{len(edits)} edits, {wall / since:.2f} s/edit ({cpu / since:.2f} CPU s) since the last "
-                    f"checkpoint, load {os.getloadavg()[0]:.1f}, {counts}")
-            if n not in marks:
-                continue
-            row = checkpoint(engine, edits, sampled(order, n, args.sample), neighbours, base)
-            row.update(active_edits=n, active_memory_edits=engine.info().active_memory_edits,
-                       seconds_per_edit=round(wall / since, 3), cpu_seconds_per_edit=round(cpu / since, 3), **counts)
-            since, wall, cpu = 0, 0.0, 0.0
-            result["checkpoints"].append(row)
-            save(args, result)
-            log(f"checkpoint {n}: " + json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}))
+    result.update(edits=len(edits), neighbour_questions=len(neighbours))
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.state or tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = Progress(folder)
+        with LocalEngine.open(db=state.db, home=data_dir(args.home)) as engine:
+            state.catch_up(len(engine.edits(status="active")))
+            if not state.base:
+                log(f"empty ledger: asking {len(neighbours)} neighbour and {len(probe)} sampled questions")
+                state.base = ask_all(engine, [*neighbours, *(questions(edits[i].request)[0] for i in probe)])
+                state.save()
+            log(f"{state.made} of {len(edits)} edits made already")
+            edit_all(args, engine, edits, state, lambda n: checkpoint(
+                engine, edits, sampled(order, n, args.sample), neighbours, state.base) if n in marks else None,
+                lambda: (result.update(checkpoints=state.checkpoints, **_base_speed(state.base)), save(args, result)))
+        result.update(checkpoints=state.checkpoints, **_base_speed(state.base))
+
+
+def _base_speed(base: Asked) -> dict[str, float]:
+    return {"empty_ledger_seconds_per_answer": round(sum(v.wall for v in base.values()) / len(base), 3),
+            "empty_ledger_cpu_seconds_per_answer": round(sum(v.cpu for v in base.values()) / len(base), 3)}
+
+
+def edit_all(args: argparse.Namespace, engine: LocalEngine, edits: list[EditCase], state: Progress,
+             measure: Callable[[int], dict[str, Any] | None], report: Callable[[], None]) -> None:
+    """Make the edits not made yet; `measure(n)` gives a checkpoint's row after edit n (or None). A
+    checkpoint that a kill interrupted is taken on resuming."""
+    if state.made and all(r["active_edits"] != state.made for r in state.checkpoints):
+        _take(engine, state, state.made, measure, report)
+    clock = state.clock
+    for n, case in enumerate(edits[state.made:], state.made + 1):
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        state.counts[make_edit(engine, case, args.method)] += 1
+        clock["wall"] += time.perf_counter() - wall0
+        clock["cpu"] += time.process_time() - cpu0
+        clock["since"] += 1
+        state.made = n
+        state.save()
+        if n % 10 == 0:
+            log(f"{n}/{len(edits)} edits, {clock['wall'] / clock['since']:.2f} s/edit "
+                f"({clock['cpu'] / clock['since']:.2f} CPU s) since the last checkpoint, "
+                f"load {os.getloadavg()[0]:.1f}, {state.counts}")
+        _take(engine, state, n, measure, report)
+
+
+def _take(engine: LocalEngine, state: Progress, n: int, measure: Callable[[int], dict[str, Any] | None],
+          report: Callable[[], None]) -> None:
+    row = measure(n)
+    if row is None:
+        return
+    clock = state.clock
+    row.update(active_edits=n, active_memory_edits=engine.info().active_memory_edits,
+               seconds_per_edit=round(clock["wall"] / clock["since"], 3) if clock["since"] else None,
+               cpu_seconds_per_edit=round(clock["cpu"] / clock["since"], 3) if clock["since"] else None,
+               **state.counts)
+    clock.update(since=0, wall=0.0, cpu=0.0)
+    state.checkpoints.append(row)
+    state.save()
+    log(f"checkpoint {n}: " + json.dumps({k: v for k, v in row.items() if not isinstance(v, list)}))
+    report()
 
 
 def save(args: argparse.Namespace, result: dict[str, Any]) -> None:
@@ -259,6 +328,7 @@ def main() -> None:
     parser.add_argument("--method", default="serac")
     parser.add_argument("--home", default=None, help="kbchat data dir (default: kbchat.config.data_dir())")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--state", default=None, help="keep the ledger and progress here, and resume from it")
     parser.add_argument("--json", default=None)
     parser.add_argument("--plot", default=None)
     args = parser.parse_args()

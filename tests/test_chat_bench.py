@@ -105,3 +105,25 @@ def test_methods_sharing_unedited_answers_ask_each_question_once(tmp_path):
     unedited = {q for row in first["per_case"] for q in row["before"]}
     assert asked_again == asked - len(unedited)  # only the answers after each edit were asked again
     assert [row["before"] for row in second["per_case"]] == [row["before"] for row in first["per_case"]]
+
+
+def test_with_typo_swaps_two_letters_of_the_longest_word_never_the_first():
+    from kbchat.evaluation.chat import with_typo
+
+    assert with_typo("Kuala Langat") == "Kuala Lagnat"
+    assert with_typo("Eiffel Tower") == "Efifel Tower"  # the middle pair "ff" would change nothing
+    assert with_typo("BBC One") == "BBC One" and with_typo("AT&T") == "AT&T"  # no word to misspell
+    assert sorted(with_typo("Jaidev")) == sorted("Jaidev") and with_typo("Jaidev")[0] == "J"
+
+
+def test_lower_case_and_typo_questions_count_as_other_wordings(tmp_path):
+    cases = load_cases(flat_file(tmp_path))
+    result = run_chat_bench(FakeChatService(), cases, "serac", constant_fluency)
+    first = result["per_case"][0]["after"]
+    assert "where is the eiffel tower?" in first and "Where is the Efifel Tower?" in first
+    figures = result["figures"]
+    parts = {k: v["n"] for k, v in figures.items() if k.startswith("other_wordings[")}
+    assert parts["other_wordings[lower case]"] == 2 and parts["other_wordings[typo]"] == 2
+    assert figures["other_wordings"]["n"] == sum(parts.values())
+    table = format_chat_table(result)
+    assert "| · typo |" in table and "| · lower case |" in table

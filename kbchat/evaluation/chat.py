@@ -1,12 +1,14 @@
 """The chat mode of the benchmark (issue #12): each edit typed as a user would (`SUBJECT → FACT`,
 through the parser), then asked as chat questions through the chat template, greedy.
 
-Per case: the relation's question and two other wordings, the dataset's rephrase asked as "Complete
-this sentence", a two-turn follow-up (the subject named in the first turn, only referred to in the
+Per case: the relation's question and two other wordings, the relation's question in lower case and
+with a typo in the subject's name (`with_typo`), the dataset's rephrase asked as "Complete this
+sentence", a two-turn follow-up (the subject named in the first turn, only referred to in the
 second), the neighbourhood prompts and two general canaries asked before and after the edit. Single
 editing reverts each edit before the next; sequential editing keeps every edit and asks afterwards.
 
-- reliability / other wordings / rephrase / follow-up: answers that mention the new object;
+- reliability / other wordings / rephrase / follow-up: answers that mention the new object (other
+  wordings: the other questions, lower case and typo together, each also shown on its own);
 - subject intact: of the answers that start to name the subject (contain its first 4 characters),
   those that name it whole; the same for the unedited model's answers, for comparison;
 - fluency: the share of distinct word 3-grams in each answer (repetition scores low; it does not grow
@@ -78,6 +80,7 @@ class CaseQuestions:
     """What one case asks."""
 
     asks: list[str]  # the relation's question, then other wordings
+    variants: dict[str, str]  # "lower case" / "typo": the relation's question written so
     rephrase: list[str]
     neighbours: list[str]
     canaries: list[str]
@@ -87,13 +90,39 @@ class CaseQuestions:
     def of(cls, case: EditCase, canaries: Sequence[str]) -> CaseQuestions:
         req = case.request
         relation = relation_of(req)
-        return cls(questions(req)[:3], [f'Complete this sentence: "{p} ..."' for p in case.paraphrases[:1]],
+        asks = questions(req)[:3]
+        variants = {"lower case": asks[0].lower(), "typo": asks[0].replace(req.subject, with_typo(req.subject), 1)}
+        return cls(asks, {k: v for k, v in variants.items() if v != asks[0]},
+                   [f'Complete this sentence: "{p} ..."' for p in case.paraphrases[:1]],
                    [f'Complete this sentence: "{p} ..."' for p, _ in case.neighborhood[:2]], list(canaries),
                    relation.name if relation else "other")
 
     @property
+    def after(self) -> list[str]:
+        """Every question asked after the edit."""
+        return [*self.asks, *self.variants.values(), *self.rephrase, *self.unchanged]
+
+    @property
     def unchanged(self) -> list[str]:
         return [*self.neighbours, *self.canaries]
+
+
+def with_typo(subject: str) -> str:
+    """`subject` with two neighbouring letters of its longest word swapped, as near its middle as two
+    different letters are ("Kuala Langat" -> "Kuala Lagnat", "Eiffel Tower" -> "Efifel Tower"): the
+    slip a user makes. Unchanged when no word has four letters."""
+    words = subject.split(" ")
+    i = max(range(len(words)), key=lambda j: len(words[j]))
+    word = words[i]
+    if len(word) < 4:
+        return subject
+    mid = len(word) // 2
+    for at in sorted(range(2, len(word)), key=lambda j: abs(j - mid)):  # swap word[at - 1], word[at]; never the first letter
+        a, b = word[at - 1], word[at]
+        if a != b and a.isalpha() and b.isalpha():
+            words[i] = word[: at - 1] + b + a + word[at + 1 :]
+            return " ".join(words)
+    return subject
 
 
 def edit_text(case: EditCase) -> str:
@@ -144,8 +173,12 @@ def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any],
     before, after, follow = row["before"], row["after"], row["follow_up"][1]
     tally.add("reliability", mentions(after[qs.asks[0]], req.target))
     tally.add(f"reliability[{qs.relation}]", mentions(after[qs.asks[0]], req.target))
-    for q in qs.asks[1:]:
+    for q in qs.asks[1:]:  # other wordings: the relation's other questions, then the question in lower case, with a typo
         tally.add("other_wordings", mentions(after[q], req.target))
+        tally.add("other_wordings[other question]", mentions(after[q], req.target))
+    for kind, q in qs.variants.items():
+        tally.add("other_wordings", mentions(after[q], req.target))
+        tally.add(f"other_wordings[{kind}]", mentions(after[q], req.target))
     for q in qs.rephrase:
         tally.add("rephrase", mentions(after[q], req.target))
     tally.add("follow_up", mentions(follow, req.target))
@@ -190,7 +223,7 @@ def _single_case(engine: ChatBenchEngine, case: EditCase, qs: CaseQuestions, met
     before = _unedited(engine, [*qs.asks, *qs.unchanged], answered)
     record = engine.edit(edit_text(case), method=method, audit="off")
     try:
-        after = _ask_all(engine, [*qs.asks, *qs.rephrase, *qs.unchanged])
+        after = _ask_all(engine, qs.after)
         follow = _follow_up(engine, case, qs.asks[0])
     finally:
         engine.revert(record.id)
@@ -208,7 +241,7 @@ def _sequential_rows(engine: ChatBenchEngine, cases: Sequence[EditCase], plans: 
             records.append(engine.edit(edit_text(case), method=method, audit="off"))
             log(f"edit {i}/{len(cases)} {case.request.subject}")
         for case, qs, before, record in zip(cases, plans, befores, records, strict=True):
-            after = _ask_all(engine, [*qs.asks, *qs.rephrase, *qs.unchanged])
+            after = _ask_all(engine, qs.after)
             rows.append(_row(case, record, qs, before, after, _follow_up(engine, case, qs.asks[0])))
     finally:
         for record in reversed(records):
@@ -253,7 +286,7 @@ def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: s
 def _answers_all(row: dict[str, Any], qs: CaseQuestions) -> bool:
     """Whether an earlier run's row holds an answer to every question this case asks now."""
     return set([*qs.asks, *qs.unchanged]) <= set(row["before"]) and \
-        set([*qs.asks, *qs.rephrase, *qs.unchanged]) <= set(row["after"])
+        set(qs.after) <= set(row["after"])
 
 
 def _result(method: str, sequential: bool, rows: list[dict[str, Any]], tally: Tally) -> dict[str, Any]:
