@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from kbchat.memory import SCOPE_THRESHOLD, Embedder, MemoryIndex, key_text_for, subject_key
+from kbchat.memory.names import SlipIndex
+from kbchat.words import normalise_words
 
 DATA = Path("/work/shared/data/counterfact/counterfact-train.json")
 
@@ -221,7 +223,7 @@ def main() -> None:
     kinds = np.array([q.kind for q in questions])
     q_vecs = embedder.embed([q.text for q in questions])  # (Q, dim)
     # Which edits each question names, as the index's exact path decides it (longest mention wins).
-    exact_index = MemoryIndex(embedder.dim)
+    exact_index = MemoryIndex(embedder.dim, known=embedder.knows)
     exact_index.add_many(range(len(edits)), [e["subject"] for e in edits], [e["subject"] for e in edits],
                          embedder.embed([e["subject"] for e in edits]))
     named = np.zeros((len(questions), len(edits)), dtype=bool)  # (Q, N)
@@ -273,7 +275,7 @@ def main() -> None:
         print(f"    {t:.2f}: {m['recall']:6.1%} {m['variant']:6.1%} {m['fpr_hard']:6.1%} {m['false_hit']:6.1%}")
 
     # The real index with every edit in it, at the shipped threshold, searched the way the chat does.
-    index = MemoryIndex(embedder.dim, threshold=SCOPE_THRESHOLD)
+    index = MemoryIndex(embedder.dim, threshold=SCOPE_THRESHOLD, known=embedder.knows)
     index.add_many(range(len(edits)), [e["subject"] for e in edits],
                    [key_text_for(e["subject"], e["prompt"], e["target_new"]) for e in edits], keys)
     found, wrong_nn = [], []
@@ -287,7 +289,31 @@ def main() -> None:
     print(f"\nMemoryIndex.search(k=4) over all {len(edits)} edits at {SCOPE_THRESHOLD:.2f}: own edit returned "
           f"for {np.mean(found):.1%} of in-scope questions; {np.mean(wrong_nn):.1%} of all questions get a "
           f"wrong nearest-neighbour hit")
+    slips_at_scale(args.data, embedder)
     print(f"({time.perf_counter() - start:.0f} s)")
+
+
+def slips_at_scale(path: Path, embedder: Embedder) -> None:
+    """The name path's slips with every subject of the file as an edit: how many prompts about one
+    subject (each record's prompt and its locality prompt) a slip ties to another subject's edit."""
+    records = json.loads(path.read_text())
+    subjects = sorted({r["subject"] for r in records if subject_key(r["subject"])})
+    slips = SlipIndex(embedder.knows)
+    for i, subject in enumerate(subjects):
+        slips.add(i, subject_key(subject))
+    exact = {subject_key(s) for s in subjects}
+    prompts = [p for r in records for p in (r["prompt"], r["locality_prompt"])]
+    wrong = []
+    for prompt in prompts:
+        words = normalise_words(prompt)
+        for n in range(1, 6):
+            for start in range(len(words) - n + 1):
+                gram = tuple(words[start:start + n])
+                if gram not in exact and (found := slips.matches(gram)):
+                    wrong.append((prompt, [subjects[i] for i in found]))
+    print(f"\nSlips with all {len(subjects)} subjects of {path.name} as edits: {len(wrong)} of {len(prompts)} "
+          f"prompts ({len(wrong) / len(prompts):.2%}) tie a word to an edit whose subject they do not name"
+          + "".join(f"\n    {p!r} -> {s}" for p, s in wrong[:12]))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ class WordEmbedder:
             vectors[row] /= max(float(np.linalg.norm(vectors[row])), 1e-6)
         return vectors
 
+    def knows(self, word):
+        return word in {"ireland", "iceland", "paris"}  # a few real words: never slips of a subject
+
 
 def fake_openai_engine(seen: list[dict]) -> FastAPI:
     """A few lines of OpenAI-compatible engine: its answer echoes the system message it was sent."""

@@ -1,11 +1,12 @@
 """How a question is put to the model: the in-scope memory edits decide the prompt and the patches.
 
 In-scope serac edits switch on their in-model patches (and, for chat, are quoted as data in a system
-message); in-scope ike edits turn the input into IKE's completion-format prompt.
+message), and their subjects are written as the edits spell them; in-scope ike edits turn the input into IKE's completion-format prompt.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -13,6 +14,7 @@ from kbchat.config import EngineSettings
 from kbchat.engine.ike import IkeDemos, ike_prompt
 from kbchat.memory.active import fact_of, facts_message
 from kbchat.memory.book import MemoryBook
+from kbchat.memory.names import canonical_spelling
 from kbchat.runtime import Prompt
 from kbchat.service import Message
 
@@ -47,9 +49,13 @@ class Planner:
             facts = [fact_of(r) for r in used]
             demos = self._demos().select(facts[0], self.settings.ike_demos)
             return Plan(Prompt(text=ike_prompt(facts, text, demos), stops=("\n",)), ids, patches, names, targets)
+        # The patches are keyed to the subject's name as the edit has it: a question writing it in
+        # another case or with a slip ("efifel tower") is given to the model with the edit's spelling.
+        spell = functools.partial(canonical_spelling, subjects=names, known=self.book.embedder.knows)
         if not chat:
-            return Plan(Prompt(text=text), ids, patches, names, targets)
-        messages = [*(dict(m) for m in history), {"role": "user", "content": text}]
+            return Plan(Prompt(text=spell(text)), ids, patches, names, targets)
+        messages = [*({**m, "content": spell(m["content"])} if m.get("role") == "user" and names else dict(m)
+                      for m in history), {"role": "user", "content": spell(text)}]
         if serac and self.settings.quote_facts:
             messages = [facts_message(serac), *messages]
         return Plan(Prompt(messages=tuple(messages)), ids, patches, names, targets)

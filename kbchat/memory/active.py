@@ -52,7 +52,7 @@ class ActiveMemory:
 
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
-        self.index = MemoryIndex(embedder.dim)
+        self.index = MemoryIndex(embedder.dim, known=embedder.knows)
         self._rows: dict[int, StoredEdit] = {}
 
     def __len__(self) -> int:

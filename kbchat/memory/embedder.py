@@ -95,6 +95,9 @@ class Embedder:
         self.batch_size = batch_size
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         self.dim: int = int(get_dim())
+        vocab = model.tokenizer.get_vocab() if getattr(model, "tokenizer", None) is not None else {}
+        # Whole-word entries of the encoder's vocabulary (~23k for MiniLM): the words and names it knows.
+        self._words = frozenset(w.casefold() for w in vocab if w.isalpha())
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: str = "cpu") -> Embedder:
@@ -127,6 +130,11 @@ class Embedder:
                                                 show_progress_bar=False), dtype=np.float32)  # (n, dim)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # (n, 1)
         return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+    def knows(self, word: str) -> bool:
+        """Whether `word` (a normalised word, see `kbchat.words`) is a whole word of the encoder's
+        vocabulary: a real word or a common name, so never taken for a slip of another name."""
+        return word.casefold() in self._words
 
     def __repr__(self) -> str:
         return f"Embedder(name={self.name!r}, dim={self.dim})"

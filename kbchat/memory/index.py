@@ -5,6 +5,7 @@ Two paths, because they fail differently:
 * Exact: the question names the edit's subject as whole words (after normalising case, accents,
   punctuation, spacing and a leading "the"). Found through a dict of subject n-grams, so a lookup
   costs O(question length x distinct subject lengths) whatever the number of edits.
+  A name written with one slip ("Manuel Drorego") counts as named too (`kbchat.memory.names`).
 * Nearest neighbours: the edit's key text (see `key_text_for`) is close to the question in embedding
   space (cosine >= `threshold`). Catches misspelt or partial names; the threshold comes from
   `bench/calibrate_scope.py`, chosen to keep false positives rare.
@@ -28,6 +29,7 @@ import faiss
 import numpy as np
 
 from kbchat.memory.calibration import SCOPE_THRESHOLD
+from kbchat.memory.names import Known, SlipIndex
 from kbchat.words import normalise_words
 
 # Single-word subjects that are ordinary function words would match almost every question; such
@@ -103,7 +105,8 @@ class MemoryIndex:
     Embeddings must be `dim`-sized; they are re-normalised on entry, so cosine = inner product.
     """
 
-    def __init__(self, dim: int, threshold: float = SCOPE_THRESHOLD) -> None:
+    def __init__(self, dim: int, threshold: float = SCOPE_THRESHOLD, known: Known = lambda _: False) -> None:
+        """`known(word)`: whether a word is real, so that a mention of it is never a slip (see SlipIndex)."""
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         self.dim = dim
@@ -118,6 +121,7 @@ class MemoryIndex:
         self._keys: dict[int, tuple[str, ...]] = {}  # edit id -> subject n-gram (may be ())
         self._ngrams: dict[tuple[str, ...], set[int]] = {}  # subject n-gram -> edit ids
         self._key_lengths: Counter[int] = Counter()  # n-gram length -> how many keys have it
+        self._slips = SlipIndex(known)  # the same keys, by their one-slip neighbourhoods
 
     # --- mutation ------------------------------------------------------------------------------------
 
@@ -154,6 +158,7 @@ class MemoryIndex:
                 if key:
                     self._ngrams.setdefault(key, set()).add(edit_id)
                     self._key_lengths[len(key)] += 1
+                    self._slips.add(edit_id, key)
 
     def remove(self, edit_id: int) -> None:
         """Forget an edit; it is never returned again. Raises KeyError if it is not indexed."""
@@ -165,6 +170,7 @@ class MemoryIndex:
             assert removed == 1, f"FAISS removed {removed} vectors for edit {edit_id}"
             del self._subjects[edit_id], self._key_texts[edit_id]
             key = self._keys.pop(edit_id)
+            self._slips.remove(edit_id)
             if key:
                 ids = self._ngrams[key]
                 ids.discard(edit_id)
@@ -188,6 +194,7 @@ class MemoryIndex:
 
     def exact_matches(self, question: str) -> tuple[list[int], set[int]]:
         """(ids whose subject the question names, ids only named inside a longer matched subject).
+        A name written with one slip is named, unless its exact spelling is another edit's subject.
 
         The longest mention wins: in "Who is Paris Hilton?" an edit about "Paris Hilton" matches and
         one about "Paris" is shadowed, because the question is not about Paris.
@@ -200,7 +207,7 @@ class MemoryIndex:
                 for n in lengths:
                     if start + n > len(words):
                         break
-                    ids = self._ngrams.get(tuple(words[start:start + n]))
+                    ids = self._ngrams.get(tuple(words[start:start + n])) or self._slips.matches(words[start:start + n])
                     if ids:
                         spans.append((start, start + n, set(ids)))
         kept: list[int] = []
