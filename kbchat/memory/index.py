@@ -158,7 +158,7 @@ class MemoryIndex:
                 if key:
                     self._ngrams.setdefault(key, set()).add(edit_id)
                     self._key_lengths[len(key)] += 1
-                    self._slips.add(edit_id, key)
+            self._slips.add_many((i, self._keys[i]) for i in ids if self._keys[i])
 
     def remove(self, edit_id: int) -> None:
         """Forget an edit; it is never returned again. Raises KeyError if it is not indexed."""

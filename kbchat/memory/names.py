@@ -73,10 +73,6 @@ def _deletions(text: str) -> set[str]:
     return {text} | {text[:i] + text[i + 1:] for i in range(len(text))}
 
 
-def _hashes(texts: Iterable[str]) -> np.ndarray:
-    return np.fromiter((hash(t) for t in texts), dtype=np.int64)  # process-local: the index is in memory only
-
-
 class SlipIndex:
     """Subject keys (normalised word tuples, see `kbchat.memory.index.subject_key`) by their deletion
     neighbourhoods. Not thread-safe on its own: `MemoryIndex` calls it under its lock."""
@@ -90,15 +86,26 @@ class SlipIndex:
         self._count = 0  # entries in _pending
 
     def add(self, edit_id: int, key: Sequence[str]) -> None:
-        joined = " ".join(key)
-        if len(joined.replace(" ", "")) < MIN_SLIP_CHARS:
+        self.add_many([(edit_id, key)])
+
+    def add_many(self, items: Iterable[tuple[int, Sequence[str]]]) -> None:
+        """Index (edit id, key) pairs; a bulk load (start-up) is sorted in at once."""
+        hashes: list[int] = []
+        owners: list[int] = []
+        for edit_id, key in items:
+            joined = " ".join(key)
+            if len(joined.replace(" ", "")) < MIN_SLIP_CHARS:
+                continue
+            self._keys[edit_id] = joined
+            found = [hash(v) for v in _deletions(joined)]  # process-local: the index is in memory only
+            hashes += found
+            owners += [edit_id] * len(found)
+        if self._count + len(hashes) >= _MERGE_AT:
+            self._merge(hashes, owners)
             return
-        self._keys[edit_id] = joined
-        for h in _hashes(_deletions(joined)).tolist():
+        for h, edit_id in zip(hashes, owners, strict=True):
             self._pending.setdefault(h, []).append(edit_id)
-            self._count += 1
-        if self._count >= _MERGE_AT:
-            self._merge()
+        self._count += len(hashes)
 
     def remove(self, edit_id: int) -> None:
         """Forget an edit. Its hashes stay until the next merge; a lookup ignores ids without a key."""
@@ -109,7 +116,7 @@ class SlipIndex:
         candidate = " ".join(words)
         if len(candidate.replace(" ", "")) < MIN_SLIP_CHARS - 1:
             return set()
-        hashes = _hashes(_deletions(candidate))
+        hashes = np.asarray([hash(v) for v in _deletions(candidate)], dtype=np.int64)
         found: set[int] = set()
         for h in hashes.tolist():
             found.update(self._pending.get(h, ()))
@@ -119,16 +126,16 @@ class SlipIndex:
             found.update(self._owners[a:b].tolist())
         return {i for i in found if i in self._keys and _unknown_slip(candidate, self._keys[i], self._known)}
 
-    def _merge(self) -> None:
-        """Fold pending entries into the sorted arrays, dropping those of removed edits."""
-        keep = np.isin(self._owners, np.fromiter(self._keys, dtype=np.int64, count=len(self._keys)))
-        hashes = [self._sorted[keep]]
-        owners = [self._owners[keep]]
+    def _merge(self, hashes: list[int], owners: list[int]) -> None:
+        """Sort the pending entries and (hashes, owners) into the arrays, dropping removed edits'."""
         for h, ids in self._pending.items():
-            live = [i for i in ids if i in self._keys]
-            hashes.append(np.full(len(live), h, dtype=np.int64))
-            owners.append(np.asarray(live, dtype=np.int64))
-        merged, who = np.concatenate(hashes), np.concatenate(owners)
+            hashes += [h] * len(ids)
+            owners += ids
+        live = np.fromiter(self._keys, dtype=np.int64, count=len(self._keys))
+        merged = np.concatenate([self._sorted, np.asarray(hashes, dtype=np.int64)])
+        who = np.concatenate([self._owners, np.asarray(owners, dtype=np.int64)])
+        keep = np.isin(who, live)
+        merged, who = merged[keep], who[keep]
         order = np.argsort(merged, kind="stable")
         self._sorted, self._owners = merged[order], who[order]
         self._pending, self._count = {}, 0
