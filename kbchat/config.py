@@ -148,6 +148,9 @@ class EngineSettings:
     # them; the in-model patch carries the edit for those (like the default) that do not.
     quote_facts: bool = True
     ike_demos: int = 16  # demonstrations in an IKE prompt
+    # serac's patch is checked on the relation's chat question when made: if the answer does not state
+    # the new object, the patch is tried this many times as large, in order (kbchat.engine.strength).
+    serac_scales: tuple[float, ...] = (1.0, 1.5, 2.0)
     context_tokens: int | None = None  # history budget of saved chats; None: the model's context size
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -99,6 +99,12 @@ class Delta:
         """Act as if applied, through forward hooks, leaving the weights untouched."""
         with patched(model, [self], scale=scale):
             yield
+
+    def scaled(self, factor: float) -> Delta:
+        """The same change `factor` times as large (its low-rank factors' left side scaled), with
+        `factor` recorded in `meta["scale"]`."""
+        updates = tuple(replace(u, left=u.left * factor) for u in self.updates)
+        return Delta(self.method, updates, {**self.meta, "scale": factor}, dict(self.extras))
 
     def to_bytes(self) -> bytes:
         tensors: dict[str, torch.Tensor] = {}

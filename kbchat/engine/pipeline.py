@@ -14,6 +14,7 @@ from kbchat.audit.relations import questions
 from kbchat.audit.rivals import chat_rival, raw_rival
 from kbchat.config import COMMIT_METHOD, EXPERIMENTAL, MEMORY_METHODS, EngineSettings, method_kind
 from kbchat.engine.deltas import row_delta
+from kbchat.engine.strength import strengthen
 from kbchat.errors import EditFailed, KbchatError, LedgerError
 from kbchat.ledger import NewEdit, StoredEdit
 from kbchat.memory.book import MemoryBook
@@ -60,8 +61,12 @@ class EditPipeline:
 
     def _memory_edit(self, parsed: ParsedEdit, request: EditRequest, method: str, progress: ProgressFn,
                      hparams: Mapping[str, Any]) -> StoredEdit:
-        # serac's counterfactual model: a ROME patch switched on only in scope.
+        # serac's counterfactual model: a ROME patch switched on only in scope, as strong as it must be.
         delta = self.compute("rome", [request], progress, hparams) if method == "serac" else None
+        if delta is not None:
+            progress(Progress("check", 0, 1, "checking the patch on the relation's question"))
+            fact = f"{parsed.prompt} {parsed.target}." if self.settings.quote_facts else None
+            delta = strengthen(self.runtime, delta, request, self.settings.serac_scales, fact)
         vector = self.book.key_vector(parsed.subject, parsed.prompt, parsed.target)
         new = self._new_edit(parsed, request, method, delta, embedding=vector.astype("float32").tobytes())
         recorded = self.book.record(new, vector)

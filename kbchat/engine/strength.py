@@ -1,0 +1,48 @@
+"""How strong serac's in-model patch is: checked on the relation's chat question when the edit is made.
+
+ROME's value is optimised on raw prompts and chat-formatted ones, but a chat answer can still miss
+the new object ("Where did Jaidev die?" -> 'The answer is: "Jaidev"'). The patch acts only on
+in-scope questions, so making it larger costs nothing elsewhere; it can cost the answer's wording,
+hence the smallest scale that works is kept. The check is the answer a user asking the relation's
+question would get (the same prompt, name guard and rest after the new object as `LocalEngine.ask`),
+so reliability on that question is partly this check's doing; other wordings, lower case, typos and
+follow-ups are not checked here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kbchat.audit.relations import questions
+from kbchat.evaluation.metrics import mentions
+from kbchat.memory.active import facts_message_for
+from kbchat.runtime import ModelRuntime, Prompt
+from methods import Delta, EditRequest
+
+CHECK_TOKENS = 48  # as long as a chat benchmark answer: long enough to reach the object
+
+
+def check_prompt(request: EditRequest, fact: str | None) -> Prompt:
+    """The chat prompt of the relation's question as the planner builds it with this edit in scope:
+    `fact` ("The Eiffel Tower is located in Rome.") quoted in a system message, when facts are quoted."""
+    question = {"role": "user", "content": questions(request)[0]}
+    return Prompt(messages=(facts_message_for([fact]), question) if fact else (question,))
+
+
+def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
+               fact: str | None = None) -> Delta:
+    """`delta` scaled by the first of `scales` whose patched answer to the relation's question names
+    the request's target; `delta` itself (scale 1) when none does or `scales` is empty."""
+    prompt = check_prompt(request, fact)
+    for scale in scales:
+        trial = delta if scale == 1.0 else delta.scaled(scale)
+        key = ("strength check", request.subject, scale)
+        runtime.add_patch(key, trial)
+        try:
+            answer = "".join(runtime.generate(prompt, (key,), CHECK_TOKENS, names=(request.subject,),
+                                              targets=(request.target,)))
+        finally:
+            runtime.remove_patch(key)
+        if mentions(answer, request.target):
+            return trial
+    return delta

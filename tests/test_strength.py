@@ -1,0 +1,68 @@
+"""serac's strength check: the smallest scale whose patched answer to the relation's question names
+the new object is kept, every trial patch is removed, and the stored patch is the one kept."""
+
+from __future__ import annotations
+
+import torch
+
+from kbchat.engine.strength import check_prompt, strengthen
+from methods import Delta, EditRequest, Update
+
+REQUEST = EditRequest("Jaidev", "{} died at", "Dresden", "Mumbai")
+
+
+def delta() -> Delta:
+    return Delta("rome", (Update("m", torch.ones(2, 1), torch.ones(3, 1)),), {"method": "rome"})
+
+
+class Runtime:
+    """Answers with the target once the selected patch is at least `needed` times the computed one."""
+
+    def __init__(self, needed: float | None) -> None:
+        self.needed = needed
+        self.patches: dict = {}
+        self.asked: list[tuple] = []
+
+    def add_patch(self, key, d: Delta) -> None:
+        self.patches[key] = d
+
+    def remove_patch(self, key) -> None:
+        del self.patches[key]
+
+    def generate(self, prompt, patches, limit, *, names=(), targets=()):
+        scale = self.patches[patches[0]].meta.get("scale", 1.0)
+        self.asked.append((prompt.messages[-1]["content"], scale, names, targets))
+        yield "Jaidev died in Dresden." if self.needed is not None and scale >= self.needed else "The answer is: Jaidev"
+
+
+def test_the_smallest_scale_that_works_is_kept():
+    runtime = Runtime(needed=1.5)
+    kept = strengthen(runtime, delta(), REQUEST, (1.0, 1.5, 2.0))
+    assert kept.meta["scale"] == 1.5 and torch.equal(kept.updates[0].left, 1.5 * torch.ones(2, 1))
+    assert [a[1] for a in runtime.asked] == [1.0, 1.5]  # stops at the first that works
+    question, _, names, targets = runtime.asked[0]
+    assert question == "Where did Jaidev die?" and names == ("Jaidev",) and targets == ("Dresden",)
+    assert runtime.patches == {}  # no trial patch is left behind
+
+
+def test_a_patch_that_works_at_once_or_never_is_kept_as_computed():
+    computed = delta()
+    assert strengthen(Runtime(needed=1.0), computed, REQUEST, (1.0, 1.5, 2.0)) is computed
+    runtime = Runtime(needed=None)
+    assert strengthen(runtime, computed, REQUEST, (1.0, 1.5, 2.0)) is computed
+    assert len(runtime.asked) == 3 and runtime.patches == {}
+    assert strengthen(Runtime(needed=1.0), computed, REQUEST, ()) is computed
+
+
+def test_the_check_asks_as_the_planner_would():
+    quoted = check_prompt(REQUEST, "Jaidev died at Dresden.")
+    assert quoted.messages[0]["role"] == "system" and '"Jaidev died at Dresden."' in quoted.messages[0]["content"]
+    assert check_prompt(REQUEST, None).messages == ({"role": "user", "content": "Where did Jaidev die?"},)
+
+
+def test_scaled_delta_leaves_the_original_alone():
+    computed = delta()
+    bigger = computed.scaled(2.0)
+    assert torch.equal(computed.updates[0].left, torch.ones(2, 1)) and "scale" not in computed.meta
+    assert torch.equal(bigger.updates[0].matrix(), 2 * computed.updates[0].matrix())
+    assert Delta.from_bytes(bigger.to_bytes()).meta["scale"] == 2.0
