@@ -215,6 +215,30 @@ def test_training_is_deterministic_and_resumes_exactly(tmp_path, tiny_dir) -> No
         assert torch.equal(value, resumed[key]), key
 
 
+@needs_data
+def test_an_editor_is_evaluated_on_a_task_it_was_not_trained_on(tmp_path, tiny_dir) -> None:
+    """Trained on two tasks (InstructEdit), evaluated on all three: the held-out task with its own
+    instruction, at a training wording and at the held-out wording."""
+    from kbchat.cli import run
+    from kbchat.training.evaluate import evaluate
+
+    out = tmp_path / "two-tasks.safetensors"
+    args = ["--model", str(tiny_dir), "--home", str(tmp_path / "home"), "train-editor", "--method", "instructedit",
+            "--tasks", "counterfact", "qa", "--steps", "2", "--val-every", "2", "--val-size", "2",
+            "--batch-size", "2", "--threads", "1", "--out", str(out)]
+    with one_thread():
+        assert run(args) == 0
+        result = evaluate(out, n=6, skip=0, model=str(tiny_dir), home=str(tmp_path / "home"))
+    from methods.mend.checkpoint import read_header
+
+    assert set(json.loads(read_header(out)["about"])["train_tasks"]) == {"counterfactual completion",
+                                                                          "question answering"}
+    for wording in ("training wording", "held-out wording"):
+        per_task = result["results"][wording]
+        assert set(per_task) == set(records.TASKS)  # chat included, though never trained on
+        assert all(0.0 <= figures["success"] <= 1.0 and figures["n"] > 0 for figures in per_task.values())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["instructedit", "mend"])
 def test_the_shipped_editors_edit_the_default_model(model_home, kind) -> None:

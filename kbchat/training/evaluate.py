@@ -4,7 +4,7 @@
 
 Uses the validation split of `kbchat.training.records.build(seed=...)` (no record of it was trained on),
 skipping the first `--skip` records (those `train-editor --val-size` scored to pick the checkpoint), and
-reports per task: the edit loss (target NLL on the paraphrase after the edit), the locality KL and the
+reports per task (a task the editor was not trained on, `--tasks` of train-editor, with its own instruction): the edit loss (target NLL on the paraphrase after the edit), the locality KL and the
 edit success (every target token the argmax on the paraphrase). An InstructEdit editor is scored with a
 training wording of each task's instruction and with the held-out wording.
 """
@@ -33,7 +33,10 @@ def evaluate(editor_path: Path, n: int = 48, skip: int = 24, seed: int = 0, mode
     split = records.build(None, records.TASKS, loaded.tokenizer, seed=seed)
     chosen = split.val[skip : skip + n]
     kind = editor.spec.kind
-    config = TrainConfig(instructions=kind == "instructedit", tasks=editor.spec.tasks or TrainConfig().tasks)
+    # Every task's instruction is known, trained on or not: a held-out task is evaluated with its own.
+    trained = {t.name for t in editor.spec.tasks}
+    tasks = (*editor.spec.tasks, *(t for t in TrainConfig().tasks if t.name not in trained))
+    config = TrainConfig(instructions=kind == "instructedit", tasks=tasks)
     wordings = {"training wording": 0}
     if kind == "instructedit":
         wordings["held-out wording"] = editor.spec.tasks[0].held_out_wording

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -239,6 +240,7 @@ def train(
     val_set = list(val_records[: config.val_size])
     sampler = TaskSampler(train_records, config.tasks, config.instructions)
     about = {"config": asdict(config), "train_records": len(train_records),
+             "train_tasks": dict(Counter(r.task for r in train_records)),  # a task absent here is held out
              "train_sha256": records_sha256(train_records), "val_records": len(val_set)}
     with eval_mode(model), frozen(model):
         state = _start(model, tokenizer, editor, optimizer, generator, val_set, config, out, resume, about)
