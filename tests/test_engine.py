@@ -120,3 +120,29 @@ def test_a_kill_while_recording_leaves_the_ledger_as_it_was(tiny_engine, tiny_mo
     with Ledger.open(db) as ledger:
         assert [(e.id, e.status) for e in ledger.edits()] == before
     assert _kbchat(["verify"], tiny_model_dir, tiny_home, db).returncode == 0
+
+
+def test_several_edits_touching_one_question_all_act(tiny_engine) -> None:
+    """Two serac edits named in one question are both in scope, and both patches are switched on."""
+    eiffel = tiny_engine.edit(EIFFEL, audit="off")
+    louvre = tiny_engine.edit("Louvre Museum → The Louvre Museum is located in Madrid", audit="off")
+    try:
+        question = "Is the Eiffel Tower in the same city as the Louvre Museum?"
+        plan = tiny_engine.planner.plan(question)
+        assert set(plan.patches) == {eiffel.id, louvre.id} and set(plan.names) == {"Eiffel Tower", "Louvre Museum"}
+        answer = tiny_engine.ask(question, max_new_tokens=8)
+        assert set(answer.used_edits) == {eiffel.id, louvre.id}
+        one = tiny_engine.runtime.score(_first_logits, [(question, "Rome")], patches=(eiffel.id,))
+        both = tiny_engine.runtime.score(_first_logits, [(question, "Rome")], patches=plan.patches)
+        assert one != both  # the second patch changes what the model computes
+    finally:
+        tiny_engine.revert(louvre.id)
+        tiny_engine.revert(eiffel.id)
+
+
+def _first_logits(model, tokenizer, pairs):
+    import torch
+
+    ids = tokenizer(pairs[0][0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return [model(input_ids=ids).logits[0, -1, :8].tolist()]
