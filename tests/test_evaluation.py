@@ -237,6 +237,14 @@ def test_greedy_text_cuts_at_a_stop_string(word_tok):
         ("New Jersey, York", "New York", False),
         ("It is C++.", "C++", True),
         ("", "Rome", False),
+        ("Le Iene is a Canadian product.", "Canada", True),  # regular adjective and demonym forms
+        ("It is a Japanese design.", "Japan", True),
+        ("Sheikh Bedreddin is a Buddhist.", "Buddhism", True),
+        ("The Antarctic is cold.", "Antarctica", True),
+        ("She is Italian.", "Italy", True),
+        ("He is French.", "France", False),  # irregular forms are not guessed
+        ("Canadians", "Canada Goose", False),  # nor forms of a target of several words
+        ("It is in Canadia.", "Canada", False),
     ],
 )
 def test_mentions(answer, target, hit):

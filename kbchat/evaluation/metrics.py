@@ -201,16 +201,36 @@ def prefers_new(
 # Judging generated answers
 
 
+# How a one-word target's regular adjective and demonym forms end ("a Canadian product" names Canada,
+# "a Buddhist" Buddhism), and the endings the target drops first (Canad-a, Ital-y, Buddh-ism).
+_DERIVED = ("", "n", "an", "ian", "ese", "ish", "ic", "ist", "i", "ns", "ans", "ians", "ists")
+_DROPPED = ("ism", "a", "y", "e")  # not "ia": Tunisia would give Tunis, Romania Roman
+
+
+def derived_forms(word: str) -> set[str]:
+    """The regular adjective and demonym forms of a one-word target of four letters or more, in
+    `normalise_words` form: canada -> canadian, japan -> japanese, buddhism -> buddhist, antarctica ->
+    antarctic, italy -> italian, asia -> asian. Irregular ones (France -> French, Norway -> Norwegian)
+    are not guessed; a target of several words has none."""
+    if len(word) < 4 or not word.isalpha():
+        return set()
+    stems = {word} | {word[: -len(end)] for end in _DROPPED if word.endswith(end) and len(word) - len(end) >= 4}
+    return {stem + end for stem in stems for end in _DERIVED} - {word}
+
+
 def mentions(answer: str, target: str) -> bool:
     """Whether `answer` names `target`: its words appear consecutively, ignoring case, accents and
-    punctuation ("rome." and "Rome's" mention "Rome"; "Romeo" does not). A target with no word
-    characters falls back to a case-insensitive substring test."""
+    punctuation ("rome." and "Rome's" mention "Rome"; "Romeo" does not), or, for a one-word target,
+    one of its regular adjective or demonym forms does ("a Canadian product" mentions "Canada"; see
+    `derived_forms`). A target with no word characters falls back to a case-insensitive substring test."""
     wanted = normalise_words(target)
     if not wanted:
         return target.strip().casefold() in answer.casefold() if target.strip() else False
     words = normalise_words(answer)
     n = len(wanted)
-    return any(words[i : i + n] == wanted for i in range(len(words) - n + 1))
+    if any(words[i : i + n] == wanted for i in range(len(words) - n + 1)):
+        return True
+    return n == 1 and not derived_forms(wanted[0]).isdisjoint(words)
 
 
 def generation_hit(generate: Callable[[str], str], prompt_or_question: str, target: str) -> tuple[bool, str]:
