@@ -71,8 +71,8 @@ def chat_verdicts(figures: dict) -> list[tuple[str, str, str, bool | None]]:
     for name, key, threshold in CHAT_TARGETS:
         value = figures.get(name, {}).get(key)
         rows.append((name, _pct(value), f"≥ {threshold:.0%}", None if value is None else value >= threshold))
-        for part, figure in figures.items():  # e.g. other_wordings[typo]: shown, the target is the whole's
-            if part.startswith(f"{name}["):
+        for part, figure in figures.items():  # other_wordings[typo]: shown, the target is the whole's
+            if name == "other_wordings" and part.startswith(f"{name}["):  # (reliability's: per relation, below)
                 rows.append((f"· {part[len(name) + 1:-1]}", _pct(figure.get(key)), "part of the above", None))
     edited = figures.get("subject_intact_edited", {}).get("rate")
     unedited = figures.get("subject_intact_unedited", {}).get("rate")
