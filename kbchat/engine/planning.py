@@ -1,7 +1,8 @@
 """How a question is put to the model: the in-scope memory edits decide the prompt and the patches.
 
 In-scope serac edits switch on their in-model patches (and, for chat, are quoted as data in a system
-message), and their subjects are written as the edits spell them; in-scope ike edits turn the input into IKE's completion-format prompt.
+message), and their subjects are written as the edits spell them; in-scope ike edits turn the input
+into IKE's completion-format prompt.
 """
 
 from __future__ import annotations
