@@ -9,7 +9,7 @@ import pytest
 
 from kbchat import cli
 from kbchat.errors import KbchatError
-from kbchat.evaluation.chat import names_subject, run_chat_bench
+from kbchat.evaluation.chat import AnswerNLL, answer_nll, fact_spans, names_subject, run_chat_bench
 from kbchat.evaluation.datasets import load_cases
 from kbchat.evaluation.tables import chat_verdicts, format_chat_table
 from tests.fake_service import FakeChatService
@@ -22,8 +22,8 @@ def flat_file(tmp_path):
     return path
 
 
-def constant_fluency(question: str, answer: str) -> tuple[float, int]:
-    return 2.0, 2
+def constant_fluency(question: str, answer: str, facts=(), limit=None) -> AnswerNLL:
+    return AnswerNLL(2.0, 2, 3)
 
 
 @pytest.mark.parametrize("sequential", [False, True])
@@ -49,12 +49,16 @@ def test_targets_table_says_what_misses():
     figures = {"reliability": {"rate": 0.9, "n": 10}, "other_wordings": {"rate": 0.9, "n": 20},
                "subject_intact_edited": {"rate": 0.8, "n": 5}, "subject_intact_unedited": {"rate": 0.9, "n": 5},
                "distinct3_edited": {"mean": 0.9, "n": 10}, "distinct3_unedited": {"mean": 0.95, "n": 10},
-               "entropy_edited": {"mean": 2.0, "n": 10}, "entropy_unedited": {"mean": 4.0, "n": 10}}
+               "entropy_edited": {"mean": 2.0, "n": 10}, "entropy_unedited": {"mean": 4.0, "n": 10},
+               "nll_edited": {"nll": 2.3, "n": 10}, "nll_unedited": {"nll": 2.0, "n": 10},
+               "nll_whole_edited": {"nll": 4.0, "n": 10}, "nll_whole_unedited": {"nll": 2.0, "n": 10}}
     verdicts = {name: met for name, _, _, met in chat_verdicts(figures)}
     assert verdicts["reliability"] is False and verdicts["other_wordings"] is True
     assert verdicts["follow_up"] is None  # not measured: neither met nor missed
     assert verdicts["subject_intact"] is False and verdicts["fluency (distinct 3-grams)"] is True
     assert verdicts["n-gram entropy"] is None  # shown, not judged
+    assert verdicts["fluency (unedited model's NLL per token, same length, the fact's words not charged)"] is False  # 2.3 > 1.1 × 2.0
+    assert verdicts["NLL per token of the whole answers"] is None
     table = format_chat_table({"method": "serac", "cases": 10, "figures": figures})
     assert "| reliability | 90.0 | ≥ 95% | NO |" in table
 
@@ -127,3 +131,25 @@ def test_lower_case_and_typo_questions_count_as_other_wordings(tmp_path):
     assert figures["other_wordings"]["n"] == sum(parts.values())
     table = format_chat_table(result)
     assert "| · typo |" in table and "| · lower case |" in table
+
+
+def test_fact_spans_are_whole_words_in_order():
+    answer = "Rome is in Italy; the Roman forum is in rome, not Paris."
+    assert fact_spans(answer, ["Rome", "Paris", "Berlin"]) == [(0, 4), (40, 44), (50, 55)]
+    assert fact_spans("New York and York", ["York", "New York"]) == [(0, 8), (13, 17)]  # overlap: longer kept
+    assert fact_spans("anything", ["", " "]) == []
+
+
+def test_answer_nll_leaves_the_facts_tokens_out(tiny_engine):
+    """The fact's NLL is subtracted by the chain rule: what is left is the NLL of the other tokens,
+    each given everything before it, so it does not depend on how surprising the fact itself is."""
+    fluency = answer_nll(tiny_engine.runtime)
+    question, answer = "Where is the Eiffel Tower?", "The Eiffel Tower is in Rome, a city."
+    whole = fluency(question, answer, (), None)
+    masked = fluency(question, answer, ["Rome"], None)
+    assert masked.tokens == whole.tokens - 1 and masked.nll < whole.nll and masked.length == whole.length
+    other = fluency(question, answer.replace("Rome", "Oslo"), ["Oslo"], None)
+    assert other.nll != masked.nll  # the tokens after the fact are still scored, given it
+    cut = fluency(question, answer, ["Rome"], 4)  # " The Eiffel Tower is": the fact is past the cut
+    assert cut.tokens == 4 and cut.length == whole.length and 0 < cut.nll < masked.nll
+    assert fluency(question, "  ", ["Rome"], None) == AnswerNLL(0.0, 0, 0)

@@ -11,16 +11,21 @@ editing reverts each edit before the next; sequential editing keeps every edit a
   wordings: the other questions, lower case and typo together, each also shown on its own);
 - subject intact: of the answers that start to name the subject (contain its first 4 characters),
   those that name it whole; the same for the unedited model's answers, for comparison;
-- fluency: the share of distinct word 3-grams in each answer (repetition scores low; it does not grow
-  with length), edited against unedited. Shown beside it, not targeted: ROME's n-gram entropy (which
-  grows with the answer's length, and edited answers are often shorter) and the unedited model's
-  per-token NLL of the answers (which also charges the new object itself);
+- fluency, two ways, edited against unedited: the share of distinct word 3-grams in each answer
+  (repetition scores low; it does not grow with length), and the unedited model's per-token NLL of
+  the answer, both answers to a question cut to the shorter one's tokens, the fact's own words not
+  charged (the new object and the true one, wherever named: a counterfactual surprises the unedited
+  model, and that is the edit, not disfluency; a mangled name or broken grammar is still charged).
+  The cut matters: an answer's first tokens cost most, so a short answer's mean NLL is higher than a
+  long one's however fluent. Shown beside them, not targeted: ROME's n-gram entropy (which grows with
+  the answer's length) and the NLL of the whole answers;
 - neighbours / canaries unchanged: answered exactly as before the edit.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -34,7 +39,17 @@ from kbchat.records import Answer, EditRecord
 MAX_TOKENS = 48
 FOLLOW_UP = "Tell me about {}."
 CANARIES_PER_CASE = 2
-Fluency = Callable[[str, str], tuple[float, int]]  # (question, answer) -> (summed NLL, tokens)
+# (question, answer, facts, limit) -> the answer's NLL, its first `limit` tokens only (None: all)
+Fluency = Callable[[str, str, Sequence[str], "int | None"], "AnswerNLL"]
+
+
+@dataclass(frozen=True)
+class AnswerNLL:
+    """An answer's summed NLL over the tokens scored (facts' tokens left out), and its full length."""
+
+    nll: float
+    tokens: int  # scored: within the limit, facts' tokens left out
+    length: int  # the whole answer's tokens
 
 
 class ChatBenchEngine(Protocol):
@@ -137,19 +152,46 @@ def names_subject(answer: str, subject: str) -> bool | None:
     return subject.casefold() in answer.casefold()
 
 
+def fact_spans(answer: str, facts: Sequence[str]) -> list[tuple[int, int]]:
+    """(start, end) of every whole-word occurrence of each fact in `answer`, ignoring case, in order,
+    overlaps dropped (the earlier, then longer, span kept)."""
+    found = sorted({(m.start(), m.end()) for fact in facts if fact.strip()
+                    for m in re.finditer(rf"(?<!\w){re.escape(fact.strip())}(?!\w)", answer, re.IGNORECASE)},
+                   key=lambda span: (span[0], -span[1]))
+    spans: list[tuple[int, int]] = []
+    for start, end in found:
+        if not spans or start >= spans[-1][1]:
+            spans.append((start, end))
+    return spans
+
+
 def answer_nll(runtime) -> Fluency:
-    """fluency(question, answer) -> (summed NLL, tokens) of the answer under `runtime`'s unpatched model
-    (a `kbchat.runtime.ModelRuntime`; in-scope patches are not switched on)."""
+    """fluency(question, answer, facts, limit) -> `AnswerNLL` of the answer (its first `limit` tokens
+    when given) under `runtime`'s unpatched model (a `kbchat.runtime.ModelRuntime`; in-scope patches
+    are not switched on), the tokens of `facts`' occurrences (`fact_spans`) left out: by the chain
+    rule, the answer's NLL minus each occurrence's NLL given the prompt and the answer before it."""
     from kbchat.runtime.decoding import chat_text
 
     tokenizer = runtime.loaded.tokenizer
 
-    def fluency(question: str, answer: str) -> tuple[float, int]:
+    def ids(text: str) -> list[int]:
+        return tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"]
+
+    def fluency(question: str, answer: str, facts: Sequence[str] = (), limit: int | None = None) -> AnswerNLL:
         if not answer.strip():
-            return 0.0, 0
+            return AnswerNLL(0.0, 0, 0)
+        length = len(ids(answer))
+        if limit is not None and limit < length:
+            answer = tokenizer.decode(ids(answer)[:limit]).strip() if limit > 0 else ""
+            if not answer:
+                return AnswerNLL(0.0, 0, length)
         prompt = chat_text(tokenizer, [{"role": "user", "content": question}])
-        tokens = len(tokenizer(" " + answer, add_special_tokens=False)["input_ids"])
-        return -runtime.score(target_logprobs, [(prompt, answer)])[0], tokens
+        spans = fact_spans(answer, facts)
+        pairs = [(prompt, answer)] + [((prompt + " " + answer[:start]).rstrip(), answer[start:end])
+                                      for start, end in spans]
+        whole, *parts = runtime.score(target_logprobs, pairs)
+        tokens = len(ids(answer)) - sum(len(ids(answer[start:end])) for start, end in spans)
+        return AnswerNLL(-(whole - sum(parts)), tokens, length)
 
     return fluency
 
@@ -170,6 +212,7 @@ def _follow_up(engine: ChatBenchEngine, case: EditCase, ask: str) -> tuple[str, 
 def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any], fluency: Fluency) -> None:
     """Adds one case's figures, read from its row's answers (`_row`)."""
     req = case.request
+    facts = [f for f in (req.target, req.target_true) if f]  # not charged by the fluency NLL
     before, after, follow = row["before"], row["after"], row["follow_up"][1]
     tally.add("reliability", mentions(after[qs.asks[0]], req.target))
     tally.add(f"reliability[{qs.relation}]", mentions(after[qs.asks[0]], req.target))
@@ -187,9 +230,15 @@ def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any],
             whole = names_subject(answers[q], req.subject)
             if whole is not None:
                 tally.add(f"subject_intact_{who}", whole)
-            tally.add_nll(f"nll_{who}", *fluency(q, answers[q]))
             tally.add_value(f"entropy_{who}", ngram_entropy(answers[q]))
             tally.add_value(f"distinct3_{who}", distinct_ngrams(answers[q]))
+    for q in qs.asks:  # NLLs: of the whole answers, and of both cut to the shorter one's length
+        full = {who: fluency(q, answers[q], facts, None) for who, answers in (("unedited", before), ("edited", after))}
+        shorter = min(f.length for f in full.values())
+        for who, answers in (("unedited", before), ("edited", after)):
+            tally.add_nll(f"nll_whole_{who}", full[who].nll, full[who].tokens)
+            cut = full[who] if full[who].length == shorter else fluency(q, answers[q], facts, shorter)
+            tally.add_nll(f"nll_{who}", cut.nll, cut.tokens)
     for q in qs.neighbours:
         tally.add("neighbours_unchanged", after[q] == before[q])
     for q in qs.canaries:

@@ -1,0 +1,152 @@
+"""The InstructEdit table (issue #11): one editor trained on several tasks with instructions, against
+MEND trained on the same mix without them, against single-task MEND, and on a held-out task.
+
+    python -m bench.instructedit_table --steps 300 --dir /work/runs/it-table \\
+        --json bench/results/instructedit-table.json
+
+Every run trains for the same number of steps with the same settings (seed, batch, c_loc, rates) and
+validates only at its last step, so the editor scored is the last one: no run picks a checkpoint on
+the records the table scores. Each editor is then scored by `kbchat.training.evaluate` on the same
+validation records (the first `--n` of the three-task split; subjects no editor trained on), per task,
+with a training wording of each instruction and with the held-out wording. A task an editor was not
+trained on is scored with its own instruction: that column is the held-out task.
+
+Resumable: a run whose editor is finished is not trained again (one stopped part-way resumes from its
+state file), and a run already scored in `--json` is not scored again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kbchat.training import records
+
+ALL = records.TASKS  # counterfactual completion, question answering, chat
+HELD_OUT = "chat"  # the task the held-out runs never see: the one kbchat's users meet
+SHORT = {"counterfactual completion": "counterfact", "question answering": "qa", "chat": "chat"}  # --tasks' names
+
+
+@dataclass(frozen=True)
+class Run:
+    label: str
+    method: str  # mend | instructedit
+    tasks: tuple[str, ...]
+
+    @property
+    def slug(self) -> str:
+        return f"{self.method}-{'+'.join(SHORT[t] for t in self.tasks)}"
+
+
+def runs() -> list[Run]:
+    trained = tuple(t for t in ALL if t != HELD_OUT)
+    return [
+        Run("InstructEdit, three tasks", "instructedit", ALL),
+        Run("MEND, three tasks, no instructions", "mend", ALL),
+        *(Run(f"MEND, single task ({t})", "mend", (t,)) for t in ALL),
+        Run(f"InstructEdit, {HELD_OUT} held out", "instructedit", trained),
+        Run(f"MEND, {HELD_OUT} held out, no instructions", "mend", trained),
+    ]
+
+
+def finished(out: Path, steps: int) -> bool:
+    """Whether the run writing `out` reached `steps` (its log's last row)."""
+    from kbchat.training.command import log_path
+
+    log = log_path(out)
+    if not out.is_file() or not log.is_file():
+        return False
+    lines = log.read_text().splitlines()
+    return bool(lines) and json.loads(lines[-1])["step"] >= steps
+
+
+def train(run: Run, args: argparse.Namespace) -> tuple[Path, float]:
+    """The run's editor, trained (or resumed) unless finished; (its path, training seconds this call)."""
+    from kbchat.training.command import TrainOptions, run_training
+    from methods.mend import state_path
+
+    out = args.dir / f"{run.slug}.safetensors"
+    if finished(out, args.steps):
+        return out, 0.0
+    started = time.monotonic()
+    run_training(TrainOptions(method=run.method, steps=args.steps, out=str(out), resume=state_path(out).is_file(),
+                              tasks=run.tasks, seed=args.seed, threads=args.threads, val_every=args.steps,
+                              val_size=24, c_loc=args.c_loc, quiet=True))
+    return out, time.monotonic() - started
+
+
+def training_seconds(out: Path) -> float:
+    """Wall time of the whole run (its log's clock; a resumed run adds each part's)."""
+    from kbchat.training.command import log_path
+
+    rows = [json.loads(line) for line in log_path(out).read_text().splitlines()]
+    total, last = 0.0, 0.0
+    for row in rows:  # the clock restarts at each resume
+        total += row["seconds"] - last if row["seconds"] >= last else row["seconds"]
+        last = row["seconds"]
+    return round(total, 1)
+
+
+def format_table(result: dict) -> str:
+    """Markdown: one row per run and wording; per task, edit success / edit loss / locality KL."""
+    lines = [f"`{result['command']}`", "",
+             f"{result['steps']} steps each (batch 4, c_loc {result['c_loc']}, seed {result['seed']}); scored on "
+             f"{result['n']} validation records (subjects no run trained on). Cells: edit success / edit loss "
+             f"(nats) / locality KL; *held out* = a task the editor never trained on.", "",
+             "| editor | wording | " + " | ".join(ALL) + " | training |",
+             "|---|---|" + "---|" * len(ALL) + "---|"]
+    for row in result["runs"]:
+        for wording, per_task in row["scores"]["results"].items():
+            cells = []
+            for task in ALL:
+                s = per_task.get(task)
+                mark = "" if task in row["tasks"] else " *held out*"
+                cells.append("–" if s is None else f"{s['success']:.2f} / {s['edit']:.2f} / {s['loc']:.3f}{mark}")
+            lines.append(f"| {row['label']} | {wording} | " + " | ".join(cells) + f" | {row['seconds'] / 60:.0f} min |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--c-loc", type=float, default=5.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--n", type=int, default=96, help="validation records scored, per wording")
+    parser.add_argument("--dir", type=Path, required=True, help="where the runs' editors and states go")
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--only", default=None, help="comma-separated run slugs (default: all)")
+    args = parser.parse_args(argv)
+    args.dir.mkdir(parents=True, exist_ok=True)
+    from kbchat.training.evaluate import evaluate
+
+    old = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    if old and (old.get("steps"), old.get("c_loc"), old.get("n")) != (args.steps, args.c_loc, args.n):
+        raise SystemExit(f"instructedit_table: {args.json} holds a run with other settings")
+    scored = {row["slug"]: row for row in old.get("runs", [])}
+    result = {"command": "python -m bench.instructedit_table " + " ".join(sys.argv[1:] if argv is None else argv),
+              "steps": args.steps, "c_loc": args.c_loc, "seed": args.seed, "n": args.n, "runs": []}
+    wanted = set(args.only.split(",")) if args.only else None
+    for run in runs():
+        if wanted is not None and run.slug not in wanted:
+            if run.slug in scored:
+                result["runs"].append(scored[run.slug])
+            continue
+        if run.slug not in scored:
+            out, _ = train(run, args)
+            print(f"{run.label}: trained ({out})", file=sys.stderr, flush=True)
+            scores = evaluate(out, n=args.n, skip=0, seed=args.seed)
+            scored[run.slug] = {"slug": run.slug, "label": run.label, "method": run.method, "tasks": list(run.tasks),
+                                "seconds": training_seconds(out), "scores": scores}
+        result["runs"].append(scored[run.slug])
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+        args.json.with_suffix(".md").write_text(format_table(result) + "\n")
+    print(format_table(result))
+
+
+if __name__ == "__main__":
+    main()
