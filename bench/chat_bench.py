@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from kbchat.config import data_dir
+from kbchat.config import EngineSettings, data_dir
 from kbchat.engine.local import LocalEngine
 from kbchat.evaluation.chat import answer_nll, run_chat_bench
 from kbchat.evaluation.datasets import load_cases
@@ -72,12 +72,15 @@ def main() -> None:
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--resume", action="store_true", help="carry on the run each --json file holds")
     parser.add_argument("--json", default=None, help="output file; '{method}' in it is the method's name")
+    parser.add_argument("--no-quote-facts", action="store_true",
+                        help="serac without its system message quoting the fact (the patch alone)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
     answered: dict[str, str] = {}  # unedited answers, shared by the methods
     with tempfile.TemporaryDirectory() as tmp, \
-            LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=data_dir(args.home)) as engine:
+            LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=data_dir(args.home),
+                             settings=EngineSettings(quote_facts=not args.no_quote_facts)) as engine:
         for method in args.methods:
             path = json_path(args, method)
             done, spent = earlier(path, args, method)
