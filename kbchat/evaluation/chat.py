@@ -180,17 +180,19 @@ def answer_nll(runtime) -> Fluency:
     def fluency(question: str, answer: str, facts: Sequence[str] = (), limit: int | None = None) -> AnswerNLL:
         if not answer.strip():
             return AnswerNLL(0.0, 0, 0)
-        length = len(ids(answer))
+        answer_ids = ids(answer)
+        length = len(answer_ids)
         if limit is not None and limit < length:
-            answer = tokenizer.decode(ids(answer)[:limit]).strip() if limit > 0 else ""
+            answer = tokenizer.decode(answer_ids[:limit]).strip() if limit > 0 else ""
             if not answer:
                 return AnswerNLL(0.0, 0, length)
+            answer_ids = ids(answer)
         prompt = chat_text(tokenizer, [{"role": "user", "content": question}])
         spans = fact_spans(answer, facts)
         pairs = [(prompt, answer)] + [((prompt + " " + answer[:start]).rstrip(), answer[start:end])
                                       for start, end in spans]
         whole, *parts = runtime.score(target_logprobs, pairs)
-        tokens = len(ids(answer)) - sum(len(ids(answer[start:end])) for start, end in spans)
+        tokens = len(answer_ids) - sum(len(ids(answer[start:end])) for start, end in spans)
         return AnswerNLL(-(whole - sum(parts)), tokens, length)
 
     return fluency
@@ -225,7 +227,8 @@ def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any],
     for q in qs.rephrase:
         tally.add("rephrase", mentions(after[q], req.target))
     tally.add("follow_up", mentions(follow, req.target))
-    for who, answers in (("unedited", before), ("edited", after)):
+    sides = (("unedited", before), ("edited", after))
+    for who, answers in sides:
         for q in qs.asks:
             whole = names_subject(answers[q], req.subject)
             if whole is not None:
@@ -233,9 +236,9 @@ def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any],
             tally.add_value(f"entropy_{who}", ngram_entropy(answers[q]))
             tally.add_value(f"distinct3_{who}", distinct_ngrams(answers[q]))
     for q in qs.asks:  # NLLs: of the whole answers, and of both cut to the shorter one's length
-        full = {who: fluency(q, answers[q], facts, None) for who, answers in (("unedited", before), ("edited", after))}
+        full = {who: fluency(q, answers[q], facts, None) for who, answers in sides}
         shorter = min(f.length for f in full.values())
-        for who, answers in (("unedited", before), ("edited", after)):
+        for who, answers in sides:
             tally.add_nll(f"nll_whole_{who}", full[who].nll, full[who].tokens)
             cut = full[who] if full[who].length == shorter else fluency(q, answers[q], facts, shorter)
             tally.add_nll(f"nll_{who}", cut.nll, cut.tokens)
