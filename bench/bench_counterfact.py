@@ -4,6 +4,10 @@ Single editing (each delta undone before the next case):
     .venv/bin/python -m bench.bench_counterfact --methods rome,memit,ft --limit 20
 Sequential editing (all kept; retention and neighbourhood measured after the last edit):
     .venv/bin/python -m bench.bench_counterfact --methods alphaedit,memit --sequential 200
+The learned editors beside ROME, timed in the same run (each editor loaded once, before its first edit
+is timed, as the app keeps it), on CounterFact val or the zsRE rows training never saw:
+    .venv/bin/python -m bench.bench_counterfact --methods rome,mend,instructedit --limit 100
+    .venv/bin/python -m bench.bench_counterfact --data zsre-heldout --methods rome,mend,instructedit --limit 100
 
 Figures (ROME's CounterFact definitions):
 - efficacy: P(new) > P(old) on the edit prompt (summed log-probs);
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +39,7 @@ from kbchat.evaluation.probes import case_probes
 from kbchat.runtime.decoding import completion_input_ids, greedy_text
 from kbchat.runtime.loading import load_model
 from methods import StatsCache
+from methods.mend import LoadedEditors
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "counterfact" / "counterfact-val.json"
 
@@ -61,14 +67,27 @@ def mean(values: list[bool | float]) -> float:
     return float(sum(values) / len(values)) if values else float("nan")
 
 
-def run_single(model, tokenizer, cases, method, stats, model_id) -> dict:
+def method_options(impl: methods.Method, model, stats, model_id: str, editors: LoadedEditors,
+                   search: tuple[str, ...] = ()) -> dict:
+    """What `impl.compute` needs besides the request: statistics, or its trained editor (loaded once; from
+    `search` first, then the shipped ones)."""
+    if impl.uses_statistics:
+        return {"stats": stats, "model_id": model_id}
+    if impl.editor_kind is not None:
+        return {"editor": editors.get(model, impl.editor_kind, search, model_id)}
+    return {}
+
+
+def run_single(model, tokenizer, cases, method, stats, model_id, search: tuple[str, ...] = ()) -> dict:
     impl = methods.get(method)
     rows, seconds = [], []
+    editors = LoadedEditors()
+    method_options(impl, model, stats, model_id, editors, search)  # the one-time load is not an edit's time
     for case in cases:
         before = measure(model, tokenizer, case)
         started = time.perf_counter()
-        kwargs = {"stats": stats, "model_id": model_id} if impl.uses_statistics else {}
-        delta = impl.compute(model, tokenizer, [case.request], **kwargs)
+        options = method_options(impl, model, stats, model_id, editors, search)
+        delta = impl.compute(model, tokenizer, [case.request], **options)
         seconds.append(time.perf_counter() - started)
         applied = delta.apply(model)
         after = measure(model, tokenizer, case)
@@ -126,6 +145,7 @@ def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int 
     and neighbourhood preservation of the edits made so far: the curve that shows collapse, if any.
     With `state_dir`, a stopped run resumes: its saved deltas are applied again, in order."""
     impl = methods.get(method)
+    editors = LoadedEditors()
     state = SequentialState(state_dir, method, cases)
     if state.progress["before"] is None:
         state.progress["before"] = [measure(model, tokenizer, c) for c in cases]
@@ -135,7 +155,7 @@ def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int 
     handles = [d.apply(model) for d in deltas]
     for i, case in enumerate(cases[len(deltas):], len(deltas) + 1):
         started = time.perf_counter()
-        kwargs = {"stats": stats, "model_id": model_id} if impl.uses_statistics else {}
+        kwargs = method_options(impl, model, stats, model_id, editors)
         if impl.protects_prior:
             kwargs["prior"] = deltas
         delta = impl.compute(model, tokenizer, [case.request], **kwargs)
@@ -179,7 +199,8 @@ def summarise(rows: list[dict], seconds: list[float]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="a dataset file, or zsre-heldout: the zsRE rows "
+                                                                   "no shipped editor was trained on")
     parser.add_argument("--methods", default="rome,memit,ft")
     parser.add_argument("--limit", type=int, default=20)
     parser.add_argument("--sequential", type=int, default=0, help="number of sequential edits (0: single)")
@@ -188,6 +209,8 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=50, help="sequential: measure the curve every N edits")
     parser.add_argument("--state", default=None, help="sequential: keep progress in this folder (one per method) "
                                                       "and resume from it")
+    parser.add_argument("--editors", action="append", default=[],
+                        help="a trained editor file or folder, searched before the shipped ones (repeatable)")
     parser.add_argument("--torch-threads", type=int, default=None, help="e.g. 1 when two benchmarks share 2 cores")
     args = parser.parse_args()
     if args.torch_threads:
@@ -199,6 +222,11 @@ def main() -> None:
     model_id = methods.model_fingerprint(model)
     stats = StatsCache(home / "stats")
     n = args.sequential or args.limit
+    label = args.data
+    if args.data == "zsre-heldout":
+        from bench.run_tables import held_out_file
+
+        args.data = held_out_file()
     cases = [c for c in load_cases(args.data, limit=n * 2) if c.request.target_true][:n]
 
     # One-time statistics, timed on their own.
@@ -217,7 +245,8 @@ def main() -> None:
     stats_seconds = time.perf_counter() - started
 
     torch.manual_seed(0)
-    results = {"data": args.data, "cases": len(cases), "statistics_seconds": round(stats_seconds, 1),
+    results = {"command": "python -m bench.bench_counterfact " + " ".join(sys.argv[1:]), "data": label,
+               "cases": len(cases), "statistics_seconds": round(stats_seconds, 1),
                "mode": f"sequential {n}" if args.sequential else "single", "torch_threads": torch.get_num_threads(),
                "methods": {}}
     for name in args.methods.split(","):
@@ -225,7 +254,7 @@ def main() -> None:
             state = Path(args.state) / name if args.state else None
             results["methods"][name] = run_sequential(model, tokenizer, cases, name, stats, model_id, args.every, state)
         else:
-            results["methods"][name] = run_single(model, tokenizer, cases, name, stats, model_id)
+            results["methods"][name] = run_single(model, tokenizer, cases, name, stats, model_id, tuple(args.editors))
         print(name, json.dumps(results["methods"][name]), flush=True)
         if args.json:  # after each method: a long run that is stopped keeps what it measured
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

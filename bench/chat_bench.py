@@ -7,6 +7,9 @@ are scored again from their saved answers, not asked again.
 
     .venv/bin/python -m bench.chat_bench --limit 200 --methods serac,rome,memit,alphaedit,ike \\
         --json 'bench/results/chat-{method}-val200.json' --resume
+
+`--own-answer` optimises serac's value keeping the model's own answer (`EngineSettings.serac_own_answer`);
+`--no-quote-facts` leaves out the system message that quotes the fact (the patch alone).
 """
 
 from __future__ import annotations
@@ -74,13 +77,16 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="output file; '{method}' in it is the method's name")
     parser.add_argument("--no-quote-facts", action="store_true",
                         help="serac without its system message quoting the fact (the patch alone)")
+    parser.add_argument("--own-answer", action="store_true",
+                        help="serac's value optimised keeping the model's own answer (EngineSettings.serac_own_answer)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
     answered: dict[str, str] = {}  # unedited answers, shared by the methods
     with tempfile.TemporaryDirectory() as tmp, \
             LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=data_dir(args.home),
-                             settings=EngineSettings(quote_facts=not args.no_quote_facts)) as engine:
+                             settings=EngineSettings(quote_facts=not args.no_quote_facts,
+                                                    serac_own_answer=args.own_answer)) as engine:
         for method in args.methods:
             path = json_path(args, method)
             done, spent = earlier(path, args, method)

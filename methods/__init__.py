@@ -44,7 +44,7 @@ class Method:
     uses_statistics: bool  # needs second moments (pass `stats=StatsCache(...)` to reuse them)
     protects_prior: bool  # accepts `prior=[earlier deltas]` for sequential editing
     summary: str
-    uses_editor: bool = False  # needs a trained editor: pass `editor=` or `editors=[paths]` and `model_id=`
+    editor_kind: str | None = None  # needs a trained editor of this kind: pass `editor=` or `editors=[paths]`
 
     def hparams(self, model, **overrides):
         """Defaults for `model`'s architecture with `overrides` (unknown keys raise TypeError)."""
@@ -66,10 +66,10 @@ _REGISTRY = {
         # (found by `model_id`, the unedited model's fingerprint).
         Method("mend", mend_compute, MendHParams, False, False,
                "a trained editor network turns the edit's gradient into a low-rank update of the last MLPs",
-               uses_editor=True),
+               editor_kind="mend"),
         Method("instructedit", compute_instructedit, MendHParams, False, False,
                "MEND's editor trained on several tasks, each edit input behind a task instruction",
-               uses_editor=True),
+               editor_kind="instructedit"),
         Method("kn", kn.compute, KNHParams, False, False,
                "knowledge neurons located by integrated gradients, value vectors moved (baseline)"),
     )

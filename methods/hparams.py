@@ -41,6 +41,7 @@ class ValueHParams:
     weight_decay: float = 1e-3  # on ||delta||^2 / ||v0||^2
     clamp_norm_factor: float = 4.0  # ||delta|| <= factor * ||v0||
     kl_factor: float = 0.0625  # keeps "{subject} is a" predictions where they were
+    answer_kl: float = 1.0  # keeps the model's own answers where given (`optimize_value(answers=)`), per position
     # stop once the target's mean NLL is below this (P ~ 0.9): 0.05 cost ~5 more steps per edit on
     # SmolLM2 for no change in efficacy, neighbourhood or generation on 20 CounterFact edits
     stop_nll: float = 0.1

@@ -20,10 +20,11 @@ from torch import nn
 
 from methods.hooks import Trace
 from methods.hparams import ContextHParams, ValueHParams
+from methods.own_answer import OwnAnswer, answer_kl, answer_rows, kept_logprobs
 from methods.precision import work_dtype, working_copy
 from methods.progress import ProgressFn, silent
 from methods.requests import EditRequest
-from methods.tokens import leading_bos, right_padded
+from methods.tokens import leading_bos, right_padded, subject_last_tokens
 
 ESSENCE_PROMPT = "{} is a"
 DEFAULT_CONTEXTS = ContextHParams()
@@ -67,23 +68,6 @@ class Batch:
     subject_positions: tuple[tuple[int, ...], ...]  # per row: every occurrence of the subject
     target_positions: tuple[tuple[int, ...], ...]  # per row: positions whose logits predict target tokens
     target_ids: tuple[tuple[int, ...], ...]
-
-
-def subject_last_tokens(tokenizer, text: str, subject: str) -> tuple[int, ...]:
-    """Token index of the last token of every occurrence of `subject` in `text`."""
-    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
-    offsets = enc["offset_mapping"]
-    found = []
-    start = text.find(subject)
-    while start != -1:
-        end = start + len(subject)
-        overlapping = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
-        if overlapping:
-            found.append(max(overlapping))
-        start = text.find(subject, end)
-    if not found:
-        raise ValueError(f"subject {subject!r} not found in {text!r}")
-    return tuple(sorted(set(found)))
 
 
 def target_token_ids(tokenizer, text: str, target: str) -> list[int]:
@@ -251,11 +235,13 @@ def optimize_value(
     module: str,
     hparams: ValueHParams,
     progress: ProgressFn = silent,
+    answers: Sequence[OwnAnswer] = (),
 ) -> ValueResult:
     """Find delta so that adding it to `module`'s output at the subject makes the model say the target.
 
     Loss = target NLL over the edit texts + kl_factor * KL on "{subject} is a" (keep what the subject
-    *is*) + weight decay; ||delta|| is clamped to clamp_norm_factor * ||init||. The model's weights are
+    *is*) + answer_kl * KL on the model's own `answers` away from the replaced fact (`methods.own_answer`)
+    + weight decay; ||delta|| is clamped to clamp_norm_factor * ||init||. The model's weights are
     not changed (and their requires_grad flags are restored).
 
     The steps run on a cheaper-precision working copy when `hparams.work_dtype` picks one; the result
@@ -268,9 +254,11 @@ def optimize_value(
     used = 0
     work = working_copy(model, work_dtype(model, hparams.work_dtype))
     if work is not None:
-        used = _descend(work, tokenizer, request, module, hparams, delta, optimizer, hparams.steps, 0, progress).steps
+        used = _descend(work, tokenizer, request, module, hparams, delta, optimizer, hparams.steps, 0, progress,
+                        answers).steps
         del work
-    return _descend(model, tokenizer, request, module, hparams, delta, optimizer, hparams.steps - used, used, progress)
+    return _descend(model, tokenizer, request, module, hparams, delta, optimizer, hparams.steps - used, used, progress,
+                    answers)
 
 
 def _descend(
@@ -284,13 +272,18 @@ def _descend(
     steps: int,
     done: int,
     progress: ProgressFn,
+    answers: Sequence[OwnAnswer] = (),
 ) -> ValueResult:
     """At most `steps` updates of `delta` on `model`, stopping once the target NLL is below stop_nll.
 
     The loss is always evaluated once more after the last update, so the NLL returned is the final one.
     """
-    head = model.get_output_embeddings()
     groups = value_groups(model, tokenizer, request, hparams.chat_prompts, hparams.contexts)
+    own = answer_rows(tokenizer, answers, request.subject, next(model.parameters()).device) if answers else None
+    if own is not None:  # the last group; its rows have no target, only positions whose distribution is kept
+        empty = tuple(() for _ in own.kept)
+        groups.append(TextGroup(Batch(own.input_ids, own.attention_mask, own.subject_positions, empty, empty),
+                                None, 0, essence_row=None))
     originals: list[list[torch.Tensor]] = [[] for _ in groups]
     current = {"group": 0}
 
@@ -305,13 +298,8 @@ def _descend(
             out[b, list(pos)] = out[b, list(pos)] + delta.to(out.dtype)
         return out
 
-    def essence_logprobs(group: TextGroup, hidden: torch.Tensor) -> torch.Tensor:
-        row = group.essence_row
-        last = int(group.batch.attention_mask[row].sum()) - 1
-        return F.log_softmax(head(hidden[row, last]).float(), -1)
-
+    anchors = Anchors(model, groups, own.kept if own is not None else None)
     with frozen(model):
-        base_essence = None  # made on the first update: a check that passes at once needs no KL
         nll_value, step, init = float("inf"), 0, None
         for step in range(steps + 1):
             optimizer.zero_grad()
@@ -327,18 +315,43 @@ def _descend(
             if nll_value < hparams.stop_nll or step == steps:
                 break
             progress("value", done + step + 1, hparams.steps, nll_value)
-            if base_essence is None:
-                with torch.no_grad():  # the unedited distribution: no hook adds delta here
-                    base_essence = essence_logprobs(groups[0], _hidden(model, groups[0]))
-            kl = F.kl_div(essence_logprobs(groups[0], hiddens[0]), base_essence, log_target=True, reduction="sum")
             decay = hparams.weight_decay * delta.norm() ** 2 / init.norm() ** 2
-            (nll + hparams.kl_factor * kl + decay).backward()
+            (nll + anchors.loss(hiddens, hparams) + decay).backward()
             optimizer.step()
             with torch.no_grad():
                 limit = hparams.clamp_norm_factor * init.norm()
                 if delta.norm() > limit:
                     delta.mul_(limit / delta.norm())
     return ValueResult(init=init, delta=delta.detach().float().clone(), nll=nll_value, steps=done + step)
+
+
+class Anchors:
+    """The KL terms of the value loss: "{subject} is a" (the first group's essence row) and, when `kept`
+    is given, the own answers (the last group). Their unedited distributions are made on the first call,
+    without the hook: a check that passes at once needs neither."""
+
+    def __init__(self, model: nn.Module, groups: Sequence[TextGroup], kept: Sequence[Sequence[int]] | None) -> None:
+        self.model, self.groups, self.kept = model, groups, kept
+        self.head = model.get_output_embeddings()
+        self.base: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def essence(self, hidden: torch.Tensor) -> torch.Tensor:
+        group = self.groups[0]
+        row = group.essence_row
+        last = int(group.batch.attention_mask[row].sum()) - 1
+        return F.log_softmax(self.head(hidden[row, last]).float(), -1)  # (V,)
+
+    def loss(self, hiddens: Sequence[torch.Tensor], hparams: ValueHParams) -> torch.Tensor:
+        if self.base is None:
+            with torch.no_grad():
+                answers = (kept_logprobs(self.head, _hidden(self.model, self.groups[-1]), self.kept)
+                           if self.kept is not None else None)
+                self.base = (self.essence(_hidden(self.model, self.groups[0])), answers)
+        essence, answers = self.base
+        loss = hparams.kl_factor * F.kl_div(self.essence(hiddens[0]), essence, log_target=True, reduction="sum")
+        if answers is not None:
+            loss = loss + hparams.answer_kl * answer_kl(kept_logprobs(self.head, hiddens[-1], self.kept), answers)
+        return loss
 
 
 def target_nll(model: nn.Module, groups: Sequence[TextGroup], hiddens: Sequence[torch.Tensor]) -> torch.Tensor:

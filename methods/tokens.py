@@ -31,3 +31,20 @@ def right_padded(tokenizer, rows: Sequence[Sequence[int]], device) -> tuple[torc
         input_ids[i, : len(r)] = torch.tensor(list(r))
         mask[i, : len(r)] = 1
     return input_ids.to(device), mask.to(device)
+
+
+def subject_last_tokens(tokenizer, text: str, subject: str) -> tuple[int, ...]:
+    """Token index of the last token of every occurrence of `subject` in `text`."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    offsets = enc["offset_mapping"]
+    found = []
+    start = text.find(subject)
+    while start != -1:
+        end = start + len(subject)
+        overlapping = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
+        if overlapping:
+            found.append(max(overlapping))
+        start = text.find(subject, end)
+    if not found:
+        raise ValueError(f"subject {subject!r} not found in {text!r}")
+    return tuple(sorted(set(found)))

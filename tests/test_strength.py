@@ -66,3 +66,32 @@ def test_scaled_delta_leaves_the_original_alone():
     assert torch.equal(computed.updates[0].left, torch.ones(2, 1)) and "scale" not in computed.meta
     assert torch.equal(bigger.updates[0].matrix(), 2 * computed.updates[0].matrix())
     assert Delta.from_bytes(bigger.to_bytes()).meta["scale"] == 2.0
+
+
+def test_serac_with_own_answers_keeps_the_unedited_chat_answer(tiny_engine, monkeypatch) -> None:
+    """With `serac_own_answer`, serac's ROME value is computed keeping the unedited model's chat answer to
+    the relation's question (the fact it states left free); without it, no answer is passed."""
+    from dataclasses import replace
+
+    from kbchat.audit.relations import questions
+    from kbchat.runtime.decoding import chat_text
+    from methods.own_answer import OwnAnswer
+
+    pipeline = tiny_engine.pipeline
+    seen = []
+    compute = pipeline.compute
+
+    def spy(method, requests, progress, hparams, prior=(), answers=()):
+        seen.append(answers)
+        return compute(method, requests, progress, hparams, prior, answers)
+
+    monkeypatch.setattr(pipeline, "compute", spy)
+    tiny_engine.edit("Eiffel Tower → The Eiffel Tower is located in Rome", method="serac", audit="off")
+    monkeypatch.setattr(pipeline, "settings", replace(pipeline.settings, serac_own_answer=True))
+    record = tiny_engine.edit("Big Ben → Big Ben is located in Cairo", method="serac", audit="off")
+    assert seen[0] == [[]]
+    (own,) = seen[1][0]
+    question = {"role": "user", "content": questions(EditRequest("Big Ben", "{} is located in", "Cairo"))[0]}
+    assert isinstance(own, OwnAnswer) and own.answer
+    assert own.prompt == chat_text(tiny_engine.runtime.loaded.tokenizer, [question])
+    assert own.fact == record.target_true

@@ -45,7 +45,8 @@ def test_every_task_has_training_and_validation_records(split) -> None:
     assert set(counts) == set(records.TASKS) == {t.name for t in DEFAULT_TASKS}
     for task, c in counts.items():
         assert c["train"] > 100 and c["val"] > 10, (task, c)
-    assert all(r.prompt and r.target.strip() and r.paraphrase and r.locality for r in split.train + split.val)
+    assert all(r.prompt and r.target.strip() and r.paraphrase and r.locality and r.locality_answer.strip()
+               for r in split.train + split.val)
     # the first validation records mix the tasks (train() scores a prefix of them)
     assert {r.task for r in split.val[:6]} == set(records.TASKS)
 
@@ -80,7 +81,7 @@ def test_chat_prompts_end_at_the_assistant_turn(split, tokenizer) -> None:
     assert chats
     for r in chats[:500]:
         assert r.prompt.endswith(header) and r.paraphrase.endswith(header)
-        assert not r.locality.endswith(header)  # the locality input carries its answer
+        assert r.locality.endswith(header) and r.locality_answer.strip()  # its answer is the reply
         assert r.target not in r.prompt.split(header)[-1]
 
 
@@ -263,3 +264,29 @@ def test_the_shipped_editors_edit_the_default_model(model_home, kind) -> None:
         assert _target_nll(model, tok, prompt, "Rome") < before - 1.0
     finally:
         applied.undo()
+
+
+def test_curves_merge_the_validation_history_and_keep_the_runs_best() -> None:
+    from kbchat.training.curves import summarise
+
+    rows = [{"step": s, "edit_loss": 5.0 - s, "loc_loss": 0.1, "seconds": float(s)} for s in (1, 2, 3, 4)]
+    rows[1].update(val_edit_loss=3.0, val_loc_loss=0.2, val_success=0.5, best_step=2)
+    rows[3].update(val_edit_loss=1.0, val_loc_loss=0.9, val_success=0.9, best_step=2)  # worse by train()'s objective
+    history = [{"step": 0, "edit": 9.0, "loc": 0.0, "success": 0.0, "kept": 1.0},
+               {"step": 2, "edit": 3.0, "loc": 0.2, "success": 0.5, "kept": 0.75},
+               {"step": 4, "edit": 1.0, "loc": 0.9, "success": 0.9, "kept": 0.25}]
+    run = summarise("mend", rows, {"note": "x"}, history)
+    assert [v["step"] for v in run["validations"]] == [0, 2, 4]
+    assert [v["val_kept"] for v in run["validations"]] == [1.0, 0.75, 0.25]
+    assert run["best"]["step"] == 2 and run["steps"] == 4 and run["wall_seconds"] == 4.0
+    assert summarise("mend", rows)["validations"][0]["step"] == 2  # no history: what the log holds
+
+
+def test_curves_continue_the_clock_of_a_resumed_run(tmp_path) -> None:
+    from kbchat.training.curves import read_log
+
+    log = tmp_path / "e.log.jsonl"
+    lines = [{"step": 1, "seconds": 10.0}, {"step": 2, "seconds": 20.0}, {"step": 2, "seconds": 3.0},
+             {"step": 3, "seconds": 6.0}]
+    log.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert [(r["step"], r["seconds"]) for r in read_log(log)] == [(1, 10.0), (2, 23.0), (3, 26.0)]

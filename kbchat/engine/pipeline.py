@@ -20,10 +20,13 @@ from kbchat.ledger import NewEdit, StoredEdit
 from kbchat.memory.book import MemoryBook
 from kbchat.records import ParsedEdit, Progress, ProgressFn
 from kbchat.runtime import ModelRuntime
+from kbchat.runtime.decoding import chat_text
 from methods import Delta, EditRequest, StatsCache
-from methods.mend import EditorNotFound
+from methods.mend import EditorNotFound, LoadedEditors
+from methods.own_answer import OwnAnswer
 
 RIVAL_TOKENS = 32
+OWN_ANSWER_TOKENS = 48  # about a chat answer's first sentence or two
 STAGES = {
     "value": "optimising the new value",
     "statistics": "key statistics over Wikipedia text (once per model and layer)",
@@ -41,6 +44,7 @@ class EditPipeline:
         self.stats = stats
         self.settings = settings
         self.editors = tuple(editors)  # where trained editors (MEND, InstructEdit) are looked for
+        self.loaded_editors = LoadedEditors()  # each loaded once (a second per edit otherwise)
 
     # -- making an edit -----------------------------------------------------------------------------
 
@@ -62,7 +66,10 @@ class EditPipeline:
     def _memory_edit(self, parsed: ParsedEdit, request: EditRequest, method: str, progress: ProgressFn,
                      hparams: Mapping[str, Any]) -> StoredEdit:
         # serac's counterfactual model: a ROME patch switched on only in scope, as strong as it must be.
-        delta = self.compute("rome", [request], progress, hparams) if method == "serac" else None
+        delta = None
+        if method == "serac":
+            answers = [self.own_answer(request)] if self.settings.serac_own_answer else []
+            delta = self.compute("rome", [request], progress, hparams, answers=[answers])
         if delta is not None:
             progress(Progress("check", 0, 1, "checking the patch on the relation's question"))
             fact = f"{parsed.prompt} {parsed.target}." if self.settings.quote_facts else None
@@ -76,23 +83,34 @@ class EditPipeline:
             self.runtime.add_patch(recorded.edit.id, delta)
         return recorded.edit
 
+    def own_answer(self, request: EditRequest) -> OwnAnswer:
+        """The unedited model's chat answer to the relation's question, with the fact it states."""
+        question = questions(request)[0]
+        prompt = chat_text(self.runtime.loaded.tokenizer, [{"role": "user", "content": question}])
+        return OwnAnswer(prompt, self.runtime.answer(question, OWN_ANSWER_TOKENS), request.target_true)
+
     def compute(self, method: str, requests: Sequence[EditRequest], progress: ProgressFn,
-                hparams: Mapping[str, Any], prior: Sequence[Delta] = ()) -> Delta:
-        """The method's delta for `requests`; the model is unchanged afterwards (EditFailed on failure)."""
+                hparams: Mapping[str, Any], prior: Sequence[Delta] = (),
+                answers: Sequence[Sequence[OwnAnswer]] = ()) -> Delta:
+        """The method's delta for `requests`; the model is unchanged afterwards (EditFailed on failure).
+        `answers`: own answers to keep, per request (ROME only)."""
         impl = methods.get(method)
         options: dict[str, Any] = {"progress": method_progress(progress)}
+        if answers:
+            options["answers"] = answers
         if impl.uses_statistics:
             options.update(stats=self.stats, model_id=self.runtime.base_fingerprint())
         if impl.protects_prior:
             options["prior"] = list(prior)
-        if impl.uses_editor:
-            options.update(editors=list(self.editors), model_id=self.runtime.base_fingerprint())
         try:
             hp = impl.hparams_from_dict(self.runtime.loaded.model, dict(hparams)) if hparams else None
         except TypeError as exc:  # unknown or ill-typed hyperparameters
             raise KbchatError(str(exc)) from exc
+        model_id = self.runtime.base_fingerprint() if impl.editor_kind is not None else None  # takes the lock
         try:
             with self.runtime.exclusive() as (model, tokenizer):
+                if impl.editor_kind is not None:
+                    options["editor"] = self.loaded_editors.get(model, impl.editor_kind, self.editors, model_id)
                 return impl.compute(model, tokenizer, list(requests), hp, **options)
         except KbchatError:
             raise

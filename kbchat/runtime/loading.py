@@ -172,11 +172,18 @@ def dequantize_gguf(gguf: Path, target: Path, progress: ProgressFn = no_progress
     clean_config = AutoConfig.for_model(**config)
     model = AutoModelForCausalLM.from_config(clean_config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
-    tmp = target.with_name(target.name + ".tmp")
+    # Per process: two kbchat processes started together on a fresh machine each write their own copy,
+    # and the first to finish is kept (they are identical).
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process got there first
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     progress(Progress("dequantize", 2, 2, "done"))
     return target
 

@@ -162,13 +162,15 @@ class _Bar:
         fields = {"edit": f"{status.edit_loss:.3f}", "loc": f"{status.loc_loss:.4f}"}
         if status.val_success is not None:
             fields["val_success"] = f"{status.val_success:.2f}"
+            if status.val_kept is not None:
+                fields["val_kept"] = f"{status.val_kept:.2f}"
             fields["best"] = status.best_step
         self.bar.set_postfix(fields, refresh=False)
         row = {"step": status.step, "edit_loss": status.edit_loss, "loc_loss": status.loc_loss,
                "seconds": round(time.monotonic() - self.started, 2)}
         if status.step % self.val_every == 0 or status.step == status.steps:  # train() validated here
             row.update(val_edit_loss=status.val_edit_loss, val_loc_loss=status.val_loc_loss,
-                       val_success=status.val_success, best_step=status.best_step)
+                       val_success=status.val_success, val_kept=status.val_kept, best_step=status.best_step)
         self.log_file.write(json.dumps(row) + "\n")
         self.log_file.flush()
 

@@ -1,5 +1,5 @@
 """Training curves of `kbchat train-editor` runs: the per-step logs (`<editor>.log.jsonl`) as JSON and a
-plot (edit loss, locality KL, validation edit success against the step).
+plot (edit loss, locality KL, validation edit success and locality answers kept against the step).
 
     python -m kbchat.training.curves --run instructedit=LOG --run mend=LOG \
         --json-dir bench/results --png bench/results/editor-training.png [--about KEY=VALUE ...]
@@ -27,22 +27,36 @@ def read_log(path: Path) -> list[dict]:
     return [by_step[k] for k in sorted(by_step)]
 
 
+def read_history(path: Path) -> list[dict]:
+    """Validation rows from `train-editor --json` output, or from a training-state file's header."""
+    if path.suffix == ".safetensors":
+        from methods.mend.checkpoint import read_header
+
+        return json.loads(read_header(path)["progress"])["history"]
+    return json.loads(path.read_text())["history"]
+
+
 def summarise(name: str, rows: list[dict], about: dict | None = None, history: list[dict] = ()) -> dict:
-    """`history`: validation rows of `train-editor --json` (they include step 0, before any training)."""
-    vals = [r for r in rows if "val_success" in r]
-    logged = {r["step"] for r in vals}
-    extra = [{"step": h["step"], "val_edit_loss": h["edit"], "val_loc_loss": h["loc"], "val_success": h["success"],
-              "seconds": 0.0} for h in history if h["step"] not in logged and h["step"] == 0]
-    vals = sorted(extra + vals, key=lambda r: r["step"])
-    best = min(vals, key=lambda r: 0.1 * r["val_edit_loss"] + r["val_loc_loss"]) if vals else None
+    """`history`: the run's validation rows as `train()` keeps them (`train-editor --json`, or the state
+    file's): they add step 0 (before any training) and the locality answers kept (`val_kept`)."""
+    vals = {r["step"]: dict(r) for r in rows if "val_success" in r}
+    for h in history:
+        if h["step"] in vals or h["step"] == 0:
+            row = vals.setdefault(h["step"], {"step": h["step"], "val_edit_loss": h["edit"], "val_loc_loss": h["loc"],
+                                              "val_success": h["success"], "seconds": 0.0})
+            if "kept" in h:
+                row["val_kept"] = h["kept"]
+    ordered = [vals[k] for k in sorted(vals)]
+    chosen = rows[-1].get("best_step") if rows else None  # train() kept this one (its own objective)
+    best = next((r for r in ordered if r["step"] == chosen), ordered[-1] if ordered else None)
+    keys = ("step", "val_edit_loss", "val_loc_loss", "val_success", "val_kept", "seconds")
     return {
         "run": name,
         "about": about or {},
         "steps": rows[-1]["step"] if rows else 0,
         "wall_seconds": rows[-1]["seconds"] if rows else 0.0,
         "best": best,
-        "validations": [{k: r[k] for k in ("step", "val_edit_loss", "val_loc_loss", "val_success", "seconds")}
-                        for r in vals],
+        "validations": [{k: r[k] for k in keys if k in r} for r in ordered],
         "train": [{k: r[k] for k in ("step", "edit_loss", "loc_loss", "seconds")} for r in rows],
     }
 
@@ -72,10 +86,14 @@ def plot(runs: list[dict], png: Path) -> None:
         axes[1].plot(steps, smooth([r["loc_loss"] for r in run["train"]]), color=colour, label=f"{run['run']} (train)")
         axes[1].plot(vsteps, [v["val_loc_loss"] for v in run["validations"]], "o--", color=colour,
                      label=f"{run['run']} (validation)")
-        axes[2].plot(vsteps, [v["val_success"] for v in run["validations"]], "o-", color=colour, label=run["run"])
+        axes[2].plot(vsteps, [v["val_success"] for v in run["validations"]], "o-", color=colour,
+                     label=f"{run['run']} edit success")
+        kept = [(v["step"], v["val_kept"]) for v in run["validations"] if "val_kept" in v]
+        if kept:
+            axes[2].plot(*zip(*kept, strict=True), "s:", color=colour, label=f"{run['run']} locality answers kept")
     axes[0].set(title="edit loss: target NLL on the paraphrase after the edit", xlabel="step", ylabel="nats")
     axes[1].set(title="locality loss: KL(original || edited)", xlabel="step", ylabel="nats per token")
-    axes[2].set(title="validation edit success (held-out edits)", xlabel="step", ylabel="share", ylim=(-0.02, 1.02))
+    axes[2].set(title="held-out edits: success; neighbours' answers kept (< 1 nat)", xlabel="step", ylabel="share", ylim=(-0.02, 1.02))
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -90,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", action="append", required=True, help="NAME=LOG (a .log.jsonl file)")
     parser.add_argument("--about", action="append", default=[], help="NAME:KEY=VALUE, recorded in NAME's JSON")
     parser.add_argument("--history", action="append", default=[],
-                        help="NAME=FILE: the run's `train-editor --json` output (adds the step-0 validation)")
+                        help="NAME=FILE: the run's `train-editor --json` output or its .state.safetensors "
+                             "(adds the step-0 validation and the locality answers kept)")
     parser.add_argument("--json-dir", type=Path, required=True)
     parser.add_argument("--png", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -106,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         for item2 in args.history:
             hname, hfile = item2.split("=", 1)
             if hname == name:
-                history += json.loads(Path(hfile).read_text())["history"]
+                history += read_history(Path(hfile))
         run = summarise(name, read_log(Path(log)), abouts.get(name), history)
         runs.append(run)
         out = args.json_dir / f"editor-training-{name}.json"

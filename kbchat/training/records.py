@@ -4,15 +4,16 @@ Three tasks (the names of `methods.mend.instruct.DEFAULT_TASKS`):
 
 - counterfactual completion: CounterFact (`counterfact-train.json`, flattened EasyEdit layout): the
   prompt is completed by `target_new`; the paraphrase is `rephrase_prompt`; the locality input is
-  `locality_prompt` followed by its true answer.
+  `locality_prompt` (a neighbour: another subject, the same relation) with its true answer.
 - question answering: zsRE (`zsre-train-1k.json`, MEND layout): the question `src` answered by
   `alt`; the paraphrase is `rephrase`; the locality input is the NQ question `loc` ("nq question:
-  ..." turned into a question) followed by `loc_ans`.
+  ..." turned into a question) with its answer `loc_ans`.
 - chat: a question put through the model's chat template, ending where the assistant's reply begins;
   the reply is the new answer. The questions come from CounterFact cases whose relation kbchat knows
   (`kbchat.audit.relations.questions`: the first asks, the second is the paraphrase) and from zsRE
   (`src` / `rephrase`). The locality input is an NQ question from zsRE in the same chat format,
-  answered.
+  its answer the reply. Every locality input comes with its answer (`EditRecord.locality_answer`):
+  training's locality term is taken where that answer is predicted.
 
 `counterfact-val.json` is never read here (the benchmark's held-out cases). The validation split is
 held out *by case*, grouped by subject and seeded: a held-out case (and any other case about the same
@@ -170,25 +171,25 @@ def build(
     parts: dict[str, dict[str, list[EditRecord]]] = {"train": {}, "val": {}}
 
     # Chat locality inputs: answered NQ questions of the same part's zsRE cases.
-    chat_loc = {"train": [], "val": []}
+    chat_loc: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
     if chat is not None:
         for i, row in enumerate(zsre_rows):
-            chat_loc["val" if str(i) in zs_val else "train"].append(chat(_question(row["loc"]), row["loc_ans"]))
+            chat_loc["val" if str(i) in zs_val else "train"].append((chat(_question(row["loc"])), row["loc_ans"]))
         seen_in_val = set(chat_loc["val"])  # NQ questions recur across zsRE rows: keep the pools apart
         chat_loc["train"] = [t for t in chat_loc["train"] if t not in seen_in_val]
 
     for i, row in enumerate(cf_rows):
         part = "val" if str(row.get("case_id", i)) in cf_val else "train"
-        locality = f"{row['locality_prompt']} {row['locality_ground_truth']}"
         if COUNTERFACT.name in wanted:
             _add(parts[part], EditRecord(row["prompt"], row["subject"], row["target_new"],
-                                         row.get("rephrase_prompt") or row["prompt"], locality, COUNTERFACT.name))
+                                         row.get("rephrase_prompt") or row["prompt"], row["locality_prompt"],
+                                         COUNTERFACT.name, row["locality_ground_truth"]))
         if CHAT.name in wanted and chat is not None:
             qs = _cf_chat_questions(row)
             if len(qs) >= 2 and chat_loc[part]:
-                loc = chat_loc[part][i % len(chat_loc[part])]
+                loc, answer = chat_loc[part][i % len(chat_loc[part])]
                 _add(parts[part], EditRecord(chat(qs[0]), row["subject"], row["target_new"], chat(qs[1]), loc,
-                                             CHAT.name))
+                                             CHAT.name, answer))
 
     for i, row in enumerate(zsre_rows):
         part = "val" if str(i) in zs_val else "train"
@@ -197,11 +198,12 @@ def build(
             continue
         para = row.get("rephrase") or row["src"]
         if QUESTION_ANSWERING.name in wanted:
-            locality = f"{_question(row['loc'])} {row['loc_ans']}"
-            _add(parts[part], EditRecord(row["src"], row["subject"], target, para, locality, QUESTION_ANSWERING.name))
+            _add(parts[part], EditRecord(row["src"], row["subject"], target, para, _question(row["loc"]),
+                                         QUESTION_ANSWERING.name, row["loc_ans"]))
         if CHAT.name in wanted and chat is not None and chat_loc[part]:
-            loc = chat_loc[part][(i * 7 + 3) % len(chat_loc[part])]  # another case's question
-            _add(parts[part], EditRecord(chat(row["src"]), row["subject"], target, chat(para), loc, CHAT.name))
+            loc, answer = chat_loc[part][(i * 7 + 3) % len(chat_loc[part])]  # another case's question
+            _add(parts[part], EditRecord(chat(row["src"]), row["subject"], target, chat(para), loc, CHAT.name,
+                                         answer))
 
     out: dict[str, list[EditRecord]] = {}
     for part in ("train", "val"):

@@ -105,16 +105,44 @@ def not_found_message(model: nn.Module, kind: str, model_id: str) -> str:
             f"train one with `kbchat train-editor --method {kind}`")
 
 
+def locate_editor(model: nn.Module, kind: str, editors: Sequence[Path | str] | Path | str,
+                  model_id: str | None) -> Path:
+    """The first editor file of `kind` for this model's fingerprint in `editors`, then in `SHIPPED`
+    (EditorNotFound, whose message says how to train one, if there is none)."""
+    model_id = model_id or model_fingerprint(model)
+    path = find_editor(search_path(editors), model_id, kind)
+    if path is None:
+        raise EditorNotFound(not_found_message(model, kind, model_id))
+    return path
+
+
+class LoadedEditors:
+    """Editors loaded once and kept, for an app that edits many times with one model (loading one takes
+    about a second, as long as the edit itself). Keyed by kind and model; the file found is checked on
+    every `get`, and reloaded when it is another file or was rewritten (its modification time)."""
+
+    def __init__(self) -> None:
+        self._kept: dict[tuple[str, str], tuple[tuple[Path, int], Editor]] = {}
+
+    def get(self, model: nn.Module, kind: str, editors: Sequence[Path | str] | Path | str = (),
+            model_id: str | None = None) -> Editor:
+        model_id = model_id or model_fingerprint(model)
+        path = locate_editor(model, kind, editors, model_id)
+        stamp = (path.resolve(), path.stat().st_mtime_ns)
+        kept = self._kept.get((kind, model_id))
+        if kept is None or kept[0] != stamp:
+            kept = (stamp, load_editor(path, model_id).to(next(model.parameters()).device))
+            self._kept[(kind, model_id)] = kept
+        return kept[1]
+
+
 def resolve_editor(model: nn.Module, kind: str, editor: Editor | None,
                    editors: Sequence[Path | str] | Path | str, model_id: str | None) -> Editor:
-    """The explicit editor, else the first of `kind` made for this model's fingerprint in `editors`
-    then in the shipped `SHIPPED` folder (EditorNotFound if none); ValueError if it does not fit."""
+    """The explicit editor, else the one `locate_editor` finds, loaded; ValueError if it does not fit."""
     if editor is None:
         model_id = model_id or model_fingerprint(model)
-        path = find_editor(search_path(editors), model_id, kind)
-        if path is None:
-            raise EditorNotFound(not_found_message(model, kind, model_id))
-        editor = load_editor(path, model_id).to(next(model.parameters()).device)
+        editor = load_editor(locate_editor(model, kind, editors, model_id), model_id)
+        editor = editor.to(next(model.parameters()).device)
     check_fits(editor, model)
     return editor
 

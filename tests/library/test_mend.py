@@ -5,6 +5,8 @@ round-trip, resume exactly and refuse another model."""
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 
 import pytest
 import torch
@@ -18,6 +20,7 @@ from methods.mend import (
     Editor,
     EditorNotFound,
     EditRecord,
+    LoadedEditors,
     TrainConfig,
     load_editor,
     save_editor,
@@ -28,7 +31,14 @@ from methods.mend.batch import encode
 from methods.mend.checkpoint import load_state
 from methods.mend.compute import capture
 from methods.mend.instruct import wrap
-from methods.mend.training import TaskSampler, make_optimizer, new_spec
+from methods.mend.training import (
+    TaskSampler,
+    answer_kept,
+    edit_losses,
+    locality_weights,
+    make_optimizer,
+    new_spec,
+)
 from methods.requests import EditRequest
 from methods.stats import model_fingerprint
 from tests.library.conftest import target_logprob
@@ -101,6 +111,37 @@ def test_resume_carries_on_exactly(tmp_path):
         assert torch.equal(value, editors[1][key]), key
     with pytest.raises(ValueError, match="nothing to resume"):
         train(model, tok, train_set, val_set, config(model), out=tmp_path / "c.safetensors", resume=True)
+
+
+def loc_mod(loc, vocab: int = 50):
+    """The batch with its answer ids folded into a small vocabulary (for hand-made log-probs)."""
+    return dataclasses.replace(loc, target_ids=tuple(tuple(i % vocab for i in ids) for ids in loc.target_ids))
+
+
+def test_the_locality_term_is_taken_on_the_answer_when_there_is_one(family):
+    """A neighbour's KL counts only where its answer is predicted; a step that moves that answer shows in
+    `kept`, an untouched one does not."""
+    model, tok = tiny(family)
+    neighbour, answer = "The train left the station at noon and arrived in the", "Oslo Lisbon"
+    loc = encode(tok, [(neighbour, answer), (LOCALITY[0], None)])
+    weights = locality_weights(loc)
+    n_answer = len(target_token_ids(tok, neighbour, answer))
+    assert weights[0].tolist() == [float(t in loc.positions[0]) for t in range(weights.shape[1])]
+    assert weights[0].sum() == n_answer and torch.equal(weights[1], loc.attention_mask[1].float())
+    subject, _true, city = FACTS[0]
+    record = EditRecord(EDIT_PROMPT.format(subject), subject, city, EDIT_PROMPT.format(subject), neighbour,
+                        locality_answer=answer)
+    still = edit_losses(model, tok, fresh_editor(model, alpha=1e-9), [record], [record.prompt], False, False)
+    assert float(still.loc) < 1e-6 and still.kept.tolist() == [1.0]
+    moved = edit_losses(model, tok, fresh_editor(model, alpha=1e3), [record], [record.prompt], False, False)
+    assert float(moved.loc) > 1e-3
+    base = torch.log_softmax(torch.randn(2, weights.shape[1], 50), -1)  # (B, T, V)
+    ids = torch.tensor(loc.target_ids[0])
+    for shift, kept in ((-0.4, 1.0), (-1.5, 0.0), (1.2, 0.0)):
+        after = base.clone()
+        after[0, list(loc.positions[0]), ids % 50] += shift / n_answer  # log P(answer) moves by `shift`
+        assert answer_kept(base, after, loc_mod(loc)).tolist()[0] == kept
+    assert math.isnan(answer_kept(base, base, loc_mod(loc)).tolist()[1])  # no answer: nothing to judge
 
 
 def test_compute_raises_the_target_and_leaves_the_model(family):
@@ -210,6 +251,22 @@ def test_checkpoint_round_trip_and_search(family, tmp_path):
             assert torch.equal(a.left, b.left) and torch.equal(a.right, b.right)
     with pytest.raises(EditorNotFound, match="no InstructEdit editor for this model"):
         methods.get("instructedit").compute(model, tok, [request], editors=[tmp_path])
+
+
+def test_loaded_editors_load_once_and_notice_a_rewritten_file(tmp_path):
+    model, _tok = tiny("llama")
+    path = tmp_path / "mend.safetensors"
+    save_editor(fresh_editor(model), path)
+    shelf = LoadedEditors()
+    first = shelf.get(model, "mend", [tmp_path])
+    assert shelf.get(model, "mend", [tmp_path]) is first  # kept, not loaded again
+    retrained = fresh_editor(model, alpha=0.5)
+    save_editor(retrained, path)
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # a later write, surely
+    again = shelf.get(model, "mend", [tmp_path])
+    assert again is not first and torch.equal(again.log_alpha, retrained.log_alpha)
+    with pytest.raises(EditorNotFound, match="no InstructEdit editor"):
+        shelf.get(model, "instructedit", [tmp_path])
 
 
 def test_a_checkpoint_for_another_model_is_refused(family, tmp_path):
