@@ -93,7 +93,7 @@ def plot(runs: list[dict], png: Path) -> None:
             axes[2].plot(*zip(*kept, strict=True), "s:", color=colour, label=f"{run['run']} locality answers kept")
     axes[0].set(title="edit loss: target NLL on the paraphrase after the edit", xlabel="step", ylabel="nats")
     axes[1].set(title="locality loss: KL(original || edited)", xlabel="step", ylabel="nats per token")
-    axes[2].set(title="held-out edits: success; neighbours' answers kept (< 1 nat)", xlabel="step", ylabel="share", ylim=(-0.02, 1.02))
+    axes[2].set(title="held out: edit success; locality answers kept", xlabel="step", ylabel="share", ylim=(-0.02, 1.02))
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
