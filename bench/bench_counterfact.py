@@ -139,7 +139,7 @@ class SequentialState:
 
 
 def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int = 50,
-                   state_dir: Path | None = None) -> dict:
+                   state_dir: Path | None = None, search: tuple[str, ...] = ()) -> dict:
     """Edit every case in turn, keeping all edits. Figures after the last edit (efficacy there is
     retention), plus `immediate` (efficacy right after each edit) and, every `every` edits, retention
     and neighbourhood preservation of the edits made so far: the curve that shows collapse, if any.
@@ -155,7 +155,7 @@ def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int 
     handles = [d.apply(model) for d in deltas]
     for i, case in enumerate(cases[len(deltas):], len(deltas) + 1):
         started = time.perf_counter()
-        kwargs = method_options(impl, model, stats, model_id, editors)
+        kwargs = method_options(impl, model, stats, model_id, editors, search)
         if impl.protects_prior:
             kwargs["prior"] = deltas
         delta = impl.compute(model, tokenizer, [case.request], **kwargs)
@@ -252,7 +252,8 @@ def main() -> None:
     for name in args.methods.split(","):
         if args.sequential:
             state = Path(args.state) / name if args.state else None
-            results["methods"][name] = run_sequential(model, tokenizer, cases, name, stats, model_id, args.every, state)
+            results["methods"][name] = run_sequential(model, tokenizer, cases, name, stats, model_id, args.every, state,
+                                                      tuple(args.editors))
         else:
             results["methods"][name] = run_single(model, tokenizer, cases, name, stats, model_id, tuple(args.editors))
         print(name, json.dumps(results["methods"][name]), flush=True)
