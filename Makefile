@@ -26,7 +26,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check kbchat methods tests bench migrations
-	# two workers: the real-model tests on one (see tests/conftest.py), everything else on the other
+	# two workers, one torch thread each, sharing one model data dir (see tests/conftest.py)
 	$(BIN)/pytest -q -ra -n 2 --dist loadgroup
 
 bench: $(STAMP)

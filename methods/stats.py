@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -96,7 +97,7 @@ class StatsCache:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # two processes computing at once: each its own
         meta = {"model_id": key[0], "module": key[1], "n_tokens": str(key[2]), "sha256": _tensor_hash(c)}
         save_file({"mom2": c.cpu().contiguous()}, str(tmp), metadata=meta)
         tmp.replace(path)  # atomic: a crash never leaves a half-written cache file under the real name

@@ -5,6 +5,7 @@ test gets its own ledger."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,19 +14,32 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under `-n 2` (what `make test` runs) each worker gets one torch thread, in-process and in the CLI
+    processes it starts: two workers on the real model then share the two cores without oversubscribing."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        os.environ["MKL_NUM_THREADS"] = "1"
+        if "torch" in sys.modules:  # already imported by a plugin: the variables came too late for it
+            sys.modules["torch"].set_num_threads(1)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Under `-n 2 --dist loadgroup` (what `make test` runs) the tests on the real model all go to one
-    worker: one data dir, so the model is dequantised and the statistics computed once, while the
-    other worker runs everything else."""
-    for item in items:
-        grouped = item.get_closest_marker("xdist_group") is not None  # a test may choose its own
-        if not grouped and "model_home" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("real-model"))
+    """The tests on a real model first (a stable sort): under `-n 2` the long ones then start at once on
+    both workers and the many short ones fill in at the end, rather than one long test ending the run alone."""
+    items.sort(key=lambda item: "model_home" not in getattr(item, "fixturenames", ()))
 
 
 @pytest.fixture(scope="session")
 def model_home(tmp_path_factory) -> Path:
-    """A data dir shared by every real-model test: the model cache and statistics are built once."""
+    """A data dir shared by every real-model test, on every xdist worker (the base temp's parent is the
+    run's, common to the workers): the model is dequantised and the statistics computed about once (two
+    workers starting together may both compute; their files are written atomically, under their own
+    temporary names)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        home = tmp_path_factory.getbasetemp().parent / "kbchat-home"
+        home.mkdir(exist_ok=True)
+        return home
     return tmp_path_factory.mktemp("kbchat-home")
 
 

@@ -262,7 +262,7 @@ async def test_question_streams_into_markdown(fake: FakeChatService) -> None:
 
 
 async def test_escape_cancels_a_slow_answer(fake: FakeChatService) -> None:
-    fake.piece_delay = 0.3
+    fake.piece_delay = 4.0  # between words: a cancel that waited for the next one would take this long
     app = RecordingApp(fake.opener())
     async with app.run_test() as pilot:
         await opened(pilot)
@@ -272,7 +272,8 @@ async def test_escape_cancels_a_slow_answer(fake: FakeChatService) -> None:
         started = time.monotonic()
         await pilot.press("escape")
         await idle(pilot)
-        assert time.monotonic() - started < 1.0
+        # Not a latency target (a loaded machine took 1.7 s): the cancel does not wait for the next word.
+        assert time.monotonic() - started < fake.piece_delay
         assert "(cancelled)" in str(answer.meta.content)
         assert answer.has_class("cancelled")
         assert 0 < len(answer.text) < len(ANSWER)
