@@ -20,7 +20,7 @@ from torch import nn
 
 from methods.hooks import Trace
 from methods.hparams import ContextHParams, ValueHParams
-from methods.own_answer import OwnAnswer, answer_kl, answer_rows, kept_logprobs
+from methods.own_answer import AnswerRows, OwnAnswer, answer_kl, answer_rows, kept_logprobs
 from methods.precision import work_dtype, working_copy
 from methods.progress import ProgressFn, silent
 from methods.requests import EditRequest
@@ -278,12 +278,7 @@ def _descend(
 
     The loss is always evaluated once more after the last update, so the NLL returned is the final one.
     """
-    groups = value_groups(model, tokenizer, request, hparams.chat_prompts, hparams.contexts)
-    own = answer_rows(tokenizer, answers, request.subject, next(model.parameters()).device) if answers else None
-    if own is not None:  # the last group; its rows have no target, only positions whose distribution is kept
-        empty = tuple(() for _ in own.kept)
-        groups.append(TextGroup(Batch(own.input_ids, own.attention_mask, own.subject_positions, empty, empty),
-                                None, 0, essence_row=None))
+    groups, own = _groups(model, tokenizer, request, hparams, answers)
     originals: list[list[torch.Tensor]] = [[] for _ in groups]
     current = {"group": 0}
 
@@ -323,6 +318,19 @@ def _descend(
                 if delta.norm() > limit:
                     delta.mul_(limit / delta.norm())
     return ValueResult(init=init, delta=delta.detach().float().clone(), nll=nll_value, steps=done + step)
+
+
+def _groups(model: nn.Module, tokenizer, request: EditRequest, hparams: ValueHParams,
+            answers: Sequence[OwnAnswer]) -> tuple[list[TextGroup], AnswerRows | None]:
+    """The value's text groups; with own `answers`, their rows as a last group that has no target, only
+    positions whose next-token distribution is kept."""
+    groups = value_groups(model, tokenizer, request, hparams.chat_prompts, hparams.contexts)
+    own = answer_rows(tokenizer, answers, request.subject, next(model.parameters()).device) if answers else None
+    if own is not None:
+        empty = tuple(() for _ in own.kept)
+        groups.append(TextGroup(Batch(own.input_ids, own.attention_mask, own.subject_positions, empty, empty),
+                                None, 0, essence_row=None))
+    return groups, own
 
 
 class Anchors:

@@ -114,25 +114,38 @@ def to_lora(
     conv1d = set()
     for name, parts in by_module.items():
         module = get_module(model, name)
-        out_features, in_features = weight_of(module).shape
         if type(module).__name__ == "Conv1D":
             conv1d.add(name)
-        b = torch.zeros(out_features, r, dtype=torch.float32)
-        a = torch.zeros(r, in_features, dtype=torch.float32)
-        at = 0
-        for left, right in parts:
-            if left.shape[0] != out_features or right.shape[0] != in_features:
-                raise AdapterError(f"an update of {name} is {left.shape[0]}x{right.shape[0]}, the module "
-                                   f"{out_features}x{in_features}: the delta is for another model")
-            k = left.shape[1]
-            b[:, at : at + k] = left
-            a[at : at + k] = right.T
-            at += k
+        a, b = _stacked(name, parts, weight_of(module).shape, r)
         tensors[f"{PREFIX}{name}.lora_A.weight"] = a.to(dtype)
         tensors[f"{PREFIX}{name}.lora_B.weight"] = b.to(dtype)
     if conv1d and conv1d != set(by_module):
         raise AdapterError("the edited modules mix Conv1D and Linear layers; one adapter cannot say both")
-    config = {
+    return LoraAdapter(_peft_config(r, sorted(by_module), base_model, fan_in_fan_out=bool(conv1d)), tensors, ranks)
+
+
+def _stacked(name: str, parts: Sequence[tuple[torch.Tensor, torch.Tensor]], shape: tuple[int, int],
+             r: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA A (r, in) and B (out, r) holding every (left (out, k), right (in, k)) factor pair side by side,
+    zero-padded to rank `r` (so B @ A is the sum of left @ right.T)."""
+    out_features, in_features = shape
+    b = torch.zeros(out_features, r, dtype=torch.float32)
+    a = torch.zeros(r, in_features, dtype=torch.float32)
+    at = 0
+    for left, right in parts:
+        if left.shape[0] != out_features or right.shape[0] != in_features:
+            raise AdapterError(f"an update of {name} is {left.shape[0]}x{right.shape[0]}, the module "
+                               f"{out_features}x{in_features}: the delta is for another model")
+        k = left.shape[1]
+        b[:, at : at + k] = left
+        a[at : at + k] = right.T
+        at += k
+    return a, b
+
+
+def _peft_config(r: int, modules: list[str], base_model: str | None, fan_in_fan_out: bool) -> dict[str, Any]:
+    """PEFT's adapter_config.json for a plain LoRA of rank `r` with scaling 1."""
+    return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
@@ -140,8 +153,8 @@ def to_lora(
         "lora_alpha": r,  # scaling = alpha / r = 1
         "lora_dropout": 0.0,
         "bias": "none",
-        "target_modules": sorted(by_module),
-        "fan_in_fan_out": bool(conv1d),  # Conv1D stores (in, out): PEFT transposes when merging
+        "target_modules": modules,
+        "fan_in_fan_out": fan_in_fan_out,  # Conv1D stores (in, out): PEFT transposes when merging
         "inference_mode": True,
         "init_lora_weights": True,
         "use_rslora": False,
@@ -151,7 +164,6 @@ def to_lora(
         "rank_pattern": {},
         "alpha_pattern": {},
     }
-    return LoraAdapter(config, tensors, ranks)
 
 
 def save_lora(deltas: Sequence[Delta], model: nn.Module, folder: str | Path, **options: Any) -> LoraAdapter:

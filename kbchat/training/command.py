@@ -86,9 +86,7 @@ def _run(options: TrainOptions, tasks: tuple[str, ...], data: Path) -> dict:
 
     from kbchat.config import data_dir
     from kbchat.runtime import load_model
-    from methods.hparams import MendHParams, for_model
-    from methods.mend import TrainConfig, state_path, train
-    from methods.mend.instruct import DEFAULT_TASKS
+    from methods.mend import state_path, train
 
     home = data_dir(options.home)
     out_given = Path(options.out).expanduser() if options.out else None
@@ -103,15 +101,7 @@ def _run(options: TrainOptions, tasks: tuple[str, ...], data: Path) -> dict:
         raise TrainEditorError(f"nothing to resume: {state_path(out)} does not exist")
 
     split = training_records.build(data, tasks, tokenizer, seed=options.seed)
-    hparams = for_model(MendHParams, model)
-    if options.rank:
-        hparams = replace(hparams, rank=options.rank)
-    instructions = options.method == "instructedit"
-    config = TrainConfig(steps=options.steps, batch_size=options.batch_size, val_every=options.val_every,
-                         val_size=options.val_size, seed=options.seed, instructions=instructions,
-                         tasks=DEFAULT_TASKS, hparams=hparams)
-    weights = {k: getattr(options, k) for k in ("c_edit", "c_loc", "lr", "alpha_lr") if getattr(options, k) is not None}
-    config = replace(config, **weights)
+    config = _train_config(options, model)
     counts = split.counts()
     say = (lambda *a: None) if options.quiet else (lambda text: print(text, file=sys.stderr, flush=True))
     say(f"training {options.method} for {loaded.name}: "
@@ -143,6 +133,22 @@ def _run(options: TrainOptions, tasks: tuple[str, ...], data: Path) -> dict:
         "data": {str(p): training_records.sha256_file(p) for p in split.files},
         "records": counts,
     }
+
+
+def _train_config(options: TrainOptions, model):
+    """The editor's TrainConfig: the model's MEND hyperparameters, with what the options override."""
+    from methods.hparams import MendHParams, for_model
+    from methods.mend import TrainConfig
+    from methods.mend.instruct import DEFAULT_TASKS
+
+    hparams = for_model(MendHParams, model)
+    if options.rank:
+        hparams = replace(hparams, rank=options.rank)
+    config = TrainConfig(steps=options.steps, batch_size=options.batch_size, val_every=options.val_every,
+                         val_size=options.val_size, seed=options.seed,
+                         instructions=options.method == "instructedit", tasks=DEFAULT_TASKS, hparams=hparams)
+    weights = {k: getattr(options, k) for k in ("c_edit", "c_loc", "lr", "alpha_lr") if getattr(options, k) is not None}
+    return replace(config, **weights)
 
 
 class _Bar:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,6 +136,10 @@ def _cf_chat_questions(row: dict) -> list[str]:
     return questions(request)
 
 
+Chat = Callable[[str], str]
+ChatLocality = dict[str, list[tuple[str, str]]]
+
+
 def build(
     data_dir: Path | None = None,
     tasks: Iterable[str] = TASKS,
@@ -169,56 +173,73 @@ def build(
     cf_val = {str(r.get("case_id", i)) for i, r in enumerate(cf_rows) if _key(r["subject"]) in held}
     zs_val = {str(i) for i, r in enumerate(zsre_rows) if _key(r["subject"]) in held}
     parts: dict[str, dict[str, list[EditRecord]]] = {"train": {}, "val": {}}
+    chat_loc = _chat_locality(zsre_rows, zs_val, chat)
+    for record, part in _counterfact_records(cf_rows, cf_val, wanted, chat, chat_loc):
+        _add(parts[part], record)
+    for record, part in _zsre_records(zsre_rows, zs_val, wanted, chat, chat_loc):
+        _add(parts[part], record)
+    out = {part: _shuffled(parts[part], wanted, rng, limit, interleave=part == "val") for part in ("train", "val")}
+    for task in wanted:
+        if not any(r.task == task for r in out["train"]):
+            raise TrainingDataError(f"no training records for task {task!r} in {data_dir}")
+    return Split(out["train"], out["val"], tuple(files))
 
-    # Chat locality inputs: answered NQ questions of the same part's zsRE cases.
-    chat_loc: dict[str, list[tuple[str, str]]] = {"train": [], "val": []}
+
+def _chat_locality(zsre_rows: list[dict], zs_val: set[str], chat: Chat | None) -> ChatLocality:
+    """Chat locality inputs per part: answered NQ questions of the same part's zsRE cases."""
+    chat_loc: ChatLocality = {"train": [], "val": []}
     if chat is not None:
         for i, row in enumerate(zsre_rows):
             chat_loc["val" if str(i) in zs_val else "train"].append((chat(_question(row["loc"])), row["loc_ans"]))
         seen_in_val = set(chat_loc["val"])  # NQ questions recur across zsRE rows: keep the pools apart
         chat_loc["train"] = [t for t in chat_loc["train"] if t not in seen_in_val]
+    return chat_loc
 
-    for i, row in enumerate(cf_rows):
-        part = "val" if str(row.get("case_id", i)) in cf_val else "train"
+
+def _counterfact_records(rows: list[dict], val: set[str], wanted: list[str], chat: Chat | None,
+                         chat_loc: ChatLocality) -> Iterator[tuple[EditRecord, str]]:
+    """(record, part) of the CounterFact rows for the wanted tasks."""
+    for i, row in enumerate(rows):
+        part = "val" if str(row.get("case_id", i)) in val else "train"
         if COUNTERFACT.name in wanted:
-            _add(parts[part], EditRecord(row["prompt"], row["subject"], row["target_new"],
-                                         row.get("rephrase_prompt") or row["prompt"], row["locality_prompt"],
-                                         COUNTERFACT.name, row["locality_ground_truth"]))
+            yield EditRecord(row["prompt"], row["subject"], row["target_new"],
+                             row.get("rephrase_prompt") or row["prompt"], row["locality_prompt"],
+                             COUNTERFACT.name, row["locality_ground_truth"]), part
         if CHAT.name in wanted and chat is not None:
             qs = _cf_chat_questions(row)
             if len(qs) >= 2 and chat_loc[part]:
                 loc, answer = chat_loc[part][i % len(chat_loc[part])]
-                _add(parts[part], EditRecord(chat(qs[0]), row["subject"], row["target_new"], chat(qs[1]), loc,
-                                             CHAT.name, answer))
+                yield EditRecord(chat(qs[0]), row["subject"], row["target_new"], chat(qs[1]), loc,
+                                 CHAT.name, answer), part
 
-    for i, row in enumerate(zsre_rows):
-        part = "val" if str(i) in zs_val else "train"
+
+def _zsre_records(rows: list[dict], val: set[str], wanted: list[str], chat: Chat | None,
+                  chat_loc: ChatLocality) -> Iterator[tuple[EditRecord, str]]:
+    """(record, part) of the zsRE rows with a target, for the wanted tasks."""
+    for i, row in enumerate(rows):
+        part = "val" if str(i) in val else "train"
         target = row["alt"]
         if not str(target).strip():
             continue
         para = row.get("rephrase") or row["src"]
         if QUESTION_ANSWERING.name in wanted:
-            _add(parts[part], EditRecord(row["src"], row["subject"], target, para, _question(row["loc"]),
-                                         QUESTION_ANSWERING.name, row["loc_ans"]))
+            yield EditRecord(row["src"], row["subject"], target, para, _question(row["loc"]),
+                             QUESTION_ANSWERING.name, row["loc_ans"]), part
         if CHAT.name in wanted and chat is not None and chat_loc[part]:
             loc, answer = chat_loc[part][(i * 7 + 3) % len(chat_loc[part])]  # another case's question
-            _add(parts[part], EditRecord(chat(row["src"]), row["subject"], target, chat(para), loc, CHAT.name,
-                                         answer))
+            yield EditRecord(chat(row["src"]), row["subject"], target, chat(para), loc, CHAT.name, answer), part
 
-    out: dict[str, list[EditRecord]] = {}
-    for part in ("train", "val"):
-        records: list[EditRecord] = []
-        for task in wanted:
-            group = parts[part].get(task, [])
-            rng.shuffle(group)
-            records.extend(group[:limit] if limit is not None else group)
-        if part == "val":
-            records = _interleave(records, wanted)  # the first val_size cover every task
-        out[part] = records
+
+def _shuffled(groups: dict[str, list[EditRecord]], wanted: list[str], rng: random.Random, limit: int | None,
+              interleave: bool) -> list[EditRecord]:
+    """One part's records: each task's group shuffled (in place, with `rng`) and cut to `limit`, tasks in
+    `wanted` order; interleaved when asked, so that the first few records cover every task."""
+    records: list[EditRecord] = []
     for task in wanted:
-        if not any(r.task == task for r in out["train"]):
-            raise TrainingDataError(f"no training records for task {task!r} in {data_dir}")
-    return Split(out["train"], out["val"], tuple(files))
+        group = groups.get(task, [])
+        rng.shuffle(group)
+        records.extend(group[:limit] if limit is not None else group)
+    return _interleave(records, wanted) if interleave else records
 
 
 def _add(part: dict[str, list[EditRecord]], record: EditRecord) -> None:
