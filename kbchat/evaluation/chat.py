@@ -169,7 +169,8 @@ def answer_nll(runtime) -> Fluency:
     """fluency(question, answer, facts, limit) -> `AnswerNLL` of the answer (its first `limit` tokens
     when given) under `runtime`'s unpatched model (a `kbchat.runtime.ModelRuntime`; in-scope patches
     are not switched on), the tokens of `facts`' occurrences (`fact_spans`) left out: by the chain
-    rule, the answer's NLL minus each occurrence's NLL given the prompt and the answer before it."""
+    rule, the answer's NLL minus each occurrence's NLL given the prompt and the answer before it. With
+    `context`, the judge reads it first as a system message (e.g. the fact the answer assumes)."""
     from kbchat.runtime.decoding import chat_text
 
     tokenizer = runtime.loaded.tokenizer
@@ -177,7 +178,8 @@ def answer_nll(runtime) -> Fluency:
     def ids(text: str) -> list[int]:
         return tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"]
 
-    def fluency(question: str, answer: str, facts: Sequence[str] = (), limit: int | None = None) -> AnswerNLL:
+    def fluency(question: str, answer: str, facts: Sequence[str] = (), limit: int | None = None,
+                context: str | None = None) -> AnswerNLL:
         if not answer.strip():
             return AnswerNLL(0.0, 0, 0)
         answer_ids = ids(answer)
@@ -187,7 +189,8 @@ def answer_nll(runtime) -> Fluency:
             if not answer:
                 return AnswerNLL(0.0, 0, length)
             answer_ids = ids(answer)
-        prompt = chat_text(tokenizer, [{"role": "user", "content": question}])
+        told = [{"role": "system", "content": context}] if context else []
+        prompt = chat_text(tokenizer, [*told, {"role": "user", "content": question}])
         spans = fact_spans(answer, facts)
         pairs = [(prompt, answer)] + [((prompt + " " + answer[:start]).rstrip(), answer[start:end])
                                       for start, end in spans]
