@@ -14,9 +14,9 @@ from torch import nn
 
 from methods.architecture import architecture_of, get_module
 from methods.delta import Delta, Update, weight_of
-from methods.hooks import added_output
+from methods.hooks import added_output, frozen
 from methods.hparams import FTHParams, for_model
-from methods.kv import frozen, group_hiddens, target_nll, value_groups
+from methods.kv import group_hiddens, target_nll, value_groups
 from methods.progress import ProgressFn, silent
 from methods.requests import EditRequest
 

@@ -105,3 +105,16 @@ def added_output(model: nn.Module, additions: dict[str, Callable[[torch.Tensor],
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """No parameter gradients inside (only the tensors being optimised get them); flags restored after."""
+    flags = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)

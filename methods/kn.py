@@ -23,8 +23,9 @@ from torch import nn
 from methods.architecture import architecture_of, get_module
 from methods.delta import Delta, Update, patched, weight_of
 from methods.gradients import Taps
+from methods.hooks import frozen
 from methods.hparams import KNHParams, for_model
-from methods.kv import frozen, target_token_ids
+from methods.kv import target_token_ids
 from methods.mend.batch import TokenBatch, encode
 from methods.progress import ProgressFn, silent
 from methods.requests import EditRequest

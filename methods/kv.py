@@ -10,15 +10,14 @@ an assistant answer, because an edit that only moves raw continuations may not m
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.hooks import Trace
+from methods.hooks import Trace, frozen
 from methods.hparams import ContextHParams, ValueHParams
 from methods.own_answer import AnswerRows, OwnAnswer, answer_kl, answer_rows, kept_logprobs
 from methods.precision import work_dtype, working_copy
@@ -136,19 +135,6 @@ def compute_outputs(model: nn.Module, tokenizer, module: str, requests: Sequence
                     chat: bool = True, contexts: ContextHParams = DEFAULT_CONTEXTS) -> torch.Tensor:
     """(n_requests, out) what `module` emits at the subject's last token."""
     return _at_subject(model, tokenizer, module, requests, chat, contexts, inputs=False)
-
-
-@contextmanager
-def frozen(model: nn.Module) -> Iterator[None]:
-    """No parameter gradients inside (only the tensors being optimised get them); flags restored after."""
-    flags = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(model.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
 
 
 @dataclass(frozen=True)

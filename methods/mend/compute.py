@@ -19,9 +19,8 @@ from torch import nn
 from methods.architecture import architecture_of, get_module
 from methods.delta import Delta, Update, weight_of
 from methods.gradients import Taps
-from methods.hooks import added_output
+from methods.hooks import added_output, frozen
 from methods.hparams import MendHParams, for_model
-from methods.kv import frozen
 from methods.mend.batch import TokenBatch, encode, gather_rows, position_mask, row_nll
 from methods.mend.checkpoint import find_editor, load_editor, search_path
 from methods.mend.editor import Editor

@@ -33,8 +33,8 @@ from torch import nn
 
 from methods.architecture import architecture_of
 from methods.delta import weight_of
+from methods.hooks import frozen
 from methods.hparams import MendHParams, for_model
-from methods.kv import frozen
 from methods.mend.batch import TokenBatch, encode, row_hits, row_nll
 from methods.mend.checkpoint import load_state, read_spec, save_editor, save_state, state_path
 from methods.mend.compute import capture, edited, editor_factors
