@@ -197,6 +197,24 @@ def summarise(rows: list[dict], seconds: list[float]) -> dict:
     return out
 
 
+def prepare_statistics(model, tokenizer, names: list[str], stats: StatsCache, model_id: str) -> float:
+    """Computes once the second moments every method in `names` needs (so edits are timed without
+    them); returns the seconds it took."""
+    started = time.perf_counter()
+    layers = set()
+    for name in names:
+        impl = methods.get(name)
+        if impl.uses_statistics:
+            hp = impl.hparams(model)
+            layers.update(getattr(hp, "layers", None) or [hp.layer])
+            spec = hp.stats
+    if layers:
+        arch = methods.architecture.architecture_of(model)
+        stats.second_moments(model, tokenizer, [arch.mlp_out_name(i) for i in sorted(layers)], spec,
+                             model_id=model_id)
+    return time.perf_counter() - started
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="a dataset file, or zsre-heldout: the zsRE rows "
@@ -229,21 +247,7 @@ def main() -> None:
         args.data = held_out_file()
     cases = [c for c in load_cases(args.data, limit=n * 2) if c.request.target_true][:n]
 
-    # One-time statistics, timed on their own.
-    started = time.perf_counter()
-    layers = set()
-    for name in args.methods.split(","):
-        impl = methods.get(name)
-        if impl.uses_statistics:
-            hp = impl.hparams(model)
-            layers.update(getattr(hp, "layers", None) or [hp.layer])
-            spec = hp.stats
-    if layers:
-        arch = methods.architecture.architecture_of(model)
-        stats.second_moments(model, tokenizer, [arch.mlp_out_name(i) for i in sorted(layers)], spec,
-                             model_id=model_id)
-    stats_seconds = time.perf_counter() - started
-
+    stats_seconds = prepare_statistics(model, tokenizer, args.methods.split(","), stats, model_id)
     torch.manual_seed(0)
     results = {"command": "python -m bench.bench_counterfact " + " ".join(sys.argv[1:]), "data": label,
                "cases": len(cases), "statistics_seconds": round(stats_seconds, 1),

@@ -206,37 +206,26 @@ def choose_threshold(scores: KeyScores, truth: np.ndarray, kinds: np.ndarray, ma
     return 1.0
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--n", type=int, default=400, help="edits (records) to use")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-fpr", type=float, default=0.02)
-    args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    start = time.perf_counter()
-    embedder = Embedder.load()
-    edits = load_edits(args.data, args.n, args.seed)
-    questions = build_questions(edits, args.seed)
-    truth = np.array([q.in_scope for q in questions])
-    kinds = np.array([q.kind for q in questions])
-    q_vecs = embedder.embed([q.text for q in questions])  # (Q, dim)
-    # Which edits each question names, as the index's exact path decides it (longest mention wins).
+def named_matrix(embedder: Embedder, edits: list[dict[str, str]], questions: list[Question]) -> np.ndarray:
+    """(Q, N) which edits each question names, as the index's exact path decides it (longest mention wins)."""
     exact_index = MemoryIndex(embedder.dim, known=embedder.knows)
     exact_index.add_many(range(len(edits)), [e["subject"] for e in edits], [e["subject"] for e in edits],
                          embedder.embed([e["subject"] for e in edits]))
-    named = np.zeros((len(questions), len(edits)), dtype=bool)  # (Q, N)
+    named = np.zeros((len(questions), len(edits)), dtype=bool)
     for i, q in enumerate(questions):
         named[i, exact_index.exact_matches(q.text)[0]] = True
-    exact = named[np.arange(len(questions)), [q.edit for q in questions]]
-    print(f"embedder {embedder.name}; {len(edits)} edits from {args.data.name} (seed {args.seed}); "
-          f"{int(truth.sum())} in-scope and {int((~truth).sum())} out-of-scope pairs")
-    print("  " + ", ".join(f"{kind} {int(np.sum(kinds == kind))}" for kind in
-                           ("prompt", "rephrase", "question", "variant", "locality", "other", "everyday")))
+    return named
 
+
+def compare_key_texts(embedder: Embedder, edits: list[dict[str, str]], questions: list[Question],
+                      q_vecs: np.ndarray, named: np.ndarray, exact: np.ndarray,
+                      max_fpr: float) -> dict[str, tuple[float, np.ndarray, KeyScores]]:
+    """Prints each key-text option's figures at its lowest threshold meeting `max_fpr`; returns
+    (threshold, key vectors, scores) by option."""
+    truth = np.array([q.in_scope for q in questions])
+    kinds = np.array([q.kind for q in questions])
     print(f"\nKey text options, embedding path alone; threshold = lowest with every FP measure <= "
-          f"{args.max_fpr:.0%}\n(FPR: out-of-scope pairs; hard: locality pairs; false-hit: questions pulling "
+          f"{max_fpr:.0%}\n(FPR: out-of-scope pairs; hard: locality pairs; false-hit: questions pulling "
           f"any wrong edit from an index of all {len(edits)} edits):")
     print(f"  {'key text':30s} {'thresh':>6s} {'recall':>7s} {'named':>6s} {'variant':>8s} {'FPR':>6s} "
           f"{'hard':>6s} {'false-hit':>9s} {'combined recall':>15s}")
@@ -244,17 +233,20 @@ def main() -> None:
     for name, make_key in KEY_OPTIONS.items():
         keys = embedder.embed([make_key(e["subject"], e["prompt"], e["target_new"]) for e in edits])
         scores = score_keys(q_vecs, keys, questions, named)
-        thr = choose_threshold(scores, truth, kinds, args.max_fpr)
+        thr = choose_threshold(scores, truth, kinds, max_fpr)
         m = measure(scores, thr, truth, kinds)
         combined = rates((scores.own >= thr) | exact, truth)[1]
         results[name] = (thr, keys, scores)
         print(f"  {name:30s} {thr:6.2f} {m['recall']:7.1%} {m['named']:6.1%} {m['variant']:8.1%} {m['fpr']:6.1%} "
               f"{m['fpr_hard']:6.1%} {m['false_hit']:9.1%} {combined:15.1%}")
+    return results
 
-    chosen = "subject (key_text_for)"
-    thr, keys, scores = results[chosen]
-    print(f"\nKey text in use: {chosen}; lowest threshold meeting the limits: {thr:.2f}; "
-          f"SCOPE_THRESHOLD in kbchat/memory/calibration.py: {SCOPE_THRESHOLD:.2f}")
+
+def print_paths(scores: KeyScores, thr: float, questions: list[Question], exact: np.ndarray) -> None:
+    """Precision, recall and false positives of the exact path, the embedding path and both, at the
+    chosen and the shipped threshold; then a threshold sweep of the embedding path."""
+    truth = np.array([q.in_scope for q in questions])
+    kinds = np.array([q.kind for q in questions])
     named_q = truth & (kinds != "variant")
     for t in sorted({thr, SCOPE_THRESHOLD}):
         print(f"  at {t:.2f}:\n  {'path':16s} {'precision':>9s} {'recall':>7s} {'named':>6s} {'variant':>8s} "
@@ -274,7 +266,10 @@ def main() -> None:
         m = measure(scores, t, truth, kinds)
         print(f"    {t:.2f}: {m['recall']:6.1%} {m['variant']:6.1%} {m['fpr_hard']:6.1%} {m['false_hit']:6.1%}")
 
-    # The real index with every edit in it, at the shipped threshold, searched the way the chat does.
+
+def search_all(embedder: Embedder, edits: list[dict[str, str]], keys: np.ndarray, questions: list[Question],
+               q_vecs: np.ndarray) -> None:
+    """The real index with every edit in it, at the shipped threshold, searched the way the chat does."""
     index = MemoryIndex(embedder.dim, threshold=SCOPE_THRESHOLD, known=embedder.knows)
     index.add_many(range(len(edits)), [e["subject"] for e in edits],
                    [key_text_for(e["subject"], e["prompt"], e["target_new"]) for e in edits], keys)
@@ -289,6 +284,36 @@ def main() -> None:
     print(f"\nMemoryIndex.search(k=4) over all {len(edits)} edits at {SCOPE_THRESHOLD:.2f}: own edit returned "
           f"for {np.mean(found):.1%} of in-scope questions; {np.mean(wrong_nn):.1%} of all questions get a "
           f"wrong nearest-neighbour hit")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--n", type=int, default=400, help="edits (records) to use")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-fpr", type=float, default=0.02)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    embedder = Embedder.load()
+    edits = load_edits(args.data, args.n, args.seed)
+    questions = build_questions(edits, args.seed)
+    truth = np.array([q.in_scope for q in questions])
+    kinds = np.array([q.kind for q in questions])
+    q_vecs = embedder.embed([q.text for q in questions])  # (Q, dim)
+    named = named_matrix(embedder, edits, questions)
+    exact = named[np.arange(len(questions)), [q.edit for q in questions]]
+    print(f"embedder {embedder.name}; {len(edits)} edits from {args.data.name} (seed {args.seed}); "
+          f"{int(truth.sum())} in-scope and {int((~truth).sum())} out-of-scope pairs")
+    print("  " + ", ".join(f"{kind} {int(np.sum(kinds == kind))}" for kind in
+                           ("prompt", "rephrase", "question", "variant", "locality", "other", "everyday")))
+    results = compare_key_texts(embedder, edits, questions, q_vecs, named, exact, args.max_fpr)
+    chosen = "subject (key_text_for)"
+    thr, keys, scores = results[chosen]
+    print(f"\nKey text in use: {chosen}; lowest threshold meeting the limits: {thr:.2f}; "
+          f"SCOPE_THRESHOLD in kbchat/memory/calibration.py: {SCOPE_THRESHOLD:.2f}")
+    print_paths(scores, thr, questions, exact)
+    search_all(embedder, edits, keys, questions, q_vecs)
     slips_at_scale(args.data, embedder)
     print(f"({time.perf_counter() - start:.0f} s)")
 
