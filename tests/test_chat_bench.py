@@ -9,7 +9,14 @@ import pytest
 
 from kbchat import cli
 from kbchat.errors import KbchatError
-from kbchat.evaluation.chat import AnswerNLL, answer_nll, fact_spans, names_subject, run_chat_bench
+from kbchat.evaluation.chat import (
+    AnswerNLL,
+    CaseQuestions,
+    answer_nll,
+    fact_spans,
+    names_subject,
+    run_chat_bench,
+)
 from kbchat.evaluation.datasets import load_cases
 from kbchat.evaluation.tables import chat_verdicts, format_chat_table
 from tests.fake_service import FakeChatService
@@ -22,8 +29,8 @@ def flat_file(tmp_path):
     return path
 
 
-def constant_fluency(question: str, answer: str, facts=(), limit=None) -> AnswerNLL:
-    return AnswerNLL(2.0, 2, 3)
+def constant_fluency(question: str, answer: str, facts=(), limit=None, context=None) -> AnswerNLL:
+    return AnswerNLL(2.0 if context is None else 1.0, 2, 3)
 
 
 @pytest.mark.parametrize("sequential", [False, True])
@@ -35,10 +42,14 @@ def test_chat_bench_scores_and_reverts_every_edit(tmp_path, sequential):
     assert figures["reliability"] == {"rate": 1.0, "n": 2}  # the fake answers "<prompt> <target>."
     assert figures["canaries_unchanged"]["rate"] == 1.0 and figures["canaries_unchanged"]["n"] == 4
     assert figures["reliability[location]"]["n"] == 1 and figures["nll_edited"]["nll"] == 1.0
+    assert figures["nll_told_edited"]["nll"] == 0.5  # the judge told the answer's fact
     assert {"entropy_edited", "distinct3_unedited", "subject_intact_edited"} <= set(figures)
     assert [e.status for e in fake.edits()] == ["reverted", "reverted"]
     assert [row["relation"] for row in result["per_case"]] == ["location", "other"]  # a wording no relation lists
     assert result["per_case"][0]["edit"] == "Eiffel Tower → The Eiffel Tower is located in Rome"
+    told = [c for c in fake.calls if c[0] == "ask" and c[2] and c[2][0]["role"] == "system"]
+    assert '"The Eiffel Tower is located in Paris."' in told[0][2][0]["content"]  # the told baseline: the true fact
+    assert set(result["per_case"][0]["before_told"]) == set(CaseQuestions.of(cases[0], []).asks)
     if sequential:  # all edits were made before any question was asked after them
         kinds = [c[0] for c in fake.calls if c[0] in ("edit", "ask")]
         first_after = kinds.index("edit")
@@ -51,13 +62,15 @@ def test_targets_table_says_what_misses():
                "distinct3_edited": {"mean": 0.9, "n": 10}, "distinct3_unedited": {"mean": 0.95, "n": 10},
                "entropy_edited": {"mean": 2.0, "n": 10}, "entropy_unedited": {"mean": 4.0, "n": 10},
                "nll_edited": {"nll": 2.3, "n": 10}, "nll_unedited": {"nll": 2.0, "n": 10},
-               "nll_whole_edited": {"nll": 4.0, "n": 10}, "nll_whole_unedited": {"nll": 2.0, "n": 10}}
+               "nll_whole_edited": {"nll": 4.0, "n": 10}, "nll_whole_unedited": {"nll": 2.0, "n": 10},
+               "nll_told_edited": {"nll": 2.1, "n": 10}, "nll_told_unedited": {"nll": 2.0, "n": 10}}
     verdicts = {name: met for name, _, _, met in chat_verdicts(figures)}
     assert verdicts["reliability"] is False and verdicts["other_wordings"] is True
     assert verdicts["follow_up"] is None  # not measured: neither met nor missed
     assert verdicts["subject_intact"] is False and verdicts["fluency (distinct 3-grams)"] is True
     assert verdicts["n-gram entropy"] is None  # shown, not judged
     assert verdicts["fluency (unedited model's NLL per token, same length, the fact's words not charged)"] is False  # 2.3 > 1.1 × 2.0
+    assert verdicts["fluency (the same NLL, the judge told the fact each answer assumes)"] is True  # 2.1 ≤ 2.2
     assert verdicts["NLL per token of the whole answers"] is None
     table = format_chat_table({"method": "serac", "cases": 10, "figures": figures})
     assert "| reliability | 90.0 | ≥ 95% | NO |" in table
@@ -153,3 +166,18 @@ def test_answer_nll_leaves_the_facts_tokens_out(tiny_engine):
     cut = fluency(question, answer, ["Rome"], 4)  # " The Eiffel Tower is": the fact is past the cut
     assert cut.tokens == 4 and cut.length == whole.length and 0 < cut.nll < masked.nll
     assert fluency(question, "  ", ["Rome"], None) == AnswerNLL(0.0, 0, 0)
+
+
+def test_told_fluency_judges_each_side_told_its_own_fact(tmp_path):
+    """The told figure: the edited answer judged told the new fact, the baseline told the true one."""
+    seen = []
+
+    def recording(question, answer, facts=(), limit=None, context=None):
+        seen.append(context)
+        return AnswerNLL(2.0, 2, 3)
+
+    cases = load_cases(flat_file(tmp_path))
+    run_chat_bench(FakeChatService(), cases[:1], "serac", recording)
+    told = [c for c in seen if c]
+    assert any('"The Eiffel Tower is located in Rome."' in c for c in told)
+    assert any('"The Eiffel Tower is located in Paris."' in c for c in told)

@@ -17,7 +17,9 @@ editing reverts each edit before the next; sequential editing keeps every edit a
   charged (the new object and the true one, wherever named: a counterfactual surprises the unedited
   model, and that is the edit, not disfluency; a mangled name or broken grammar is still charged).
   The cut matters: an answer's first tokens cost most, so a short answer's mean NLL is higher than a
-  long one's however fluent. Shown beside them, not targeted: ROME's n-gram entropy (which grows with
+  long one's however fluent. Measured twice: plain, and with the judge first told the fact each
+  answer assumes (words that follow from a counterfactual, "located on Naples, Italy", are not
+  disfluency); NLLs are per token over all answers (the log of the perplexity). Shown beside them, not targeted: ROME's n-gram entropy (which grows with
   the answer's length) and the NLL of the whole answers;
 - neighbours / canaries unchanged: answered exactly as before the edit.
 """
@@ -34,13 +36,15 @@ from kbchat.audit.probes import load_canaries
 from kbchat.audit.relations import questions, relation_of
 from kbchat.evaluation.datasets import EditCase
 from kbchat.evaluation.metrics import distinct_ngrams, mentions, ngram_entropy, target_logprobs
+from kbchat.memory.active import facts_message_for
 from kbchat.records import Answer, EditRecord
 
 MAX_TOKENS = 48
 FOLLOW_UP = "Tell me about {}."
 CANARIES_PER_CASE = 2
-# (question, answer, facts, limit) -> the answer's NLL, its first `limit` tokens only (None: all)
-Fluency = Callable[[str, str, Sequence[str], "int | None"], "AnswerNLL"]
+# (question, answer, facts, limit, context=None) -> the answer's NLL, its first `limit` tokens only
+# (None: all), the judge first told `context` when given
+Fluency = Callable[..., "AnswerNLL"]
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,10 @@ class Tally:
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {k: {"rate": round(sum(v) / len(v), 3), "n": len(v)} for k, v in self.hits.items()}
-        for k, v in self.nlls.items():
-            per_answer = [nll / n for nll, n in v]
-            out[k] = {"nll": round(sum(per_answer) / len(per_answer), 3),
-                      "perplexity": round(math.exp(sum(x for x, _ in v) / sum(n for _, n in v)), 2), "n": len(v)}
+        for k, v in self.nlls.items():  # per token over all answers (the log of the perplexity)
+            per_token = sum(x for x, _ in v) / sum(n for _, n in v)
+            out[k] = {"nll": round(per_token, 3), "perplexity": round(math.exp(per_token), 2),
+                      "nll_per_answer": round(sum(x / n for x, n in v) / len(v), 3), "n": len(v)}
         for k, v in self.values.items():
             out[k] = {"mean": round(sum(v) / len(v), 3), "n": len(v)}
         return out
@@ -238,17 +242,36 @@ def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any],
                 tally.add(f"subject_intact_{who}", whole)
             tally.add_value(f"entropy_{who}", ngram_entropy(answers[q]))
             tally.add_value(f"distinct3_{who}", distinct_ngrams(answers[q]))
-    for q in qs.asks:  # NLLs: of the whole answers, and of both cut to the shorter one's length
-        full = {who: fluency(q, answers[q], facts, None) for who, answers in sides}
-        shorter = min(f.length for f in full.values())
-        for who, answers in sides:
-            tally.add_nll(f"nll_whole_{who}", full[who].nll, full[who].tokens)
-            cut = full[who] if full[who].length == shorter else fluency(q, answers[q], facts, shorter)
-            tally.add_nll(f"nll_{who}", cut.nll, cut.tokens)
+            whole_nll = fluency(q, answers[q], facts, None)
+            tally.add_nll(f"nll_whole_{who}", whole_nll.nll, whole_nll.tokens)
+    _score_nll(tally, "nll", qs.asks, dict(sides), fluency, facts)
+    if "before_told" in row:  # the baseline told the true fact, as the edited answer was told the new one
+        _score_nll(tally, "nll_told", qs.asks, {"unedited": row["before_told"], "edited": after}, fluency, facts,
+                   told_facts(case))
     for q in qs.neighbours:
         tally.add("neighbours_unchanged", after[q] == before[q])
     for q in qs.canaries:
         tally.add("canaries_unchanged", after[q] == before[q])
+
+
+def _score_nll(tally: Tally, name: str, asks: Sequence[str], sides: dict[str, dict[str, str]],
+               fluency: Fluency, facts: Sequence[str], told: dict[str, str] | None = None) -> None:
+    """Per question, the unedited model's NLL of both sides' answers cut to the shorter one's tokens
+    (tallied as `{name}_{side}`), the judge first reading `told[side]` as a system message when given."""
+    for q in asks:
+        context = told or {}
+        shorter = min(fluency(q, answers[q], facts, 0).length for answers in sides.values())  # limit 0: length only
+        for who, answers in sides.items():
+            cut = fluency(q, answers[q], facts, shorter, context=context.get(who))
+            tally.add_nll(f"{name}_{who}", cut.nll, cut.tokens)
+
+
+def told_facts(case: EditCase) -> dict[str, str]:
+    """The system message each side's told fluency figure is generated and judged with: serac's own
+    message quoting the edit's fact (edited), and the same message quoting the true fact (unedited)."""
+    req = case.request
+    return {"edited": facts_message_for([f"{req.text} {req.target}."])["content"],
+            "unedited": facts_message_for([f"{req.text} {req.target_true}."])["content"]}
 
 
 def _row(case: EditCase, record: EditRecord, qs: CaseQuestions, before: dict[str, str], after: dict[str, str],
@@ -272,32 +295,42 @@ def _unedited(engine: ChatBenchEngine, qs: Sequence[str], answered: dict[str, st
     return {q: answered[q] for q in qs}
 
 
+def _told_unedited(engine: ChatBenchEngine, case: EditCase, asks: Sequence[str]) -> dict[str, str]:
+    """The unedited model's answers to `asks` told the true fact the way serac tells an edit's
+    (`told_facts`): the baseline of the told fluency figure. Asked with no edit active."""
+    system = {"role": "system", "content": told_facts(case)["unedited"]}
+    return {q: engine.ask(q, history=[system], max_new_tokens=MAX_TOKENS).text for q in asks}
+
+
 def _single_case(engine: ChatBenchEngine, case: EditCase, qs: CaseQuestions, method: str,
                  answered: dict[str, str]) -> dict[str, Any]:
     """One case of single editing: unedited answers, the edit, the answers after it, the revert."""
     before = _unedited(engine, [*qs.asks, *qs.unchanged], answered)
+    before_told = _told_unedited(engine, case, qs.asks)
     record = engine.edit(edit_text(case), method=method, audit="off")
     try:
         after = _ask_all(engine, qs.after)
         follow = _follow_up(engine, case, qs.asks[0])
     finally:
         engine.revert(record.id)
-    return _row(case, record, qs, before, after, follow)
+    return _row(case, record, qs, before, after, follow) | {"before_told": before_told}
 
 
 def _sequential_rows(engine: ChatBenchEngine, cases: Sequence[EditCase], plans: Sequence[CaseQuestions],
                      method: str, answered: dict[str, str], log: Callable[[str], None]) -> list[dict[str, Any]]:
     """All edits made, then every case asked; every edit reverted at the end."""
     befores = [_unedited(engine, [*qs.asks, *qs.unchanged], answered) for qs in plans]
+    befores_told = [_told_unedited(engine, case, qs.asks) for case, qs in zip(cases, plans, strict=True)]
     records: list[EditRecord] = []
     rows = []
     try:
         for i, case in enumerate(cases, 1):
             records.append(engine.edit(edit_text(case), method=method, audit="off"))
             log(f"edit {i}/{len(cases)} {case.request.subject}")
-        for case, qs, before, record in zip(cases, plans, befores, records, strict=True):
+        for case, qs, before, told, record in zip(cases, plans, befores, befores_told, records, strict=True):
             after = _ask_all(engine, qs.after)
-            rows.append(_row(case, record, qs, before, after, _follow_up(engine, case, qs.asks[0])))
+            rows.append(_row(case, record, qs, before, after, _follow_up(engine, case, qs.asks[0]))
+                        | {"before_told": told})
     finally:
         for record in reversed(records):
             engine.revert(record.id)
@@ -332,6 +365,8 @@ def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: s
             log(f"{i}/{len(cases)} {case.request.subject}: {row['after'][qs.asks[0]][:80]!r}")
         else:  # resumed: its unedited answers serve later cases and methods too
             answered.update(row["before"])
+            if "before_told" not in row:  # a run from before the told figure: its baseline asked now
+                row = row | {"before_told": _told_unedited(engine, case, qs.asks)}
         _score(tally, case, qs, row, fluency)
         rows.append(row)
         partial(_result(method, False, rows, tally))

@@ -66,7 +66,8 @@ CHAT_TARGETS = (
 def chat_verdicts(figures: dict) -> list[tuple[str, str, str, bool | None]]:
     """(figure, measured, target, met) rows: the rate targets, subject intact within 5 points of the
     unedited model, fluency (distinct 3-grams; the unedited model's NLL of the answers cut to one
-    length, the fact's words not charged) within 10% of the unedited model's; the n-gram entropy
+    length, the fact's words not charged; plain and with the judge told each answer's fact) within
+    10% of the unedited model's; the n-gram entropy
     and the NLL of the whole answers are shown without a verdict (see kbchat.evaluation.chat)."""
     rows: list[tuple[str, str, str, bool | None]] = []
     for name, key, threshold in CHAT_TARGETS:
@@ -82,16 +83,22 @@ def chat_verdicts(figures: dict) -> list[tuple[str, str, str, bool | None]]:
     ent, base = (figures.get(f"distinct3_{w}", {}).get("mean") for w in ("edited", "unedited"))
     met = None if ent is None or not base else ent >= 0.9 * base
     rows.append(("fluency (distinct 3-grams)", f"{ent} (unedited {base})", "within 10%", met))
-    nll, base = (figures.get(f"nll_{w}", {}).get("nll") for w in ("edited", "unedited"))
-    met = None if nll is None or base is None else nll <= 1.1 * base
-    rows.append(("fluency (unedited model's NLL per token, same length, the fact's words not charged)",
-                 f"{nll} (unedited {base})", "within 10%", met))
+    for key, label in (("nll", "fluency (unedited model's NLL per token, same length, the fact's words not charged)"),
+                       ("nll_told", "fluency (the same NLL, the judge told the fact each answer assumes)")):
+        nll, base = (figures.get(f"{key}_{w}", {}).get("nll") for w in ("edited", "unedited"))
+        if key == "nll" or nll is not None:
+            met = None if nll is None or base is None else nll <= 1.1 * base
+            rows.append((label, f"{nll} (unedited {base}{_excess(nll, base)})", "within 10%", met))
     for name, key, label in (("entropy", "mean", "n-gram entropy"),
                              ("nll_whole", "nll", "NLL per token of the whole answers")):
         edited_v, base_v = (figures.get(f"{name}_{w}", {}).get(key) for w in ("edited", "unedited"))
         if edited_v is not None:
             rows.append((label, f"{edited_v} (unedited {base_v})", "shown only", None))
     return rows
+
+
+def _excess(value: float | None, base: float | None) -> str:
+    return "" if value is None or not base else f"; {100 * (value / base - 1):+.1f}%"
 
 
 def format_chat_table(result: dict) -> str:
