@@ -9,7 +9,8 @@ are scored again from their saved answers, not asked again.
         --json 'bench/results/chat-{method}-val200.json' --resume
 
 `--own-answer` optimises serac's value keeping the model's own answer (`EngineSettings.serac_own_answer`);
-`--no-quote-facts` leaves out the system message that quotes the fact (the patch alone).
+`--no-quote-facts` leaves out the system message that quotes the fact (the patch alone); `--serac-scales`
+sets the patch scales serac tries (the smallest whose answer names the new object is kept).
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def main() -> None:
                         help="serac without its system message quoting the fact (the patch alone)")
     parser.add_argument("--own-answer", action="store_true",
                         help="serac's value optimised keeping the model's own answer (EngineSettings.serac_own_answer)")
+    parser.add_argument("--serac-scales", type=lambda s: tuple(float(x) for x in s.split(",")),
+                        default=EngineSettings.serac_scales,
+                        help="the patch's scales serac tries, in order (EngineSettings.serac_scales)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
@@ -86,7 +90,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp, \
             LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=data_dir(args.home),
                              settings=EngineSettings(quote_facts=not args.no_quote_facts,
-                                                    serac_own_answer=args.own_answer)) as engine:
+                                                    serac_own_answer=args.own_answer,
+                                                    serac_scales=args.serac_scales)) as engine:
         for method in args.methods:
             path = json_path(args, method)
             done, spent = earlier(path, args, method)
