@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--serac-scales", type=lambda s: tuple(float(x) for x in s.split(",")),
                         default=EngineSettings.serac_scales,
                         help="the patch's scales serac tries, in order (EngineSettings.serac_scales)")
+    parser.add_argument("--serac-check-wordings", type=int, default=EngineSettings.serac_check_wordings,
+                        help="how many of the relation's questions serac's strength check asks")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
@@ -91,7 +93,8 @@ def main() -> None:
             LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=data_dir(args.home),
                              settings=EngineSettings(quote_facts=not args.no_quote_facts,
                                                     serac_own_answer=args.own_answer,
-                                                    serac_scales=args.serac_scales)) as engine:
+                                                    serac_scales=args.serac_scales,
+                                                    serac_check_wordings=args.serac_check_wordings)) as engine:
         for method in args.methods:
             path = json_path(args, method)
             done, spent = earlier(path, args, method)

@@ -151,6 +151,9 @@ class EngineSettings:
     # serac's patch is checked on the relation's chat question when made: if the answer does not state
     # the new object, the patch is tried this many times as large, in order (kbchat.engine.strength).
     serac_scales: tuple[float, ...] = (1.0, 1.5, 2.0)
+    # How many of the relation's questions (its wordings, in order) that check asks; all must name the
+    # new object. More wordings let a smaller first scale be tried without losing other phrasings.
+    serac_check_wordings: int = 1
     # serac's value is optimised keeping the model's own answer to the relation's question (KL away from
     # the replaced fact; methods.own_answer): the patched answer should read as the unedited one did.
     serac_own_answer: bool = False

@@ -54,6 +54,26 @@ def test_a_patch_that_works_at_once_or_never_is_kept_as_computed():
     assert strengthen(Runtime(needed=1.0), computed, REQUEST, ()) is computed
 
 
+class Worded(Runtime):
+    """Names the target for the relation's first question at any scale, for its others from `needed` on."""
+
+    def generate(self, prompt, patches, limit, *, names=(), targets=()):
+        scale = self.patches[patches[0]].meta.get("scale", 1.0)
+        question = prompt.messages[-1]["content"]
+        self.asked.append((question, scale, names, targets))
+        first = question == "Where did Jaidev die?"
+        yield "Jaidev died in Dresden." if first or scale >= self.needed else "He died in Mumbai."
+
+
+def test_checking_more_wordings_keeps_a_scale_that_works_for_all():
+    assert strengthen(Worded(needed=1.5), delta(), REQUEST, (0.5, 1.0, 1.5)).meta["scale"] == 0.5
+    runtime = Worded(needed=1.5)
+    kept = strengthen(runtime, delta(), REQUEST, (0.5, 1.0, 1.5), wordings=2)
+    assert kept.meta["scale"] == 1.5 and runtime.patches == {}
+    assert [(q == "Where did Jaidev die?", scale) for q, scale, *_ in runtime.asked] == \
+        [(True, 0.5), (False, 0.5), (True, 1.0), (False, 1.0), (True, 1.5), (False, 1.5)]
+
+
 def test_the_check_asks_as_the_planner_would():
     quoted = check_prompt(REQUEST, "Jaidev died at Dresden.")
     assert quoted.messages[0]["role"] == "system" and '"Jaidev died at Dresden."' in quoted.messages[0]["content"]

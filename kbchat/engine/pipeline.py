@@ -73,7 +73,8 @@ class EditPipeline:
         if delta is not None:
             progress(Progress("check", 0, 1, "checking the patch on the relation's question"))
             fact = f"{parsed.prompt} {parsed.target}." if self.settings.quote_facts else None
-            delta = strengthen(self.runtime, delta, request, self.settings.serac_scales, fact)
+            delta = strengthen(self.runtime, delta, request, self.settings.serac_scales, fact,
+                               self.settings.serac_check_wordings)
         vector = self.book.key_vector(parsed.subject, parsed.prompt, parsed.target)
         new = self._new_edit(parsed, request, method, delta, embedding=vector.astype("float32").tobytes())
         recorded = self.book.record(new, vector)

@@ -22,27 +22,40 @@ from methods import Delta, EditRequest
 CHECK_TOKENS = 48  # as long as a chat benchmark answer: long enough to reach the object
 
 
-def check_prompt(request: EditRequest, fact: str | None) -> Prompt:
-    """The chat prompt of the relation's question as the planner builds it with this edit in scope:
-    `fact` ("The Eiffel Tower is located in Rome.") quoted in a system message, when facts are quoted."""
-    question = {"role": "user", "content": questions(request)[0]}
+def check_prompt(request: EditRequest, fact: str | None, which: int = 0) -> Prompt:
+    """The chat prompt of the relation's question (its `which`-th wording) as the planner builds it
+    with this edit in scope: `fact` ("The Eiffel Tower is located in Rome.") quoted in a system
+    message, when facts are quoted."""
+    asked = questions(request)
+    question = {"role": "user", "content": asked[min(which, len(asked) - 1)]}
     return Prompt(messages=(facts_message_for([fact]), question) if fact else (question,))
 
 
-def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
-               fact: str | None = None) -> Delta:
-    """`delta` scaled by the first of `scales` whose patched answer to the relation's question names
-    the request's target; `delta` itself (scale 1) when none does or `scales` is empty."""
-    prompt = check_prompt(request, fact)
-    for scale in scales:
-        trial = delta if scale == 1.0 else delta.scaled(scale)
-        key = ("strength check", request.subject, scale)
-        runtime.add_patch(key, trial)
-        try:
+def _names_target(runtime: ModelRuntime, trial: Delta, request: EditRequest, prompts: Sequence[Prompt],
+                  scale: float) -> bool:
+    """Whether every one of `prompts`, answered with `trial` patched in, names the request's target."""
+    key = ("strength check", request.subject, scale)
+    runtime.add_patch(key, trial)
+    try:
+        for prompt in prompts:  # stops at the first miss: a larger scale is tried next
             answer = "".join(runtime.generate(prompt, (key,), CHECK_TOKENS, names=(request.subject,),
                                               targets=(request.target,)))
-        finally:
-            runtime.remove_patch(key)
-        if mentions(answer, request.target):
+            if not mentions(answer, request.target):
+                return False
+        return True
+    finally:
+        runtime.remove_patch(key)
+
+
+def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
+               fact: str | None = None, wordings: int = 1) -> Delta:
+    """`delta` scaled by the first of `scales` whose patched answers to the relation's first
+    `wordings` questions all name the request's target; `delta` itself (scale 1) when none does or
+    `scales` is empty."""
+    count = min(max(wordings, 1), len(questions(request)))
+    prompts = [check_prompt(request, fact, i) for i in range(count)]
+    for scale in scales:
+        trial = delta if scale == 1.0 else delta.scaled(scale)
+        if _names_target(runtime, trial, request, prompts, scale):
             return trial
     return delta
