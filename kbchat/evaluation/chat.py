@@ -17,10 +17,12 @@ editing reverts each edit before the next; sequential editing keeps every edit a
   charged (the new object and the true one, wherever named: a counterfactual surprises the unedited
   model, and that is the edit, not disfluency; a mangled name or broken grammar is still charged).
   The cut matters: an answer's first tokens cost most, so a short answer's mean NLL is higher than a
-  long one's however fluent. Measured twice: plain, and with the judge first told the fact each
-  answer assumes (words that follow from a counterfactual, "located on Naples, Italy", are not
-  disfluency); NLLs are per token over all answers (the log of the perplexity). Shown beside them, not targeted: ROME's n-gram entropy (which grows with
-  the answer's length) and the NLL of the whole answers;
+  long one's however fluent. Measured twice: plain, and told: the edited answer judged with the
+  judge first told its fact in serac's system message, against the unedited model's answer generated
+  and judged told the true fact the same way (words that merely follow from a counterfactual,
+  "located on Naples, Italy", then stop counting). NLLs are per token over all answers (the log of
+  the perplexity). Shown beside them, not targeted: ROME's n-gram entropy (which grows with the
+  answer's length) and the NLL of the whole answers;
 - neighbours / canaries unchanged: answered exactly as before the edit.
 """
 
@@ -258,8 +260,8 @@ def _score_nll(tally: Tally, name: str, asks: Sequence[str], sides: dict[str, di
                fluency: Fluency, facts: Sequence[str], told: dict[str, str] | None = None) -> None:
     """Per question, the unedited model's NLL of both sides' answers cut to the shorter one's tokens
     (tallied as `{name}_{side}`), the judge first reading `told[side]` as a system message when given."""
+    context = told or {}
     for q in asks:
-        context = told or {}
         shorter = min(fluency(q, answers[q], facts, 0).length for answers in sides.values())  # limit 0: length only
         for who, answers in sides.items():
             cut = fluency(q, answers[q], facts, shorter, context=context.get(who))
