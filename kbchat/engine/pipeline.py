@@ -17,6 +17,7 @@ from kbchat.engine.deltas import row_delta
 from kbchat.engine.strength import strengthen
 from kbchat.errors import EditFailed, KbchatError, LedgerError
 from kbchat.ledger import NewEdit, StoredEdit
+from kbchat.memory.active import fact_sentence
 from kbchat.memory.book import MemoryBook
 from kbchat.records import ParsedEdit, Progress, ProgressFn
 from kbchat.runtime import ModelRuntime
@@ -72,7 +73,7 @@ class EditPipeline:
             delta = self.compute("rome", [request], progress, hparams, answers=[answers])
         if delta is not None:
             progress(Progress("check", 0, 1, "checking the patch on the relation's question"))
-            fact = f"{parsed.prompt} {parsed.target}." if self.settings.quote_facts else None
+            fact = fact_sentence(parsed.prompt, parsed.target) if self.settings.quote_facts else None
             delta = strengthen(self.runtime, delta, request, self.settings.serac_scales, fact,
                                self.settings.serac_check_wordings)
         vector = self.book.key_vector(parsed.subject, parsed.prompt, parsed.target)

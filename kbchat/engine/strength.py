@@ -23,11 +23,10 @@ CHECK_TOKENS = 48  # as long as a chat benchmark answer: long enough to reach th
 
 
 def check_prompt(request: EditRequest, fact: str | None, which: int = 0) -> Prompt:
-    """The chat prompt of the relation's question (its `which`-th wording) as the planner builds it
+    """The chat prompt of the relation's `which`-th question (one it has) as the planner builds it
     with this edit in scope: `fact` ("The Eiffel Tower is located in Rome.") quoted in a system
     message, when facts are quoted."""
-    asked = questions(request)
-    question = {"role": "user", "content": asked[min(which, len(asked) - 1)]}
+    question = {"role": "user", "content": questions(request)[which]}
     return Prompt(messages=(facts_message_for([fact]), question) if fact else (question,))
 
 

@@ -38,7 +38,7 @@ from kbchat.audit.probes import load_canaries
 from kbchat.audit.relations import questions, relation_of
 from kbchat.evaluation.datasets import EditCase
 from kbchat.evaluation.metrics import distinct_ngrams, mentions, ngram_entropy, target_logprobs
-from kbchat.memory.active import facts_message_for
+from kbchat.memory.active import fact_sentence, facts_message_for
 from kbchat.records import Answer, EditRecord
 
 MAX_TOKENS = 48
@@ -272,8 +272,8 @@ def told_facts(case: EditCase) -> dict[str, str]:
     """The system message each side's told fluency figure is generated and judged with: serac's own
     message quoting the edit's fact (edited), and the same message quoting the true fact (unedited)."""
     req = case.request
-    return {"edited": facts_message_for([f"{req.text} {req.target}."])["content"],
-            "unedited": facts_message_for([f"{req.text} {req.target_true}."])["content"]}
+    return {"edited": facts_message_for([fact_sentence(req.text, req.target)])["content"],
+            "unedited": facts_message_for([fact_sentence(req.text, req.target_true)])["content"]}
 
 
 def _row(case: EditCase, record: EditRecord, qs: CaseQuestions, before: dict[str, str], after: dict[str, str],

@@ -20,8 +20,13 @@ def key_text(row: StoredEdit) -> str:
     return key_text_for(row.subject, row.prompt, row.target)
 
 
+def fact_sentence(prompt: str, target: str) -> str:
+    """An edit's fact as serac states it: "The Eiffel Tower is located in Rome."."""
+    return f"{prompt} {target}."
+
+
 def fact_of(row: StoredEdit) -> str:
-    return f"{row.prompt} {row.target}."
+    return fact_sentence(row.prompt, row.target)
 
 
 def quote(text: str) -> str:
