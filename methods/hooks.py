@@ -1,7 +1,7 @@
 """Forward hooks, written once: record or edit the inputs/outputs of named modules during a pass.
 
 `Trace` follows ROME's `nethook.TraceDict`: a context manager that removes every hook on exit, even
-after an exception, and with `stop=True` ends the forward pass once the last traced module has run.
+after an exception, and with `stop=True` ends the forward pass once every traced module has run (in whatever order `names` lists them).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Trace:
         self.inputs: dict[str, torch.Tensor] = {}
         self.outputs: dict[str, torch.Tensor] = {}
         self._handles = []
-        last = names[-1] if names else None
+        ran: set[str] = set()  # stop once every traced module has run, whatever their order in `names`
         for name in names:
             try:
                 module = get_module(model, name)
@@ -67,7 +67,9 @@ class Trace:
                 if retain_output:
                     y = _first(output)
                     self.outputs[name] = y.detach() if detach else y
-                if stop and name == last:
+                ran.add(name)
+                if stop and len(ran) == len(set(names)):
+                    ran.clear()  # the next forward pass through this Trace starts afresh
                     raise StopForward
                 return output
 

@@ -66,6 +66,18 @@ def test_stop_ends_the_pass_after_the_last_module(family):
     assert _hook_count(model) == 0
 
 
+def test_stop_waits_for_every_module_whatever_their_listed_order(family):
+    # a layer's output projection listed before the matrix that runs first (as a name sort puts
+    # Llama's down_proj before gate/up_proj): every module is still recorded, on every pass
+    model, tok = tiny(family)
+    arch = architecture_of(model)
+    names = [arch.mlp_out_name(1), arch.layer_name(0), arch.mlp_out_name(0)]
+    for _ in range(2):
+        with Trace(model, names, retain_input=True, stop=True) as trace:
+            model(input_ids=_ids(tok))
+        assert set(trace.inputs) == set(names)
+
+
 def test_edit_output_replaces_the_output(family):
     model, tok = tiny(family)
     ids = _ids(tok)
