@@ -68,25 +68,27 @@ def mean(values: list[bool | float]) -> float:
 
 
 def method_options(impl: methods.Method, model, stats, model_id: str, editors: LoadedEditors,
-                   search: tuple[str, ...] = ()) -> dict:
+                   search: tuple[str, ...] = (), overrides: dict | None = None) -> dict:
     """What `impl.compute` needs besides the request: statistics, or its trained editor (loaded once; from
     `search` first, then the shipped ones)."""
+    options: dict = {"hparams": impl.hparams_from_dict(model, overrides)} if overrides else {}
     if impl.uses_statistics:
-        return {"stats": stats, "model_id": model_id}
+        options.update(stats=stats, model_id=model_id)
     if impl.editor_kind is not None:
-        return {"editor": editors.get(model, impl.editor_kind, search, model_id)}
-    return {}
+        options["editor"] = editors.get(model, impl.editor_kind, search, model_id)
+    return options
 
 
-def run_single(model, tokenizer, cases, method, stats, model_id, search: tuple[str, ...] = ()) -> dict:
+def run_single(model, tokenizer, cases, method, stats, model_id, search: tuple[str, ...] = (),
+               overrides: dict | None = None) -> dict:
     impl = methods.get(method)
     rows, seconds = [], []
     editors = LoadedEditors()
-    method_options(impl, model, stats, model_id, editors, search)  # the one-time load is not an edit's time
+    method_options(impl, model, stats, model_id, editors, search, overrides)  # the one-time load is not an edit's time
     for case in cases:
         before = measure(model, tokenizer, case)
         started = time.perf_counter()
-        options = method_options(impl, model, stats, model_id, editors, search)
+        options = method_options(impl, model, stats, model_id, editors, search, overrides)
         delta = impl.compute(model, tokenizer, [case.request], **options)
         seconds.append(time.perf_counter() - started)
         applied = delta.apply(model)
@@ -139,7 +141,8 @@ class SequentialState:
 
 
 def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int = 50,
-                   state_dir: Path | None = None, search: tuple[str, ...] = ()) -> dict:
+                   state_dir: Path | None = None, search: tuple[str, ...] = (),
+                   overrides: dict | None = None) -> dict:
     """Edit every case in turn, keeping all edits. Figures after the last edit (efficacy there is
     retention), plus `immediate` (efficacy right after each edit) and, every `every` edits, retention
     and neighbourhood preservation of the edits made so far: the curve that shows collapse, if any.
@@ -155,7 +158,7 @@ def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int 
     handles = [d.apply(model) for d in deltas]
     for i, case in enumerate(cases[len(deltas):], len(deltas) + 1):
         started = time.perf_counter()
-        kwargs = method_options(impl, model, stats, model_id, editors, search)
+        kwargs = method_options(impl, model, stats, model_id, editors, search, overrides)
         if impl.protects_prior:
             kwargs["prior"] = deltas
         delta = impl.compute(model, tokenizer, [case.request], **kwargs)
@@ -204,8 +207,8 @@ def prepare_statistics(model, tokenizer, names: list[str], stats: StatsCache, mo
     layers = set()
     for name in names:
         impl = methods.get(name)
-        if impl.uses_statistics:
-            hp = impl.hparams(model)
+        hp = impl.hparams(model)
+        if impl.uses_statistics and getattr(hp, "whiten", 0.0) is not None:  # mend: only when whitening
             layers.update(getattr(hp, "layers", None) or [hp.layer])
             spec = hp.stats
     if layers:
@@ -229,6 +232,8 @@ def main() -> None:
                                                       "and resume from it")
     parser.add_argument("--editors", action="append", default=[],
                         help="a trained editor file or folder, searched before the shipped ones (repeatable)")
+    parser.add_argument("--hparams", type=json.loads, default={},
+                        help='hyperparameter overrides per method, JSON: \'{"mend": {"whiten": 0.01}}\'')
     parser.add_argument("--torch-threads", type=int, default=None, help="e.g. 1 when two benchmarks share 2 cores")
     args = parser.parse_args()
     if args.torch_threads:
@@ -251,15 +256,16 @@ def main() -> None:
     torch.manual_seed(0)
     results = {"command": "python -m bench.bench_counterfact " + " ".join(sys.argv[1:]), "data": label,
                "cases": len(cases), "statistics_seconds": round(stats_seconds, 1),
-               "mode": f"sequential {n}" if args.sequential else "single", "torch_threads": torch.get_num_threads(),
+               "hparams": args.hparams, "mode": f"sequential {n}" if args.sequential else "single", "torch_threads": torch.get_num_threads(),
                "methods": {}}
     for name in args.methods.split(","):
         if args.sequential:
             state = Path(args.state) / name if args.state else None
             results["methods"][name] = run_sequential(model, tokenizer, cases, name, stats, model_id, args.every, state,
-                                                      tuple(args.editors))
+                                                      tuple(args.editors), args.hparams.get(name))
         else:
-            results["methods"][name] = run_single(model, tokenizer, cases, name, stats, model_id, tuple(args.editors))
+            results["methods"][name] = run_single(model, tokenizer, cases, name, stats, model_id, tuple(args.editors),
+                                                  args.hparams.get(name))
         print(name, json.dumps(results["methods"][name]), flush=True)
         if args.json:  # after each method: a long run that is stopped keeps what it measured
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")

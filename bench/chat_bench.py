@@ -85,6 +85,8 @@ def main() -> None:
                         help="the patch's scales serac tries, in order (EngineSettings.serac_scales)")
     parser.add_argument("--serac-check-wordings", type=int, default=EngineSettings.serac_check_wordings,
                         help="how many of the relation's questions serac's strength check asks")
+    parser.add_argument("--serac-check-follow-up", action="store_true",
+                        help="serac's strength check also asks the relation's question as a follow-up")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
@@ -94,7 +96,8 @@ def main() -> None:
                              settings=EngineSettings(quote_facts=not args.no_quote_facts,
                                                     serac_own_answer=args.own_answer,
                                                     serac_scales=args.serac_scales,
-                                                    serac_check_wordings=args.serac_check_wordings)) as engine:
+                                                    serac_check_wordings=args.serac_check_wordings,
+                                                    serac_check_follow_up=args.serac_check_follow_up)) as engine:
         for method in args.methods:
             path = json_path(args, method)
             done, spent = earlier(path, args, method)

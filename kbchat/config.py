@@ -154,6 +154,8 @@ class EngineSettings:
     # How many of the relation's questions (its wordings, in order) that check asks; all must name the
     # new object. More wordings let a smaller first scale be tried without losing other phrasings.
     serac_check_wordings: int = 1
+    # That check also asks the relation's question as a follow-up (subject named in an earlier turn).
+    serac_check_follow_up: bool = False
     # serac's value is optimised keeping the model's own answer to the relation's question (KL away from
     # the replaced fact; methods.own_answer): the patched answer should read as the unedited one did.
     serac_own_answer: bool = False

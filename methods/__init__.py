@@ -63,11 +63,11 @@ _REGISTRY = {
                "MEMIT projected onto the null space of preserved and earlier-edited keys"),
         Method("ft", ft.compute, FTHParams, False, False, "constrained fine-tuning of one MLP layer (baseline)"),
         # mend/instructedit need a trained editor: pass `editor=` or `editors=[files or directories]`
-        # (found by `model_id`, the unedited model's fingerprint).
-        Method("mend", mend_compute, MendHParams, False, False,
+        # (found by `model_id`, the unedited model's fingerprint); `stats=` keeps whitening's moments.
+        Method("mend", mend_compute, MendHParams, True, False,
                "a trained editor network turns the edit's gradient into a low-rank update of the last MLPs",
                editor_kind="mend"),
-        Method("instructedit", compute_instructedit, MendHParams, False, False,
+        Method("instructedit", compute_instructedit, MendHParams, True, False,
                "MEND's editor trained on several tasks, each edit input behind a task instruction",
                editor_kind="instructedit"),
         Method("kn", kn.compute, KNHParams, False, False,

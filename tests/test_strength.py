@@ -74,6 +74,34 @@ def test_checking_more_wordings_keeps_a_scale_that_works_for_all():
         [(True, 0.5), (False, 0.5), (True, 1.0), (False, 1.0), (True, 1.5), (False, 1.5)]
 
 
+class Conversation(Runtime):
+    """Names the target on a direct question from scale 1, in a follow-up (the subject only "it",
+    named in an earlier turn) only from scale `needed`; records each prompt's messages."""
+
+    def generate(self, prompt, patches, limit, *, names=(), targets=()):
+        scale = self.patches[patches[0]].meta.get("scale", 1.0)
+        self.asked.append((prompt.messages, scale))
+        last = prompt.messages[-1]["content"]
+        if last.startswith("What do you know"):
+            yield "Jaidev was an Indian composer."
+        elif "Jaidev" in last:
+            yield "Jaidev died in Dresden." if scale >= 1.0 else "He died in Mumbai."
+        else:
+            yield "He died in Dresden." if scale >= self.needed else "He died in Mumbai."
+
+
+def test_the_follow_up_check_keeps_a_scale_that_also_works_in_conversation():
+    assert strengthen(Conversation(needed=2.0), delta(), REQUEST, (0.5, 1.0, 2.0)).meta.get("scale", 1.0) == 1.0
+    runtime = Conversation(needed=2.0)
+    kept = strengthen(runtime, delta(), REQUEST, (0.5, 1.0, 2.0), "Jaidev died at Dresden.", follow_up=True)
+    assert kept.meta["scale"] == 2.0 and runtime.patches == {}
+    follow_up = runtime.asked[-1][0]  # the last prompt: the follow-up at scale 2
+    assert [m["role"] for m in follow_up] == ["system", "user", "assistant", "user"]
+    assert follow_up[2]["content"] == "Jaidev was an Indian composer."  # the opener's own patched answer
+    assert follow_up[3]["content"] == "Where did it die?" and "Jaidev" in follow_up[1]["content"]
+    assert '"Jaidev died at Dresden."' in follow_up[0]["content"]
+
+
 def test_the_check_asks_as_the_planner_would():
     quoted = check_prompt(REQUEST, "Jaidev died at Dresden.")
     assert quoted.messages[0]["role"] == "system" and '"Jaidev died at Dresden."' in quoted.messages[0]["content"]

@@ -5,8 +5,10 @@ the new object ("Where did Jaidev die?" -> 'The answer is: "Jaidev"'). The patch
 in-scope questions, so making it larger costs nothing elsewhere; it can cost the answer's wording,
 hence the smallest scale that works is kept. The check is the answer a user asking the relation's
 question would get (the same prompt, name guard and rest after the new object as `LocalEngine.ask`),
-so reliability on that question is partly this check's doing; other wordings, lower case, typos and
-follow-ups are not checked here.
+so reliability on that question is partly this check's doing; lower case and typos are not checked
+here. Optionally (`follow_up`) the check also asks the relation's question as a follow-up, the subject
+named only in an earlier turn ("What do you know about X?" … "Where is it located?"), where a patch
+that is just strong enough for the direct question often falls short.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from kbchat.runtime import ModelRuntime, Prompt
 from methods import Delta, EditRequest
 
 CHECK_TOKENS = 48  # as long as a chat benchmark answer: long enough to reach the object
+OPENER = "What do you know about {}?"  # the follow-up check's first turn: names the subject only
 
 
 def check_prompt(request: EditRequest, fact: str | None, which: int = 0) -> Prompt:
@@ -30,31 +33,48 @@ def check_prompt(request: EditRequest, fact: str | None, which: int = 0) -> Prom
     return Prompt(messages=(facts_message_for([fact]), question) if fact else (question,))
 
 
+def _answer(runtime: ModelRuntime, prompt: Prompt, key: tuple, request: EditRequest) -> str:
+    return "".join(runtime.generate(prompt, (key,), CHECK_TOKENS, names=(request.subject,),
+                                    targets=(request.target,)))
+
+
+def follow_up_prompt(runtime: ModelRuntime, key: tuple, request: EditRequest, fact: str | None) -> Prompt:
+    """The relation's question asked after an opener about the subject, the subject then called "it";
+    the opener's answer is generated with the patch `key` active, as the user would have seen it."""
+    system = (facts_message_for([fact]),) if fact else ()
+    opener = {"role": "user", "content": OPENER.format(request.subject)}
+    first = _answer(runtime, Prompt(messages=(*system, opener)), key, request)
+    question = questions(request)[0].replace(request.subject, "it")
+    return Prompt(messages=(*system, opener, {"role": "assistant", "content": first},
+                            {"role": "user", "content": question}))
+
+
 def _names_target(runtime: ModelRuntime, trial: Delta, request: EditRequest, prompts: Sequence[Prompt],
-                  scale: float) -> bool:
-    """Whether every one of `prompts`, answered with `trial` patched in, names the request's target."""
+                  scale: float, fact: str | None = None, follow_up: bool = False) -> bool:
+    """Whether every one of `prompts` (and with `follow_up` the follow-up conversation, `fact` quoted
+    as in `check_prompt`), answered with `trial` patched in, names the request's target."""
     key = ("strength check", request.subject, scale)
     runtime.add_patch(key, trial)
     try:
         for prompt in prompts:  # stops at the first miss: a larger scale is tried next
-            answer = "".join(runtime.generate(prompt, (key,), CHECK_TOKENS, names=(request.subject,),
-                                              targets=(request.target,)))
-            if not mentions(answer, request.target):
+            if not mentions(_answer(runtime, prompt, key, request), request.target):
                 return False
-        return True
+        if not follow_up:
+            return True
+        return mentions(_answer(runtime, follow_up_prompt(runtime, key, request, fact), key, request), request.target)
     finally:
         runtime.remove_patch(key)
 
 
 def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
-               fact: str | None = None, wordings: int = 1) -> Delta:
+               fact: str | None = None, wordings: int = 1, follow_up: bool = False) -> Delta:
     """`delta` scaled by the first of `scales` whose patched answers to the relation's first
-    `wordings` questions all name the request's target; `delta` itself (scale 1) when none does or
-    `scales` is empty."""
+    `wordings` questions (and, with `follow_up`, to its first question asked as a follow-up) all name
+    the request's target; `delta` itself (scale 1) when none does or `scales` is empty."""
     count = min(max(wordings, 1), len(questions(request)))
     prompts = [check_prompt(request, fact, i) for i in range(count)]
     for scale in scales:
         trial = delta if scale == 1.0 else delta.scaled(scale)
-        if _names_target(runtime, trial, request, prompts, scale):
+        if _names_target(runtime, trial, request, prompts, scale, fact, follow_up):
             return trial
     return delta

@@ -8,8 +8,7 @@ editor maps each pair to (x~, delta~) and the update is -alpha * sum_t delta~_t 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,18 +18,17 @@ from torch import nn
 from methods.architecture import architecture_of, get_module
 from methods.delta import Delta, Update, weight_of
 from methods.gradients import Taps
-from methods.hooks import added_output, frozen
+from methods.hooks import frozen
 from methods.hparams import MendHParams, for_model
 from methods.mend.batch import TokenBatch, encode, gather_rows, position_mask, row_nll
 from methods.mend.checkpoint import find_editor, load_editor, search_path
 from methods.mend.editor import Editor
 from methods.mend.instruct import find_task, guess_task
 from methods.mend.instruct import instruction as instruction_text
+from methods.mend.reach import Factors, chosen_steps, ridge_inverse, scaled_rows, whitened
 from methods.progress import ProgressFn, silent
 from methods.requests import EditRequest
-from methods.stats import model_fingerprint
-
-Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (left (B, out, R), right (B, in, R))
+from methods.stats import StatsCache, model_fingerprint
 
 
 @dataclass(frozen=True)
@@ -58,19 +56,6 @@ def capture(model: nn.Module, batch: TokenBatch, names: Sequence[str]) -> Signal
 def editor_factors(editor: Editor, signals: Signals) -> Factors:
     """The editor's per-edit factors for every module (differentiable in the editor's parameters)."""
     return {n: editor.factors(n, signals.x[n], signals.delta[n], signals.mask) for n in editor.spec.names}
-
-
-@contextmanager
-def edited(model: nn.Module, factors: Factors) -> Iterator[None]:
-    """While inside, row b of any batch sees W + left_b right_b^T (through hooks; weights untouched)."""
-
-    def make(left: torch.Tensor, right: torch.Tensor):
-        def add(x: torch.Tensor) -> torch.Tensor:  # (B, T, in)
-            return (x @ right.to(x.dtype)) @ left.to(x.dtype).transpose(1, 2)  # (B, T, R) -> (B, T, out)
-        return add
-
-    with added_output(model, {n: make(left, right) for n, (left, right) in factors.items()}):
-        yield
 
 
 def check_fits(editor: Editor, model: nn.Module) -> None:
@@ -159,6 +144,7 @@ def compute(
     task: str | None = None,
     wording: int = 0,
     kind: str = "mend",
+    stats: StatsCache | None = None,
     progress: ProgressFn = silent,
     **_unused,
 ) -> Delta:
@@ -170,8 +156,10 @@ def compute(
     with the library (`methods.mend.checkpoint.SHIPPED`, for the default model); none found is
     `EditorNotFound`, whose one-line message says how to train one.
     `instruction` is put on a line before each prompt; for InstructEdit it defaults to `task`'s
-    wording number `wording` (the task guessed from the prompt when not named). Updates of all
-    requests are concatenated: rank = total target tokens. The model is left unchanged.
+    wording number `wording` (the task guessed from the prompt when not named). The editor's update
+    then goes through `reach` (whitening, the step search on each request's own prompt, without the
+    instruction); `stats` keeps the second moments whitening needs (computed once per cache). Updates
+    of all requests are concatenated: rank = total target tokens. The model is left unchanged.
     """
     architecture_of(model)  # UnsupportedModel before anything else
     hparams = hparams or for_model(MendHParams, model)
@@ -188,6 +176,7 @@ def compute(
     with torch.no_grad():
         factors = editor_factors(editor, signals)
     progress("gradient", 1, 1)
+    factors, steps = reach(model, tokenizer, requests, factors, hparams, stats, model_id)
     updates = []
     for name, (left, right) in factors.items():
         keep = signals.mask.reshape(-1) > 0
@@ -200,8 +189,25 @@ def compute(
         "instruction": instruction,
         "editor": {"kind": editor.spec.kind, "fingerprint": editor.spec.fingerprint, "rank": editor.spec.rank},
         "nll_before": [float(v) for v in signals.nll],
+        "whiten": hparams.whiten,
+        "steps": [float(v) for v in steps],
     }
     return Delta(kind, tuple(updates), meta)
+
+
+def reach(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors, hparams: MendHParams,
+          stats: StatsCache | None, model_id: str | None) -> tuple[Factors, torch.Tensor]:
+    """The editor's factors whitened (if `hparams.whiten`) and scaled per request by its chosen step
+    (`methods.mend.reach`); returns them with the steps (B,)."""
+    if hparams.whiten is not None:
+        stats = stats or StatsCache()
+        model_id = model_id or model_fingerprint(model)
+        moments = stats.second_moments(model, tokenizer, list(factors), hparams.stats, model_id=model_id)
+        inverses = {n: stats.derived(("mend-whiten", model_id, n, hparams.stats.n_tokens, hparams.whiten),
+                                     lambda c=c: ridge_inverse(c, hparams.whiten)) for n, c in moments.items()}
+        factors = whitened(factors, inverses)
+    steps = chosen_steps(model, tokenizer, requests, factors, hparams.steps)
+    return scaled_rows(factors, steps), steps
 
 
 def compute_instructedit(model: nn.Module, tokenizer, requests: Sequence[EditRequest],

@@ -37,9 +37,10 @@ from methods.hooks import frozen
 from methods.hparams import MendHParams, for_model
 from methods.mend.batch import TokenBatch, encode, row_hits, row_nll
 from methods.mend.checkpoint import load_state, read_spec, save_editor, save_state, state_path
-from methods.mend.compute import capture, edited, editor_factors
+from methods.mend.compute import capture, editor_factors
 from methods.mend.editor import Editor, EditorSpec
 from methods.mend.instruct import DEFAULT_TASKS, Task, find_task, wrap
+from methods.mend.reach import edited
 from methods.stats import model_fingerprint
 
 

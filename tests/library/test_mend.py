@@ -175,10 +175,12 @@ def test_compute_raises_the_target_and_leaves_the_model(family):
 
 
 def test_the_first_update_is_a_scaled_gradient_step_downhill(family):
-    """An untrained editor is the identity: each matrix's update points against the loss gradient."""
+    """An untrained editor is the identity: each matrix's update points against the loss gradient
+    (as trained: no whitening, no step search)."""
     model, tok = tiny(family)
     (request,) = edit_requests(1)
-    delta = methods.get("mend").compute(model, tok, [request], editor=fresh_editor(model, alpha=1e-3))
+    as_trained = methods.get("mend").hparams(model, whiten=None, steps=())
+    delta = methods.get("mend").compute(model, tok, [request], as_trained, editor=fresh_editor(model, alpha=1e-3))
     text = request.text + " " + request.target
     ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
     n = len(tok(request.text, add_special_tokens=False)["input_ids"])
@@ -287,7 +289,7 @@ def test_registry_and_hparams(family):
     model, _ = tiny(family)
     for name in ("mend", "instructedit", "kn"):
         method = methods.get(name)
-        assert not method.uses_statistics and not method.protects_prior
+        assert method.uses_statistics == (name != "kn") and not method.protects_prior  # mend: whitening
     hp = methods.get("mend").hparams(model)
     assert hp == MendHParams(layers=(1, 2, 3)) and hp.alpha_init == 1e-3
     assert methods.get("instructedit").hparams_from_dict(model, {"rank": 8}).rank == 8

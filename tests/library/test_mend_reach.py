@@ -1,0 +1,74 @@
+"""What happens to a learned editor's update at edit time (methods.mend.reach): whitening keeps each
+term's effect on its own key and shrinks its effect on common keys; the step search takes the first
+step at which the target beats its rival, and the delta records it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+import methods
+from methods.mend.batch import encode
+from methods.mend.compute import capture, editor_factors
+from methods.mend.reach import beats_rival, chosen_steps, ridge_inverse, scaled_rows, whitened
+from tests.library.test_mend import fresh_editor
+from tests.tiny_models import edit_requests, tiny
+
+
+def test_whitening_keeps_the_own_key_and_spares_common_keys():
+    torch.manual_seed(0)
+    d_in, d_out, n = 16, 8, 2000
+    common = torch.randn(d_in)
+    keys = torch.randn(n, 1) * common + 0.1 * torch.randn(n, d_in)  # (n, in): text's keys share one direction
+    inverse = ridge_inverse(keys.T @ keys / n, 0.01)
+    right = torch.stack([common + torch.randn(d_in), torch.zeros(d_in)], -1)[None]  # (1, in, 2); column 2 padding
+    left = torch.randn(1, d_out, 2)
+    (w_left, w_right), = whitened({"m": (left, right)}, {"m": inverse}).values()
+    assert torch.equal(w_left, left)
+    own = (right[0, :, 0] @ right[0, :, 0], w_right[0, :, 0] @ right[0, :, 0])
+    assert torch.isclose(own[0], own[1], rtol=1e-4)  # the edit's own key is moved as before
+    assert torch.equal(w_right[0, :, 1], torch.zeros(d_in))  # padding stays zero
+    plain_reach = (keys @ right[0, :, 0]).abs().mean()
+    white_reach = (keys @ w_right[0, :, 0]).abs().mean()
+    assert white_reach < 0.5 * plain_reach  # common keys are moved far less
+
+
+def test_scaled_rows_scales_each_row_left_factor():
+    left, right = torch.ones(2, 3, 1), torch.ones(2, 4, 1)
+    (l2, r2), = scaled_rows({"m": (left, right)}, torch.tensor([2.0, 0.5])).values()
+    assert torch.equal(l2[0], 2 * left[0]) and torch.equal(l2[1], 0.5 * left[1]) and torch.equal(r2, right)
+
+
+def test_the_step_search_takes_the_first_step_that_beats_the_rival(family):
+    model, tok = tiny(family)
+    # one row with its old answer named, one without (its target must become the top prediction)
+    requests = [edit_requests(2)[0], dataclasses.replace(edit_requests(2)[1], target_true=None)]
+    editor = fresh_editor(model, alpha=0.1)
+    signals = capture(model, encode(tok, [(r.text, r.target) for r in requests]), editor.spec.names)
+    with torch.no_grad():
+        factors = editor_factors(editor, signals)
+    steps = (0.0, 1.0, 10.0, 100.0, 1000.0)
+    chosen = chosen_steps(model, tok, requests, factors, steps).tolist()
+    beats = {s: beats_rival(model, tok, requests, scaled_rows(factors, torch.full((2,), s))).tolist() for s in steps}
+    assert not beats[0.0][1]  # a random model does not already say row 1's target: a search is needed
+    for b, step in enumerate(chosen):
+        assert step in steps
+        assert beats[step][b] or step == steps[-1]
+        assert not any(beats[s][b] for s in steps if s < step)
+    delta = methods.get("mend").compute(model, tok, requests, editor=editor)  # the defaults: as trained
+    assert delta.meta["steps"] == [1.0, 1.0] and delta.meta["whiten"] is None
+
+
+def test_compute_records_its_steps_and_leaves_the_model_alone(family):
+    model, tok = tiny(family)
+    fingerprint = methods.model_fingerprint(model)
+    stats = methods.StatsCache()
+    hp = methods.get("mend").hparams(model, whiten=0.01, steps=(1.0, 4.0))
+    delta = methods.get("mend").compute(model, tok, edit_requests(1), hp, editor=fresh_editor(model), stats=stats)
+    assert delta.meta["whiten"] == hp.whiten and delta.meta["steps"][0] in (1.0, 4.0)
+    assert methods.model_fingerprint(model) == fingerprint
+    assert stats.computed  # whitening's second moments were taken once, through the given cache
+    again = methods.get("mend").compute(model, tok, edit_requests(1), hp, editor=fresh_editor(model), stats=stats)
+    assert len(stats.computed) == len(set(stats.computed))
+    assert all(torch.equal(a.right, b.right) for a, b in zip(delta.updates, again.updates, strict=True))
