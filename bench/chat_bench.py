@@ -85,7 +85,8 @@ def main() -> None:
                         help="the patch's scales serac tries, in order (EngineSettings.serac_scales)")
     parser.add_argument("--serac-check-wordings", type=int, default=EngineSettings.serac_check_wordings,
                         help="how many of the relation's questions serac's strength check asks")
-    parser.add_argument("--serac-check-follow-up", action="store_true",
+    parser.add_argument("--serac-check-follow-up", action=argparse.BooleanOptionalAction,
+                        default=EngineSettings.serac_check_follow_up,
                         help="serac's strength check also asks the relation's question as a follow-up")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
