@@ -69,8 +69,8 @@ def mean(values: list[bool | float]) -> float:
 
 def method_options(impl: methods.Method, model, stats, model_id: str, editors: LoadedEditors,
                    search: tuple[str, ...] = (), overrides: dict | None = None) -> dict:
-    """What `impl.compute` needs besides the request: statistics, or its trained editor (loaded once; from
-    `search` first, then the shipped ones)."""
+    """What `impl.compute` needs besides the request: `overrides` as its hparams, statistics, its trained
+    editor (loaded once; from `search` first, then the shipped ones)."""
     options: dict = {"hparams": impl.hparams_from_dict(model, overrides)} if overrides else {}
     if impl.uses_statistics:
         options.update(stats=stats, model_id=model_id)
@@ -207,8 +207,8 @@ def prepare_statistics(model, tokenizer, names: list[str], stats: StatsCache, mo
     layers = set()
     for name in names:
         impl = methods.get(name)
-        hp = impl.hparams(model)
-        if impl.uses_statistics and getattr(hp, "whiten", 0.0) is not None:  # mend: only when whitening
+        if impl.uses_statistics:
+            hp = impl.hparams(model)
             layers.update(getattr(hp, "layers", None) or [hp.layer])
             spec = hp.stats
     if layers:

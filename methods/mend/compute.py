@@ -25,7 +25,7 @@ from methods.mend.checkpoint import find_editor, load_editor, search_path
 from methods.mend.editor import Editor
 from methods.mend.instruct import find_task, guess_task
 from methods.mend.instruct import instruction as instruction_text
-from methods.mend.reach import Factors, chosen_steps, ridge_inverse, scaled_rows, whitened
+from methods.mend.reach import Factors, reshaped
 from methods.progress import ProgressFn, silent
 from methods.requests import EditRequest
 from methods.stats import StatsCache, model_fingerprint
@@ -176,7 +176,7 @@ def compute(
     with torch.no_grad():
         factors = editor_factors(editor, signals)
     progress("gradient", 1, 1)
-    factors, steps = reach(model, tokenizer, requests, factors, hparams, stats, model_id)
+    factors, steps = reshaped(model, tokenizer, requests, factors, hparams, stats, model_id)
     updates = []
     for name, (left, right) in factors.items():
         keep = signals.mask.reshape(-1) > 0
@@ -193,21 +193,6 @@ def compute(
         "steps": [float(v) for v in steps],
     }
     return Delta(kind, tuple(updates), meta)
-
-
-def reach(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors, hparams: MendHParams,
-          stats: StatsCache | None, model_id: str | None) -> tuple[Factors, torch.Tensor]:
-    """The editor's factors whitened (if `hparams.whiten`) and scaled per request by its chosen step
-    (`methods.mend.reach`); returns them with the steps (B,)."""
-    if hparams.whiten is not None:
-        stats = stats or StatsCache()
-        model_id = model_id or model_fingerprint(model)
-        moments = stats.second_moments(model, tokenizer, list(factors), hparams.stats, model_id=model_id)
-        inverses = {n: stats.derived(("mend-whiten", model_id, n, hparams.stats.n_tokens, hparams.whiten),
-                                     lambda c=c: ridge_inverse(c, hparams.whiten)) for n, c in moments.items()}
-        factors = whitened(factors, inverses)
-    steps = chosen_steps(model, tokenizer, requests, factors, hparams.steps)
-    return scaled_rows(factors, steps), steps
 
 
 def compute_instructedit(model: nn.Module, tokenizer, requests: Sequence[EditRequest],

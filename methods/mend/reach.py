@@ -21,8 +21,10 @@ import torch
 from torch import nn
 
 from methods.hooks import added_output
+from methods.hparams import MendHParams
 from methods.mend.batch import encode, row_hits, row_nll
 from methods.requests import EditRequest
+from methods.stats import StatsCache, model_fingerprint
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (left (B, out, R), right (B, in, R))
 
@@ -98,3 +100,18 @@ def chosen_steps(model: nn.Module, tokenizer, requests: Sequence[EditRequest], f
         if bool(done.all()):
             break
     return chosen
+
+
+def reshaped(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors, hparams: MendHParams,
+             stats: StatsCache | None, model_id: str | None) -> tuple[Factors, torch.Tensor]:
+    """The editor's factors whitened (if `hparams.whiten`) and scaled per request by its chosen step
+    (see the module's docstring); returns them with the steps (B,)."""
+    if hparams.whiten is not None:
+        stats = stats or StatsCache()
+        model_id = model_id or model_fingerprint(model)
+        moments = stats.second_moments(model, tokenizer, list(factors), hparams.stats, model_id=model_id)
+        inverses = {n: stats.derived(("mend-whiten", model_id, n, hparams.stats.n_tokens, hparams.whiten),
+                                     lambda c=c: ridge_inverse(c, hparams.whiten)) for n, c in moments.items()}
+        factors = whitened(factors, inverses)
+    steps = chosen_steps(model, tokenizer, requests, factors, hparams.steps)
+    return scaled_rows(factors, steps), steps
