@@ -125,7 +125,8 @@ class LocalEngine(AskByStreaming, ConversationCalls):
         fingerprint = self.book.ledger.get_meta(self.runtime.state_key)
 
         def pieces():
-            for piece in self.runtime.generate(plan.prompt, plan.patches, limit, cancel, names=plan.names, targets=plan.targets):
+            for piece in self.runtime.generate(plan.prompt, plan.patches, limit, cancel, names=plan.names,
+                                             targets=plan.targets, release=plan.release):
                 counter["tokens"] += 1
                 yield piece
 

@@ -137,16 +137,16 @@ def stream_tokens(
     eos = _eos_ids(model, tokenizer)
     last = _last_logits_only(model)
     past = None
-    swap = None
+    swaps = None
     step_ids = input_ids
     answer = _Answer(tokenizer, stop_strings)
     for _ in range(max_new_tokens):
         if cancel is not None and cancel.is_set():
             return
-        with guard.step(swap, answer.text) if guard is not None else nullcontext():
+        with guard.step(swaps, answer.text) if guard is not None else nullcontext():
             out = model(input_ids=step_ids, past_key_values=past, use_cache=True, **last)
         if past is None and guard is not None:
-            swap = guard.start(model, input_ids, out.past_key_values)
+            swaps = guard.start(model, input_ids, out.past_key_values)
         past = out.past_key_values
         token = int(out.logits[0, -1].argmax())
         if token in eos:

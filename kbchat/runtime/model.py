@@ -124,13 +124,14 @@ class ModelRuntime:
 
     def generate(self, prompt: Prompt, patches: Sequence[Hashable], limit: int,
                  cancel: threading.Event | None = None, *, names: Sequence[str] = (),
-                 targets: Sequence[str] = (), fixed: Sequence[Hashable] = ()) -> Iterator[str]:
+                 targets: Sequence[str] = (), fixed: Sequence[Hashable] = (),
+                 release: bool = False) -> Iterator[str]:
         """Greedy answer pieces for `prompt` with `patches` and `fixed` switched on; a generator that
         holds the read lock while it runs (close it, or exhaust it, on the thread that iterates it).
 
         `names` (the subjects of the edits in `patches`) are copied into the answer without `patches`,
-        and once one of `targets` (their new objects) is stated, later steps run without them (see
-        `guard`); `fixed` patches act throughout.
+        and once one of `targets` (their new objects) is stated, later steps run without them, and with
+        `release` read the input unpatched as well (see `guard`); `fixed` patches act throughout.
         """
         tokenizer = self.loaded.tokenizer
         ids, stops = self._input(prompt)
@@ -138,7 +139,7 @@ class ModelRuntime:
         if names and patches:
             text = (prompt.text or "") if prompt.messages is None else chat_text(tokenizer, prompt.messages)
             guard = NameGuard(tuple(names), name_positions(tokenizer, text, ids, names),
-                              lambda: self._patches.select(fixed), tuple(targets))
+                              lambda: self._patches.select(fixed), tuple(targets), release)
         with self._lock.read(), self._patches.select([*patches, *fixed]):
             yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, stops, guard)
 

@@ -165,9 +165,7 @@ def compute(
     hparams = hparams or for_model(MendHParams, model)
     editor = resolve_editor(model, kind, editor, editors, model_id)
     if instruction is None and editor.spec.tasks:
-        chosen = find_task(editor.spec.tasks, task) if task else None
-        chosen = chosen or guess_task(editor.spec.tasks, requests[0].text, chat_template=False)
-        instruction = instruction_text(chosen, wording)
+        instruction = _task_instruction(editor, requests, task, wording)
     texts = [f"{instruction}\n{r.text}" if instruction else r.text for r in requests]
     device = next(model.parameters()).device
     batch = encode(tokenizer, [(t, r.target) for t, r in zip(texts, requests, strict=True)], device)
@@ -177,12 +175,9 @@ def compute(
         factors = editor_factors(editor, signals)
     progress("gradient", 1, 1)
     factors, steps = reshaped(model, tokenizer, requests, factors, hparams, stats, model_id)
-    updates = []
-    for name, (left, right) in factors.items():
-        keep = signals.mask.reshape(-1) > 0
-        flat_left = left.transpose(1, 2).reshape(-1, left.shape[1])[keep].T  # (out, total r)
-        flat_right = right.transpose(1, 2).reshape(-1, right.shape[1])[keep].T  # (in, total r)
-        updates.append(Update(name, (hparams.scale * flat_left).cpu().contiguous(), flat_right.cpu().contiguous()))
+    keep = signals.mask.reshape(-1) > 0  # the target tokens' rows: one rank-one term each
+    updates = [Update(name, (hparams.scale * _flat(left, keep)).cpu().contiguous(), _flat(right, keep).cpu().contiguous())
+               for name, (left, right) in factors.items()]
     meta = {
         "method": kind,
         "requests": [vars(r) for r in requests],
@@ -193,6 +188,18 @@ def compute(
         "steps": [float(v) for v in steps],
     }
     return Delta(kind, tuple(updates), meta)
+
+
+def _task_instruction(editor: Editor, requests: Sequence[EditRequest], task: str | None, wording: int) -> str:
+    """The instruction of `task` (guessed from the first prompt when not named), its `wording`-th form."""
+    chosen = find_task(editor.spec.tasks, task) if task else None
+    chosen = chosen or guess_task(editor.spec.tasks, requests[0].text, chat_template=False)
+    return instruction_text(chosen, wording)
+
+
+def _flat(factor: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """(B, d, T) per-token factors -> (d, total r): the kept tokens' columns, request by request."""
+    return factor.transpose(1, 2).reshape(-1, factor.shape[1])[keep].T
 
 
 def compute_instructedit(model: nn.Module, tokenizer, requests: Sequence[EditRequest],
