@@ -88,9 +88,9 @@ def main() -> None:
     parser.add_argument("--serac-check-follow-up", action=argparse.BooleanOptionalAction,
                         default=EngineSettings.serac_check_follow_up,
                         help="serac's strength check also asks the relation's question as a follow-up")
-    parser.add_argument("--serac-release", action=argparse.BooleanOptionalAction,
-                        default=EngineSettings.serac_release,
-                        help="once a serac answer states the new object, read the question unpatched too")
+    parser.add_argument("--serac-steer", action=argparse.BooleanOptionalAction,
+                        default=EngineSettings.serac_steer,
+                        help="serac answers worded by the unpatched model, the new object by the patched one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
@@ -102,7 +102,7 @@ def main() -> None:
                                                     serac_scales=args.serac_scales,
                                                     serac_check_wordings=args.serac_check_wordings,
                                                     serac_check_follow_up=args.serac_check_follow_up,
-                                                    serac_release=args.serac_release)) as engine:
+                                                    serac_steer=args.serac_steer)) as engine:
         for method in args.methods:
             path = json_path(args, method)
             done, spent = earlier(path, args, method)

@@ -162,9 +162,9 @@ class EngineSettings:
     # serac's value is optimised keeping the model's own answer to the relation's question (KL away from
     # the replaced fact; methods.own_answer): the patched answer should read as the unedited one did.
     serac_own_answer: bool = False
-    # Once a serac answer states the new object, the rest is read with the question unpatched too: the
-    # unedited model goes on from the text so far (kbchat.runtime.guard).
-    serac_release: bool = False
+    # serac answers are worded by the unpatched model, the patched one writing only the new object
+    # (kbchat.runtime.steering; experimental).
+    serac_steer: bool = False
     context_tokens: int | None = None  # history budget of saved chats; None: the model's context size
 
 

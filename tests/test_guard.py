@@ -131,30 +131,3 @@ def test_after_the_target_is_stated_the_steps_run_unpatched(llama, monkeypatch):
     assert guarded == tok.decode(new, skip_special_tokens=True)
     assert guarded != patched  # the patch on the steps did matter
     scoped.close()
-
-
-def test_released_answers_go_on_as_the_unpatched_model_would(llama, monkeypatch):
-    """With `release` and the target 'stated' from the first token on, the rest of the answer is the
-    unpatched model's greedy continuation of the input and that first token: the input's cached
-    positions are read unpatched too, not only the steps."""
-    model, tok = llama
-    ids = chat_input_ids(tok, MESSAGES, "cpu")
-    scoped = ScopedDeltas(model, positions="prompt")
-    scoped.add("e", big_delta(model))
-    monkeypatch.setattr(NameGuard, "stated", lambda self, text: bool(text))
-    unpatched = lambda: scoped.select(())  # noqa: E731
-    with scoped.select(["e"]):
-        released = "".join(stream_tokens(model, tok, ids, 10, guard=NameGuard(("Zq#never",), (), unpatched,
-                                                                             ("anything",), release=True)))
-        rested = "".join(stream_tokens(model, tok, ids, 10, guard=NameGuard(("Zq#never",), (), unpatched,
-                                                                           ("anything",))))
-    first = tok(released, add_special_tokens=False)["input_ids"][:1]
-    clean = "".join(stream_tokens(model, tok, torch.cat([ids, torch.tensor([first])], 1), 9))
-    assert released == tok.decode(first) + clean
-    assert released != rested  # the patched question, read back, did shape the rested answer
-    scoped.close()
-
-
-def test_release_needs_a_target():
-    guard = NameGuard(("x",), (), nullcontext, (), release=True)
-    assert guard.start(None, torch.zeros(1, 3, dtype=torch.long), object()) is None  # nothing to guard

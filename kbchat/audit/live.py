@@ -141,7 +141,7 @@ class LiveEditView:
     def _one(self, job: _Job) -> str:
         plan = job.plan
         pieces = self.runtime.generate(plan.prompt, plan.patches, job.limit, names=plan.names,
-                                       targets=plan.targets, fixed=job.undo, release=plan.release)
+                                       targets=plan.targets, fixed=job.undo, steer=plan.steer)
         return "".join(pieces).strip()
 
     def _batch(self, jobs: Sequence[_Job]) -> None:

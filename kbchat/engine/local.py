@@ -126,7 +126,7 @@ class LocalEngine(AskByStreaming, ConversationCalls):
 
         def pieces():
             for piece in self.runtime.generate(plan.prompt, plan.patches, limit, cancel, names=plan.names,
-                                             targets=plan.targets, release=plan.release):
+                                             targets=plan.targets, steer=plan.steer):
                 counter["tokens"] += 1
                 yield piece
 

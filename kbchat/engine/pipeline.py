@@ -76,7 +76,7 @@ class EditPipeline:
             fact = fact_sentence(parsed.prompt, parsed.target) if self.settings.quote_facts else None
             delta = strengthen(self.runtime, delta, request, self.settings.serac_scales, fact,
                                self.settings.serac_check_wordings, self.settings.serac_check_follow_up,
-                               self.settings.serac_release)
+                               self.settings.serac_steer)
         vector = self.book.key_vector(parsed.subject, parsed.prompt, parsed.target)
         new = self._new_edit(parsed, request, method, delta, embedding=vector.astype("float32").tobytes())
         recorded = self.book.record(new, vector)

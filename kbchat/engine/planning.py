@@ -29,7 +29,7 @@ class Plan:
     patches: tuple[int, ...]  # the serac patches to switch on
     names: tuple[str, ...] = ()  # their subjects: an answer that names one copies it unpatched
     targets: tuple[str, ...] = ()  # their new objects: once the answer states one, the patches rest
-    release: bool = False  # ...and the input is read unpatched too (EngineSettings.serac_release)
+    steer: bool = False  # the unedited model words the answer, the patches only the new object (EngineSettings.serac_steer)
 
 
 class Planner:
@@ -51,17 +51,17 @@ class Planner:
             facts = [fact_of(r) for r in used]
             demos = self._demos().select(facts[0], self.settings.ike_demos)
             return Plan(Prompt(text=ike_prompt(facts, text, demos), stops=("\n",)), ids, patches, names, targets,
-                        self.settings.serac_release)
+                        self.settings.serac_steer)
         # The patches are keyed to the subject's name as the edit has it: a question writing it in
         # another case or with a slip ("efifel tower") is given to the model with the edit's spelling.
         spell = functools.partial(canonical_spelling, subjects=names, known=self.book.embedder.knows)
         if not chat:
-            return Plan(Prompt(text=spell(text)), ids, patches, names, targets, self.settings.serac_release)
+            return Plan(Prompt(text=spell(text)), ids, patches, names, targets, self.settings.serac_steer)
         messages = [*({**m, "content": spell(m["content"])} if m.get("role") == "user" and names else dict(m)
                       for m in history), {"role": "user", "content": spell(text)}]
         if serac and self.settings.quote_facts:
             messages = [facts_message(serac), *messages]
-        return Plan(Prompt(messages=tuple(messages)), ids, patches, names, targets, self.settings.serac_release)
+        return Plan(Prompt(messages=tuple(messages)), ids, patches, names, targets, self.settings.serac_steer)
 
     def in_scope(self, text: str, history: Sequence[Message] = (),
                  exclude: frozenset[int] = frozenset()) -> list:

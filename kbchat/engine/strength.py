@@ -33,45 +33,45 @@ def check_prompt(request: EditRequest, fact: str | None, which: int = 0) -> Prom
     return Prompt(messages=(facts_message_for([fact]), question) if fact else (question,))
 
 
-def _answer(runtime: ModelRuntime, prompt: Prompt, key: tuple, request: EditRequest, release: bool) -> str:
+def _answer(runtime: ModelRuntime, prompt: Prompt, key: tuple, request: EditRequest, steer: bool) -> str:
     return "".join(runtime.generate(prompt, (key,), CHECK_TOKENS, names=(request.subject,),
-                                    targets=(request.target,), release=release))
+                                    targets=(request.target,), steer=steer))
 
 
 def follow_up_prompt(runtime: ModelRuntime, key: tuple, request: EditRequest, fact: str | None,
-                     release: bool = False) -> Prompt:
+                     steer: bool = False) -> Prompt:
     """The relation's question asked after an opener about the subject, the subject then called "it";
     the opener's answer is generated with the patch `key` active, as the user would have seen it."""
     system = (facts_message_for([fact]),) if fact else ()
     opener = {"role": "user", "content": OPENER.format(request.subject)}
-    first = _answer(runtime, Prompt(messages=(*system, opener)), key, request, release)
+    first = _answer(runtime, Prompt(messages=(*system, opener)), key, request, steer)
     question = questions(request)[0].replace(request.subject, "it")
     return Prompt(messages=(*system, opener, {"role": "assistant", "content": first},
                             {"role": "user", "content": question}))
 
 
 def _names_target(runtime: ModelRuntime, trial: Delta, request: EditRequest, prompts: Sequence[Prompt],
-                  scale: float, fact: str | None = None, follow_up: bool = False, release: bool = False) -> bool:
+                  scale: float, fact: str | None = None, follow_up: bool = False, steer: bool = False) -> bool:
     """Whether every one of `prompts` (and with `follow_up` the follow-up conversation, `fact` quoted
-    as in `check_prompt`), answered with `trial` patched in (and `release` as the answers will be),
+    as in `check_prompt`), answered with `trial` patched in (and steered, `steer`, as the answers will be),
     names the request's target."""
     key = ("strength check", request.subject, scale)
     runtime.add_patch(key, trial)
     try:
         for prompt in prompts:  # stops at the first miss: a larger scale is tried next
-            if not mentions(_answer(runtime, prompt, key, request, release), request.target):
+            if not mentions(_answer(runtime, prompt, key, request, steer), request.target):
                 return False
         if not follow_up:
             return True
-        conversation = follow_up_prompt(runtime, key, request, fact, release)
-        return mentions(_answer(runtime, conversation, key, request, release), request.target)
+        conversation = follow_up_prompt(runtime, key, request, fact, steer)
+        return mentions(_answer(runtime, conversation, key, request, steer), request.target)
     finally:
         runtime.remove_patch(key)
 
 
 def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
                fact: str | None = None, wordings: int = 1, follow_up: bool = False,
-               release: bool = False) -> Delta:
+               steer: bool = False) -> Delta:
     """`delta` scaled by the first of `scales` whose patched answers to the relation's first
     `wordings` questions (and, with `follow_up`, to its first question asked as a follow-up) all name
     the request's target; `delta` itself (scale 1) when none does or `scales` is empty."""
@@ -79,6 +79,6 @@ def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales
     prompts = [check_prompt(request, fact, i) for i in range(count)]
     for scale in scales:
         trial = delta if scale == 1.0 else delta.scaled(scale)
-        if _names_target(runtime, trial, request, prompts, scale, fact, follow_up, release):
+        if _names_target(runtime, trial, request, prompts, scale, fact, follow_up, steer):
             return trial
     return delta

@@ -73,7 +73,7 @@ def completion_input_ids(tokenizer, text: str, device) -> torch.Tensor:
     return tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"].to(device)
 
 
-class _Answer:
+class AnswerText:
     """One greedy answer's text as its tokens arrive, cut as `stream_tokens` cuts it.
 
     `push(token)` returns the piece to yield now ("" when none); `done` turns true at a stop string.
@@ -111,14 +111,14 @@ class _Answer:
         return piece
 
 
-def _last_logits_only(model: nn.Module) -> dict:
+def last_logits_only(model: nn.Module) -> dict:
     """The keyword that makes a prefill compute the output layer for its last position only (what
     `generate` does too): the other positions' logits are never read, and they cost a full pass over
     the 49k-word output layer per prompt token."""
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def _eos_ids(model: nn.Module, tokenizer) -> set[int]:
+def eos_ids(model: nn.Module, tokenizer) -> set[int]:
     return {tokenizer.eos_token_id} | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
 
 
@@ -134,19 +134,19 @@ def stream_tokens(
 ) -> Iterator[str]:
     """Greedy decoding, yielding text pieces as soon as they decode cleanly; stops at EOS, a stop
     string, `max_new_tokens` or `cancel`. With `guard`, names in the answer are copied unpatched."""
-    eos = _eos_ids(model, tokenizer)
-    last = _last_logits_only(model)
+    eos = eos_ids(model, tokenizer)
+    last = last_logits_only(model)
     past = None
-    swaps = None
+    swap = None
     step_ids = input_ids
-    answer = _Answer(tokenizer, stop_strings)
+    answer = AnswerText(tokenizer, stop_strings)
     for _ in range(max_new_tokens):
         if cancel is not None and cancel.is_set():
             return
-        with guard.step(swaps, answer.text) if guard is not None else nullcontext():
+        with guard.step(swap, answer.text) if guard is not None else nullcontext():
             out = model(input_ids=step_ids, past_key_values=past, use_cache=True, **last)
         if past is None and guard is not None:
-            swaps = guard.start(model, input_ids, out.past_key_values)
+            swap = guard.start(model, input_ids, out.past_key_values)
         past = out.past_key_values
         token = int(out.logits[0, -1].argmax())
         if token in eos:
@@ -202,10 +202,10 @@ def _decode_batch(model: nn.Module, tokenizer, inputs: Sequence[torch.Tensor], m
     """`batch_greedy` for one batch."""
     if not inputs:
         return []
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     # Only the last position's logits are read: a batch of prompts would otherwise pay (B, T, V) of them.
-    last = _last_logits_only(model)
+    last = last_logits_only(model)
     shared = shared_prefix(inputs)
     past = None
     if shared:  # e.g. the chat template's system turn: computed once, its KV cache copied to every row
@@ -214,7 +214,7 @@ def _decode_batch(model: nn.Module, tokenizer, inputs: Sequence[torch.Tensor], m
     step_ids, mask = _left_pad([x[:, shared:] for x in inputs], pad)  # (B, T), (B, T): the rest of each
     positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): counted from each row's first real token
     mask = torch.cat([mask.new_ones((len(inputs), shared)), mask], dim=-1)  # (B, shared + T): pads mid-row
-    answers = [_Answer(tokenizer, stops) for _ in inputs]
+    answers = [AnswerText(tokenizer, stops) for _ in inputs]
     live = list(range(len(inputs)))  # the answer each batch row belongs to
     for _ in range(max_new_tokens):
         out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions, past_key_values=past,
@@ -255,7 +255,7 @@ def shared_prefix(inputs: Sequence[torch.Tensor]) -> int:
     return shared if shared >= MIN_SHARED_PREFIX else 0
 
 
-def _finished(answer: _Answer, token: int) -> bool:
+def _finished(answer: AnswerText, token: int) -> bool:
     answer.push(token)
     return answer.done
 

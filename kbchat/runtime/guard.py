@@ -8,11 +8,9 @@ unpatched prefill, and without the patches on the step itself. Everywhere else t
 patched model, which carries the edit.
 
 Once the answer has stated one of the edits' new objects (`targets`), later steps run without the
-patches on the step itself: the patch has done its work, and pressing on every generated token only
-makes the answer repeat the object ("Sega, SegaMBA, SegaMBA…"). With `release`, the input's positions
-are read unpatched from then on too, so the rest of the answer is the unedited model's continuation of
-the text so far, which states the new fact (it reads as the model's own prose; a patched question
-read back through the cache still pulls the words after the object towards it).
+patches on the step itself (the question's positions stay patched in the cache): the patch has done its
+work, and pressing on every generated token only makes the answer repeat the object ("Sega, SegaMBA,
+SegaMBA…").
 """
 
 from __future__ import annotations
@@ -52,7 +50,6 @@ class NameGuard:
     positions: tuple[int, ...]
     unpatched: Callable[[], AbstractContextManager]
     targets: tuple[str, ...] = ()
-    release: bool = False  # once a target is stated, also read the input's positions unpatched
 
     def stated(self, text: str) -> bool:
         """Whether the answer so far names one of the targets (a whole-word match, any case)."""
@@ -69,43 +66,25 @@ class NameGuard:
                     return True
         return False
 
-    def step(self, swaps: Swaps | None, text: str) -> AbstractContextManager:
-        """The context of the next decoding step: wholly unpatched (the step itself, and the input's
-        positions in the cache) once a target has been stated and `release` is set; wholly unpatched at
-        the names' positions while `text` ends partway through a name; the step alone unpatched once a
-        target has been stated; as it is otherwise."""
-        stated = self.stated(text)
-        if swaps is not None and stated and swaps.whole is not None:
-            return self._clean(swaps.whole)
-        if swaps is not None and swaps.names is not None and self.naming(text):
-            return self._clean(swaps.names)
-        return self.unpatched() if stated else nullcontext()
-
-    def _clean(self, swap: CacheSwap) -> AbstractContextManager:
+    def step(self, swap: CacheSwap | None, text: str) -> AbstractContextManager:
+        """The context of the next decoding step: wholly unpatched (the names' cached positions and the
+        step itself) while `text` ends partway through a name; the step unpatched once a target has
+        been stated; as it is otherwise."""
+        if swap is None or not self.naming(text):
+            return self.unpatched() if self.stated(text) else nullcontext()
         stack = ExitStack()
         stack.enter_context(swap.unpatched())
         stack.enter_context(self.unpatched())
         return stack
 
-    def start(self, model: nn.Module, input_ids: torch.Tensor, patched_cache) -> Swaps | None:
-        """After the (patched) prefill of `input_ids` ((1, T)): the swaps between its cache and an
-        unpatched one, at the names' positions and (with `release` and targets) at all T; None when
-        there is nothing to guard or the cache cannot be swapped."""
-        release = self.release and any(t.strip() for t in self.targets)
-        if not (self.positions or release) or not hasattr(patched_cache, "layers"):
+    def start(self, model: nn.Module, input_ids: torch.Tensor, patched_cache) -> CacheSwap | None:
+        """After the (patched) prefill: the swap between its cache and an unpatched one at the names'
+        positions; None when there is nothing to guard or the cache cannot be swapped."""
+        if not self.positions or not hasattr(patched_cache, "layers"):
             return None
         with self.unpatched():
             clean = model(input_ids=input_ids, use_cache=True).past_key_values
-        return Swaps(CacheSwap(patched_cache, clean, self.positions) if self.positions else None,
-                     CacheSwap(patched_cache, clean, range(input_ids.shape[1])) if release else None)
-
-
-@dataclass(frozen=True)
-class Swaps:
-    """The cache swaps of one answer: at the names' input positions, and at every input position."""
-
-    names: CacheSwap | None
-    whole: CacheSwap | None
+        return CacheSwap(patched_cache, clean, self.positions)
 
 
 class CacheSwap:

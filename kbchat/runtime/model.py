@@ -30,6 +30,7 @@ from kbchat.runtime.decoding import (
 from kbchat.runtime.guard import NameGuard, name_positions
 from kbchat.runtime.loading import LoadedModel
 from kbchat.runtime.locks import ReadWriteLock
+from kbchat.runtime.steering import steered_tokens
 from kbchat.runtime.weights import WeightState
 from methods import Delta
 from methods.lora import AdapterError, to_lora
@@ -125,21 +126,27 @@ class ModelRuntime:
     def generate(self, prompt: Prompt, patches: Sequence[Hashable], limit: int,
                  cancel: threading.Event | None = None, *, names: Sequence[str] = (),
                  targets: Sequence[str] = (), fixed: Sequence[Hashable] = (),
-                 release: bool = False) -> Iterator[str]:
+                 steer: bool = False) -> Iterator[str]:
         """Greedy answer pieces for `prompt` with `patches` and `fixed` switched on; a generator that
         holds the read lock while it runs (close it, or exhaust it, on the thread that iterates it).
 
         `names` (the subjects of the edits in `patches`) are copied into the answer without `patches`,
-        and once one of `targets` (their new objects) is stated, later steps run without them, and with
-        `release` read the input unpatched as well (see `guard`); `fixed` patches act throughout.
+        and once one of `targets` (their new objects) is stated, later steps run without them (see
+        `guard`); with `steer` the answer is instead worded by the model without `patches` and only
+        the new object by the model with them (`steering`). `fixed` patches act throughout.
         """
         tokenizer = self.loaded.tokenizer
         ids, stops = self._input(prompt)
+        if steer and patches and any(t.strip() for t in targets):
+            with self._lock.read(), self._patches.select([*patches, *fixed]):
+                yield from steered_tokens(self.loaded.model, tokenizer, ids, limit, lambda: self._patches.select(fixed),
+                                          tuple(targets), cancel, stops)
+            return
         guard = None
         if names and patches:
             text = (prompt.text or "") if prompt.messages is None else chat_text(tokenizer, prompt.messages)
             guard = NameGuard(tuple(names), name_positions(tokenizer, text, ids, names),
-                              lambda: self._patches.select(fixed), tuple(targets), release)
+                              lambda: self._patches.select(fixed), tuple(targets))
         with self._lock.read(), self._patches.select([*patches, *fixed]):
             yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, stops, guard)
 

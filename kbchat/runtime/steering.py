@@ -1,0 +1,88 @@
+"""Steered decoding of serac answers (issue #12; experimental, `EngineSettings.serac_steer`).
+
+A patched model words the whole answer, and the patch bends more than the fact: the framing ("The
+original text refers to Singapore…"), names, the words after the object. Here the unpatched model
+words the answer and the patched one writes only the new object. Both run side by side, each with
+its own cache, both fed every chosen token. Before the answer states one of the `targets`, each step
+takes the patched model's token when it leads into a target (the answer then ends with a word-initial
+start of one, or states it) and the unpatched model's otherwise; once a target is stated, only the
+unpatched model runs. The names of the edited subjects are the unpatched model's, so they stay whole.
+
+If the patched model never leads into a target where the unpatched model's answer goes, the answer is
+the unedited one; serac's strength check decodes the same way, so it keeps a scale at which it does.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from kbchat.runtime.decoding import AnswerText, eos_ids, last_logits_only
+
+
+def states(text: str, targets: Sequence[str]) -> bool:
+    """Whether `text` names one of `targets` (a whole-word match, any case)."""
+    return any(re.search(rf"(?<!\w){re.escape(t.strip())}(?!\w)", text, flags=re.IGNORECASE)
+               for t in targets if t.strip())
+
+
+def leads_into(text: str, targets: Sequence[str]) -> bool:
+    """Whether `text` states one of `targets` or ends partway through one (a proper prefix of it that
+    starts a word), ignoring case."""
+    if states(text, targets):
+        return True
+    folded = text.casefold()
+    for target in targets:
+        t = target.strip().casefold()
+        for k in range(len(t) - 1, 0, -1):
+            if folded.endswith(t[:k]) and (len(folded) == k or not folded[-k - 1].isalnum()):
+                return True
+    return False
+
+
+@torch.no_grad()
+def steered_tokens(
+    model: nn.Module,
+    tokenizer,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    unpatched: Callable[[], AbstractContextManager],
+    targets: Sequence[str],
+    cancel: threading.Event | None = None,
+    stop_strings: Sequence[str] = (),
+) -> Iterator[str]:
+    """Greedy answer pieces for `input_ids` ((1, T)), run inside the patches' selection, `unpatched()`
+    a context without them; stops as `decoding.stream_tokens` does."""
+    eos, last = eos_ids(model, tokenizer), last_logits_only(model)
+    answer = AnswerText(tokenizer, stop_strings)
+    clean_past = patched_past = None
+    step = input_ids
+    for _ in range(max_new_tokens):
+        if cancel is not None and cancel.is_set():
+            return
+        with unpatched():
+            out = model(input_ids=step, past_key_values=clean_past, use_cache=True, **last)
+        clean_past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+        if not states(answer.text, targets):  # the patched model still runs beside it
+            out = model(input_ids=step, past_key_values=patched_past, use_cache=True, **last)
+            patched_past, lead = out.past_key_values, int(out.logits[0, -1].argmax())
+            if lead != token and lead not in eos and leads_into(_with(tokenizer, answer, lead), targets):
+                token = lead
+        if token in eos:
+            break
+        step = torch.tensor([[token]], device=input_ids.device)
+        piece = answer.push(token)
+        if piece:
+            yield piece
+        if answer.done:
+            return
+
+
+def _with(tokenizer, answer: AnswerText, token: int) -> str:
+    """The answer's text with `token` appended."""
+    return tokenizer.decode([*answer.tokens, token], skip_special_tokens=True)
