@@ -91,6 +91,9 @@ def main() -> None:
     parser.add_argument("--serac-steer", action=argparse.BooleanOptionalAction,
                         default=EngineSettings.serac_steer,
                         help="serac answers worded by the unpatched model, the new object by the patched one")
+    parser.add_argument("--serac-steer-unquoted", action=argparse.BooleanOptionalAction,
+                        default=EngineSettings.serac_steer_unquoted,
+                        help="...the unpatched model reading the conversation without the quoted facts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
@@ -102,7 +105,8 @@ def main() -> None:
                                                     serac_scales=args.serac_scales,
                                                     serac_check_wordings=args.serac_check_wordings,
                                                     serac_check_follow_up=args.serac_check_follow_up,
-                                                    serac_steer=args.serac_steer)) as engine:
+                                                    serac_steer=args.serac_steer,
+                                                    serac_steer_unquoted=args.serac_steer_unquoted)) as engine:
         for method in args.methods:
             path = json_path(args, method)
             done, spent = earlier(path, args, method)

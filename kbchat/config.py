@@ -165,6 +165,8 @@ class EngineSettings:
     # serac answers are worded by the unpatched model, the patched one writing only the new object
     # (kbchat.runtime.steering; experimental).
     serac_steer: bool = False
+    # ...the unpatched model then reading the conversation without the system message quoting the facts.
+    serac_steer_unquoted: bool = False
     context_tokens: int | None = None  # history budget of saved chats; None: the model's context size
 
 

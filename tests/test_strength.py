@@ -29,7 +29,7 @@ class Runtime:
     def remove_patch(self, key) -> None:
         del self.patches[key]
 
-    def generate(self, prompt, patches, limit, *, names=(), targets=(), steer=False):
+    def generate(self, prompt, patches, limit, *, names=(), targets=(), steer=None):
         scale = self.patches[patches[0]].meta.get("scale", 1.0)
         self.asked.append((prompt.messages[-1]["content"], scale, names, targets))
         yield "Jaidev died in Dresden." if self.needed is not None and scale >= self.needed else "The answer is: Jaidev"
@@ -57,7 +57,7 @@ def test_a_patch_that_works_at_once_or_never_is_kept_as_computed():
 class Worded(Runtime):
     """Names the target for the relation's first question at any scale, for its others from `needed` on."""
 
-    def generate(self, prompt, patches, limit, *, names=(), targets=(), steer=False):
+    def generate(self, prompt, patches, limit, *, names=(), targets=(), steer=None):
         scale = self.patches[patches[0]].meta.get("scale", 1.0)
         question = prompt.messages[-1]["content"]
         self.asked.append((question, scale, names, targets))
@@ -78,7 +78,7 @@ class Conversation(Runtime):
     """Names the target on a direct question from scale 1, in a follow-up (the subject only "it",
     named in an earlier turn) only from scale `needed`; records each prompt's messages."""
 
-    def generate(self, prompt, patches, limit, *, names=(), targets=(), steer=False):
+    def generate(self, prompt, patches, limit, *, names=(), targets=(), steer=None):
         scale = self.patches[patches[0]].meta.get("scale", 1.0)
         self.asked.append((prompt.messages, scale))
         last = prompt.messages[-1]["content"]

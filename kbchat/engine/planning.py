@@ -17,6 +17,7 @@ from kbchat.memory.active import fact_of, facts_message
 from kbchat.memory.book import MemoryBook
 from kbchat.memory.names import canonical_spelling
 from kbchat.runtime import Prompt
+from kbchat.runtime.steering import Steer
 from kbchat.service import Message
 
 HISTORY_TURNS = 2  # earlier user turns whose edits stay in scope
@@ -29,7 +30,7 @@ class Plan:
     patches: tuple[int, ...]  # the serac patches to switch on
     names: tuple[str, ...] = ()  # their subjects: an answer that names one copies it unpatched
     targets: tuple[str, ...] = ()  # their new objects: once the answer states one, the patches rest
-    steer: bool = False  # the unedited model words the answer, the patches only the new object (EngineSettings.serac_steer)
+    steer: Steer | None = None  # the unpatched model words the answer, the patches the new object
 
 
 class Planner:
@@ -51,17 +52,24 @@ class Planner:
             facts = [fact_of(r) for r in used]
             demos = self._demos().select(facts[0], self.settings.ike_demos)
             return Plan(Prompt(text=ike_prompt(facts, text, demos), stops=("\n",)), ids, patches, names, targets,
-                        self.settings.serac_steer)
+                        self._steer(serac))
         # The patches are keyed to the subject's name as the edit has it: a question writing it in
         # another case or with a slip ("efifel tower") is given to the model with the edit's spelling.
         spell = functools.partial(canonical_spelling, subjects=names, known=self.book.embedder.knows)
         if not chat:
-            return Plan(Prompt(text=spell(text)), ids, patches, names, targets, self.settings.serac_steer)
+            return Plan(Prompt(text=spell(text)), ids, patches, names, targets, self._steer(serac))
         messages = [*({**m, "content": spell(m["content"])} if m.get("role") == "user" and names else dict(m)
                       for m in history), {"role": "user", "content": spell(text)}]
         if serac and self.settings.quote_facts:
             messages = [facts_message(serac), *messages]
-        return Plan(Prompt(messages=tuple(messages)), ids, patches, names, targets, self.settings.serac_steer)
+        return Plan(Prompt(messages=tuple(messages)), ids, patches, names, targets, self._steer(serac))
+
+    def _steer(self, serac: Sequence) -> Steer | None:
+        """Steering as the settings ask (EngineSettings.serac_steer, .serac_steer_unquoted)."""
+        if not (serac and self.settings.serac_steer):
+            return None
+        quoted = self.settings.serac_steer_unquoted and self.settings.quote_facts
+        return Steer(without=(facts_message(serac),) if quoted else ())
 
     def in_scope(self, text: str, history: Sequence[Message] = (),
                  exclude: frozenset[int] = frozenset()) -> list:

@@ -19,6 +19,7 @@ from kbchat.audit.relations import questions
 from kbchat.evaluation.metrics import mentions
 from kbchat.memory.active import facts_message_for
 from kbchat.runtime import ModelRuntime, Prompt
+from kbchat.runtime.steering import Steer
 from methods import Delta, EditRequest
 
 CHECK_TOKENS = 48  # as long as a chat benchmark answer: long enough to reach the object
@@ -33,13 +34,13 @@ def check_prompt(request: EditRequest, fact: str | None, which: int = 0) -> Prom
     return Prompt(messages=(facts_message_for([fact]), question) if fact else (question,))
 
 
-def _answer(runtime: ModelRuntime, prompt: Prompt, key: tuple, request: EditRequest, steer: bool) -> str:
+def _answer(runtime: ModelRuntime, prompt: Prompt, key: tuple, request: EditRequest, steer: Steer | None) -> str:
     return "".join(runtime.generate(prompt, (key,), CHECK_TOKENS, names=(request.subject,),
                                     targets=(request.target,), steer=steer))
 
 
 def follow_up_prompt(runtime: ModelRuntime, key: tuple, request: EditRequest, fact: str | None,
-                     steer: bool = False) -> Prompt:
+                     steer: Steer | None = None) -> Prompt:
     """The relation's question asked after an opener about the subject, the subject then called "it";
     the opener's answer is generated with the patch `key` active, as the user would have seen it."""
     system = (facts_message_for([fact]),) if fact else ()
@@ -51,7 +52,7 @@ def follow_up_prompt(runtime: ModelRuntime, key: tuple, request: EditRequest, fa
 
 
 def _names_target(runtime: ModelRuntime, trial: Delta, request: EditRequest, prompts: Sequence[Prompt],
-                  scale: float, fact: str | None = None, follow_up: bool = False, steer: bool = False) -> bool:
+                  scale: float, fact: str | None = None, follow_up: bool = False, steer: Steer | None = None) -> bool:
     """Whether every one of `prompts` (and with `follow_up` the follow-up conversation, `fact` quoted
     as in `check_prompt`), answered with `trial` patched in (and steered, `steer`, as the answers will be),
     names the request's target."""
@@ -71,7 +72,7 @@ def _names_target(runtime: ModelRuntime, trial: Delta, request: EditRequest, pro
 
 def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
                fact: str | None = None, wordings: int = 1, follow_up: bool = False,
-               steer: bool = False) -> Delta:
+               steer: Steer | None = None) -> Delta:
     """`delta` scaled by the first of `scales` whose patched answers to the relation's first
     `wordings` questions (and, with `follow_up`, to its first question asked as a follow-up) all name
     the request's target; `delta` itself (scale 1) when none does or `scales` is empty."""

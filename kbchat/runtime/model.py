@@ -30,7 +30,7 @@ from kbchat.runtime.decoding import (
 from kbchat.runtime.guard import NameGuard, name_positions
 from kbchat.runtime.loading import LoadedModel
 from kbchat.runtime.locks import ReadWriteLock
-from kbchat.runtime.steering import steered_tokens
+from kbchat.runtime.steering import Steer, steered_tokens
 from kbchat.runtime.weights import WeightState
 from methods import Delta
 from methods.lora import AdapterError, to_lora
@@ -126,21 +126,25 @@ class ModelRuntime:
     def generate(self, prompt: Prompt, patches: Sequence[Hashable], limit: int,
                  cancel: threading.Event | None = None, *, names: Sequence[str] = (),
                  targets: Sequence[str] = (), fixed: Sequence[Hashable] = (),
-                 steer: bool = False) -> Iterator[str]:
+                 steer: Steer | None = None) -> Iterator[str]:
         """Greedy answer pieces for `prompt` with `patches` and `fixed` switched on; a generator that
         holds the read lock while it runs (close it, or exhaust it, on the thread that iterates it).
 
         `names` (the subjects of the edits in `patches`) are copied into the answer without `patches`,
         and once one of `targets` (their new objects) is stated, later steps run without them (see
-        `guard`); with `steer` the answer is instead worded by the model without `patches` and only
-        the new object by the model with them (`steering`). `fixed` patches act throughout.
+        `guard`); with `steer` the answer is instead worded by the model without `patches` (reading
+        the prompt without `steer.without`) and only the new object by the model with them
+        (`steering`). `fixed` patches act throughout.
         """
         tokenizer = self.loaded.tokenizer
         ids, stops = self._input(prompt)
-        if steer and patches and any(t.strip() for t in targets):
+        if steer is not None and patches and any(t.strip() for t in targets):
+            clean = None
+            if prompt.messages is not None and steer.without:
+                clean, _ = self._input(Prompt(messages=tuple(m for m in prompt.messages if m not in steer.without)))
             with self._lock.read(), self._patches.select([*patches, *fixed]):
                 yield from steered_tokens(self.loaded.model, tokenizer, ids, limit, lambda: self._patches.select(fixed),
-                                          tuple(targets), cancel, stops)
+                                          tuple(targets), cancel, stops, clean)
             return
         guard = None
         if names and patches:

@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from kbchat.runtime.decoding import AnswerText, eos_ids, last_logits_only
+
+
+@dataclass(frozen=True)
+class Steer:
+    """Steered decoding switched on; the unpatched model reads the conversation without the messages
+    in `without` (e.g. the system message quoting the edits' facts, whose framing it would copy)."""
+
+    without: tuple[Mapping[str, str], ...] = ()
 
 
 def states(text: str, targets: Sequence[str]) -> bool:
@@ -55,18 +64,20 @@ def steered_tokens(
     targets: Sequence[str],
     cancel: threading.Event | None = None,
     stop_strings: Sequence[str] = (),
+    clean_ids: torch.Tensor | None = None,
 ) -> Iterator[str]:
     """Greedy answer pieces for `input_ids` ((1, T)), run inside the patches' selection, `unpatched()`
-    a context without them; stops as `decoding.stream_tokens` does."""
+    a context without them, the unpatched model reading `clean_ids` ((1, T'); default `input_ids`);
+    stops as `decoding.stream_tokens` does."""
     eos, last = eos_ids(model, tokenizer), last_logits_only(model)
     answer = AnswerText(tokenizer, stop_strings)
     clean_past = patched_past = None
-    step = input_ids
+    step, clean_step = input_ids, (input_ids if clean_ids is None else clean_ids)
     for _ in range(max_new_tokens):
         if cancel is not None and cancel.is_set():
             return
         with unpatched():
-            out = model(input_ids=step, past_key_values=clean_past, use_cache=True, **last)
+            out = model(input_ids=clean_step, past_key_values=clean_past, use_cache=True, **last)
         clean_past, token = out.past_key_values, int(out.logits[0, -1].argmax())
         if not states(answer.text, targets):  # the patched model still runs beside it
             out = model(input_ids=step, past_key_values=patched_past, use_cache=True, **last)
@@ -75,7 +86,7 @@ def steered_tokens(
                 token = lead
         if token in eos:
             break
-        step = torch.tensor([[token]], device=input_ids.device)
+        step = clean_step = torch.tensor([[token]], device=input_ids.device)
         piece = answer.push(token)
         if piece:
             yield piece
