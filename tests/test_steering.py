@@ -62,3 +62,26 @@ def test_a_target_never_led_into_leaves_the_unedited_answer(llama):
         steered = "".join(steered_tokens(model, tok, ids, 10, lambda: scoped.select(()), ["Zq#never"]))
     assert steered == clean
     scoped.close()
+
+
+def test_the_engine_steers_serac_answers_when_asked(tiny_model_dir, tiny_home, tmp_path, embedder):
+    """With `serac_steer` (and `_unquoted`), the plan steers and leaves the quoted facts to the patched
+    model; answers and the strength check run steered; off by default."""
+    from dataclasses import replace
+
+    from kbchat.config import EngineSettings
+    from tests.engines import local_engine
+
+    with one_thread():
+        engine = local_engine(tiny_model_dir, tiny_home, tmp_path / "ledger.db", embedder)
+        try:
+            record = engine.edit("Eiffel Tower → The Eiffel Tower is located in Rome", audit="off")
+            question = "Where is the Eiffel Tower?"
+            assert engine.planner.plan(question).steer is None
+            engine.planner.settings = replace(EngineSettings(), serac_steer=True, serac_steer_unquoted=True)
+            plan = engine.planner.plan(question)
+            assert record.id in plan.patches and plan.steer is not None
+            assert plan.steer.without == (plan.prompt.messages[0],) and plan.prompt.messages[0]["role"] == "system"
+            assert engine.ask(question, max_new_tokens=6).used_edits == (record.id,)
+        finally:
+            engine.close()
