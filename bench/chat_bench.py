@@ -10,7 +10,10 @@ are scored again from their saved answers, not asked again.
 
 `--own-answer` optimises serac's value keeping the model's own answer (`EngineSettings.serac_own_answer`);
 `--no-quote-facts` leaves out the system message that quotes the fact (the patch alone); `--serac-scales`
-sets the patch scales serac tries (the smallest whose answer names the new object is kept).
+sets the patch scales serac tries (the smallest whose answer names the new object is kept);
+`--serac-steer` words serac's answers with the unpatched model and only the new object with the patched
+one (`kbchat.runtime.steering`), `--serac-steer-unquoted` with the unpatched model not reading the
+quoted facts.
 """
 
 from __future__ import annotations
@@ -94,6 +97,9 @@ def main() -> None:
     parser.add_argument("--serac-steer-unquoted", action=argparse.BooleanOptionalAction,
                         default=EngineSettings.serac_steer_unquoted,
                         help="...the unpatched model reading the conversation without the quoted facts")
+    parser.add_argument("--serac-steer-fallback", action=argparse.BooleanOptionalAction,
+                        default=EngineSettings.serac_steer_fallback,
+                        help="...a steered answer whose first sentence misses the new object replaced by the patched one")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
@@ -106,7 +112,8 @@ def main() -> None:
                                                     serac_check_wordings=args.serac_check_wordings,
                                                     serac_check_follow_up=args.serac_check_follow_up,
                                                     serac_steer=args.serac_steer,
-                                                    serac_steer_unquoted=args.serac_steer_unquoted)) as engine:
+                                                    serac_steer_unquoted=args.serac_steer_unquoted,
+                                                    serac_steer_fallback=args.serac_steer_fallback)) as engine:
         for method in args.methods:
             path = json_path(args, method)
             done, spent = earlier(path, args, method)

@@ -167,6 +167,8 @@ class EngineSettings:
     serac_steer: bool = False
     # ...the unpatched model then reading the conversation without the system message quoting the facts.
     serac_steer_unquoted: bool = False
+    # ...and a steered answer whose first sentence misses the new object is replaced by the patched one.
+    serac_steer_fallback: bool = True
     context_tokens: int | None = None  # history budget of saved chats; None: the model's context size
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kbchat.runtime.decoding import chat_input_ids, stream_tokens
-from kbchat.runtime.steering import leads_into, states, steered_tokens
+from kbchat.runtime.steering import held_until_stated, leads_into, states, steered_tokens
 from methods.scoped import ScopedDeltas
 from tests.test_guard import MESSAGES, big_delta
 from tests.tiny_models import one_thread, tiny
@@ -85,3 +85,16 @@ def test_the_engine_steers_serac_answers_when_asked(tiny_model_dir, tiny_home, t
             assert engine.ask(question, max_new_tokens=6).used_edits == (record.id,)
         finally:
             engine.close()
+
+
+def _pieces(*pieces: str):
+    yield from pieces
+
+
+def test_a_steered_answer_is_held_until_it_states_a_target():
+    fallback = lambda: _pieces("fallback")  # noqa: E731
+    assert list(held_until_stated(_pieces("It is", " in", " Rome", ", Italy."), fallback, ["Rome"])) == [
+        "It is in Rome", ", Italy."]
+    assert list(held_until_stated(_pieces("It is in Paris.", " Rome"), fallback, ["Rome"])) == ["fallback"]
+    assert list(held_until_stated(_pieces("It is in Paris"), fallback, ["Rome"])) == ["fallback"]  # ended
+    assert list(held_until_stated(_pieces("In", " Rome.", " Yes."), fallback, ["Rome"])) == ["In Rome.", " Yes."]

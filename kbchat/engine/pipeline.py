@@ -91,7 +91,8 @@ class EditPipeline:
         """Steering as the planner will do it for this edit's answers (`Planner._steer`)."""
         if not self.settings.serac_steer:
             return None
-        return Steer(without=(facts_message_for([fact]),) if fact and self.settings.serac_steer_unquoted else ())
+        return Steer(without=(facts_message_for([fact]),) if fact and self.settings.serac_steer_unquoted else (),
+                     fallback=self.settings.serac_steer_fallback)
 
     def own_answer(self, request: EditRequest) -> OwnAnswer:
         """The unedited model's chat answer to the relation's question, with the fact it states."""

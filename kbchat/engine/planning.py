@@ -69,7 +69,7 @@ class Planner:
         if not (serac and self.settings.serac_steer):
             return None
         quoted = self.settings.serac_steer_unquoted and self.settings.quote_facts
-        return Steer(without=(facts_message(serac),) if quoted else ())
+        return Steer(without=(facts_message(serac),) if quoted else (), fallback=self.settings.serac_steer_fallback)
 
     def in_scope(self, text: str, history: Sequence[Message] = (),
                  exclude: frozenset[int] = frozenset()) -> list:

@@ -30,7 +30,7 @@ from kbchat.runtime.decoding import (
 from kbchat.runtime.guard import NameGuard, name_positions
 from kbchat.runtime.loading import LoadedModel
 from kbchat.runtime.locks import ReadWriteLock
-from kbchat.runtime.steering import Steer, steered_tokens
+from kbchat.runtime.steering import Steer, held_until_stated, steered_tokens
 from kbchat.runtime.weights import WeightState
 from methods import Delta
 from methods.lora import AdapterError, to_lora
@@ -133,19 +133,34 @@ class ModelRuntime:
         `names` (the subjects of the edits in `patches`) are copied into the answer without `patches`,
         and once one of `targets` (their new objects) is stated, later steps run without them (see
         `guard`); with `steer` the answer is instead worded by the model without `patches` (reading
-        the prompt without `steer.without`) and only the new object by the model with them
-        (`steering`). `fixed` patches act throughout.
+        the prompt without `steer.without`) and only the new object by the model with them, the
+        patched answer given instead when the steered one's first sentence misses every target and
+        `steer.fallback` is set (`steering`). `fixed` patches act throughout.
         """
+        if steer is None or not patches or not any(t.strip() for t in targets):
+            yield from self._patched(prompt, patches, limit, cancel, names, targets, fixed)
+            return
+        steered = self._steered(prompt, patches, limit, cancel, targets, fixed, steer)
+        if not steer.fallback:
+            yield from steered
+            return
+        yield from held_until_stated(steered, lambda: self._patched(prompt, patches, limit, cancel, names, targets,
+                                                                    fixed), targets)
+
+    def _steered(self, prompt: Prompt, patches: Sequence[Hashable], limit: int, cancel: threading.Event | None,
+                 targets: Sequence[str], fixed: Sequence[Hashable], steer: Steer) -> Iterator[str]:
+        ids, stops = self._input(prompt)
+        clean = None
+        if prompt.messages is not None and steer.without:
+            clean, _ = self._input(Prompt(messages=tuple(m for m in prompt.messages if m not in steer.without)))
+        with self._lock.read(), self._patches.select([*patches, *fixed]):
+            yield from steered_tokens(self.loaded.model, self.loaded.tokenizer, ids, limit,
+                                      lambda: self._patches.select(fixed), tuple(targets), cancel, stops, clean)
+
+    def _patched(self, prompt: Prompt, patches: Sequence[Hashable], limit: int, cancel: threading.Event | None,
+                 names: Sequence[str], targets: Sequence[str], fixed: Sequence[Hashable]) -> Iterator[str]:
         tokenizer = self.loaded.tokenizer
         ids, stops = self._input(prompt)
-        if steer is not None and patches and any(t.strip() for t in targets):
-            clean = None
-            if prompt.messages is not None and steer.without:
-                clean, _ = self._input(Prompt(messages=tuple(m for m in prompt.messages if m not in steer.without)))
-            with self._lock.read(), self._patches.select([*patches, *fixed]):
-                yield from steered_tokens(self.loaded.model, tokenizer, ids, limit, lambda: self._patches.select(fixed),
-                                          tuple(targets), cancel, stops, clean)
-            return
         guard = None
         if names and patches:
             text = (prompt.text or "") if prompt.messages is None else chat_text(tokenizer, prompt.messages)

@@ -9,7 +9,9 @@ start of one, or states it) and the unpatched model's otherwise; once a target i
 unpatched model runs. The names of the edited subjects are the unpatched model's, so they stay whole.
 
 If the patched model never leads into a target where the unpatched model's answer goes, the answer is
-the unedited one; serac's strength check decodes the same way, so it keeps a scale at which it does.
+the unedited one. So, with `Steer.fallback`, the answer is held back until it states a target; if its
+first sentence ends (or the answer does) first, the usual patched answer is given instead
+(`held_until_stated`). serac's strength check decodes the same way as the answers.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Steer:
     in `without` (e.g. the system message quoting the edits' facts, whose framing it would copy)."""
 
     without: tuple[Mapping[str, str], ...] = ()
+    fallback: bool = True  # the patched answer when the steered one's first sentence misses the targets
 
 
 def states(text: str, targets: Sequence[str]) -> bool:
@@ -92,6 +95,29 @@ def steered_tokens(
             yield piece
         if answer.done:
             return
+
+
+def held_until_stated(steered: Iterator[str], fallback: Callable[[], Iterator[str]],
+                      targets: Sequence[str]) -> Iterator[str]:
+    """`steered`'s pieces, held back until they state one of `targets` and streamed from then on; if
+    its first sentence ends, or it does, without one, `fallback()`'s pieces instead (`steered` is
+    closed first)."""
+    held: list[str] = []
+    for piece in steered:
+        held.append(piece)
+        text = "".join(held)
+        end = SENTENCE_END.search(text.lstrip())
+        if states(text.lstrip()[:end.start() + 1] if end else text, targets):
+            yield text
+            yield from steered
+            return
+        if end:
+            break
+    steered.close()
+    yield from fallback()
+
+
+SENTENCE_END = re.compile(r"[.!?]\s|\n")  # a sentence's end, seen once the next one begins ("Dr. X" too)
 
 
 def _with(tokenizer, answer: AnswerText, token: int) -> str:
