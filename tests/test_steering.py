@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from kbchat.runtime.decoding import chat_input_ids, stream_tokens
-from kbchat.runtime.steering import held_until_stated, leads_into, states, steered_tokens
+from kbchat.runtime.guard import states
+from kbchat.runtime.steering import held_until_stated, leads_into, steered_tokens
 from methods.scoped import ScopedDeltas
 from tests.test_guard import MESSAGES, big_delta
 from tests.tiny_models import one_thread, tiny

@@ -41,6 +41,23 @@ def name_positions(tokenizer, text: str, input_ids: torch.Tensor, names: Sequenc
     return tuple(sorted(found))
 
 
+def states(text: str, words: Sequence[str]) -> bool:
+    """Whether `text` names one of `words` (a whole-word match, any case)."""
+    return any(re.search(rf"(?<!\w){re.escape(w.strip())}(?!\w)", text, flags=re.IGNORECASE)
+               for w in words if w.strip())
+
+
+def partway(text: str, words: Sequence[str]) -> bool:
+    """Whether `text` ends partway through one of `words` (a proper prefix that starts a word), any case."""
+    folded = text.casefold()
+    for word in words:
+        w = word.strip().casefold()
+        for k in range(len(w) - 1, 0, -1):
+            if folded.endswith(w[:k]) and (len(folded) == k or not folded[-k - 1].isalnum()):
+                return True
+    return False
+
+
 @dataclass(frozen=True)
 class NameGuard:
     """`names` to keep whole, their token `positions` in the input, and `unpatched()`: a context in
@@ -53,18 +70,11 @@ class NameGuard:
 
     def stated(self, text: str) -> bool:
         """Whether the answer so far names one of the targets (a whole-word match, any case)."""
-        return any(re.search(rf"(?<!\w){re.escape(t)}(?!\w)", text, flags=re.IGNORECASE)
-                   for t in self.targets if t.strip())
+        return states(text, self.targets)
 
     def naming(self, text: str) -> bool:
         """Whether `text` ends partway through one of the names (a proper prefix that starts a word)."""
-        folded = text.casefold()
-        for name in self.names:
-            n = name.casefold()
-            for k in range(len(n) - 1, 0, -1):
-                if folded.endswith(n[:k]) and (len(folded) == k or not folded[-k - 1].isalnum()):
-                    return True
-        return False
+        return partway(text, self.names)
 
     def step(self, swap: CacheSwap | None, text: str) -> AbstractContextManager:
         """The context of the next decoding step: wholly unpatched (the names' cached positions and the

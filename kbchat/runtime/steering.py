@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from kbchat.runtime.decoding import AnswerText, eos_ids, last_logits_only
+from kbchat.runtime.guard import partway, states
 
 
 @dataclass(frozen=True)
@@ -37,24 +38,10 @@ class Steer:
     fallback: bool = True  # the patched answer when the steered one's first sentence misses the targets
 
 
-def states(text: str, targets: Sequence[str]) -> bool:
-    """Whether `text` names one of `targets` (a whole-word match, any case)."""
-    return any(re.search(rf"(?<!\w){re.escape(t.strip())}(?!\w)", text, flags=re.IGNORECASE)
-               for t in targets if t.strip())
-
-
 def leads_into(text: str, targets: Sequence[str]) -> bool:
     """Whether `text` states one of `targets` or ends partway through one (a proper prefix of it that
     starts a word), ignoring case."""
-    if states(text, targets):
-        return True
-    folded = text.casefold()
-    for target in targets:
-        t = target.strip().casefold()
-        for k in range(len(t) - 1, 0, -1):
-            if folded.endswith(t[:k]) and (len(folded) == k or not folded[-k - 1].isalnum()):
-                return True
-    return False
+    return states(text, targets) or partway(text, targets)
 
 
 @torch.no_grad()
