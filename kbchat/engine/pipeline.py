@@ -14,6 +14,7 @@ from kbchat.audit.relations import questions
 from kbchat.audit.rivals import chat_rival, raw_rival
 from kbchat.config import COMMIT_METHOD, EXPERIMENTAL, MEMORY_METHODS, EngineSettings, method_kind
 from kbchat.engine.deltas import row_delta
+from kbchat.engine.planning import steer_for
 from kbchat.engine.strength import strengthen
 from kbchat.errors import EditFailed, KbchatError, LedgerError
 from kbchat.ledger import NewEdit, StoredEdit
@@ -22,7 +23,6 @@ from kbchat.memory.book import MemoryBook
 from kbchat.records import ParsedEdit, Progress, ProgressFn
 from kbchat.runtime import ModelRuntime
 from kbchat.runtime.decoding import chat_text
-from kbchat.runtime.steering import Steer
 from methods import Delta, EditRequest, StatsCache
 from methods.mend import EditorNotFound, LoadedEditors
 from methods.own_answer import OwnAnswer
@@ -77,7 +77,7 @@ class EditPipeline:
             fact = fact_sentence(parsed.prompt, parsed.target) if self.settings.quote_facts else None
             delta = strengthen(self.runtime, delta, request, self.settings.serac_scales, fact,
                                self.settings.serac_check_wordings, self.settings.serac_check_follow_up,
-                               self._steer(fact))
+                               steer_for(self.settings, facts_message_for([fact]) if fact else None))
         vector = self.book.key_vector(parsed.subject, parsed.prompt, parsed.target)
         new = self._new_edit(parsed, request, method, delta, embedding=vector.astype("float32").tobytes())
         recorded = self.book.record(new, vector)
@@ -86,13 +86,6 @@ class EditPipeline:
         if delta is not None:
             self.runtime.add_patch(recorded.edit.id, delta)
         return recorded.edit
-
-    def _steer(self, fact: str | None) -> Steer | None:
-        """Steering as the planner will do it for this edit's answers (`Planner._steer`)."""
-        if not self.settings.serac_steer:
-            return None
-        return Steer(without=(facts_message_for([fact]),) if fact and self.settings.serac_steer_unquoted else (),
-                     fallback=self.settings.serac_steer_fallback)
 
     def own_answer(self, request: EditRequest) -> OwnAnswer:
         """The unedited model's chat answer to the relation's question, with the fact it states."""

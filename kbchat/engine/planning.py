@@ -8,7 +8,7 @@ into IKE's completion-format prompt.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kbchat.config import EngineSettings
@@ -31,6 +31,15 @@ class Plan:
     names: tuple[str, ...] = ()  # their subjects: an answer that names one copies it unpatched
     targets: tuple[str, ...] = ()  # their new objects: once the answer states one, the patches rest
     steer: Steer | None = None  # the unpatched model words the answer, the patches the new object
+
+
+def steer_for(settings: EngineSettings, quoted: Mapping[str, str] | None) -> Steer | None:
+    """How serac answers are steered as `settings` ask (`serac_steer`, `_unquoted`, `_fallback`), given
+    the system message `quoted` that states their facts (None when none is given)."""
+    if not settings.serac_steer:
+        return None
+    unquoted = settings.serac_steer_unquoted and quoted is not None
+    return Steer(without=(quoted,) if unquoted else (), fallback=settings.serac_steer_fallback)
 
 
 class Planner:
@@ -65,11 +74,9 @@ class Planner:
         return Plan(Prompt(messages=tuple(messages)), ids, patches, names, targets, self._steer(serac))
 
     def _steer(self, serac: Sequence) -> Steer | None:
-        """Steering as the settings ask (EngineSettings.serac_steer, .serac_steer_unquoted)."""
-        if not (serac and self.settings.serac_steer):
+        if not serac:
             return None
-        quoted = self.settings.serac_steer_unquoted and self.settings.quote_facts
-        return Steer(without=(facts_message(serac),) if quoted else (), fallback=self.settings.serac_steer_fallback)
+        return steer_for(self.settings, facts_message(serac) if self.settings.quote_facts else None)
 
     def in_scope(self, text: str, history: Sequence[Message] = (),
                  exclude: frozenset[int] = frozenset()) -> list:
