@@ -11,9 +11,12 @@ are scored again from their saved answers, not asked again.
 `--own-answer` optimises serac's value keeping the model's own answer (`EngineSettings.serac_own_answer`);
 `--no-quote-facts` leaves out the system message that quotes the fact (the patch alone); `--serac-scales`
 sets the patch scales serac tries (the smallest whose answer names the new object is kept);
-`--serac-steer` words serac's answers with the unpatched model and only the new object with the patched
-one (`kbchat.runtime.steering`), `--serac-steer-unquoted` with the unpatched model not reading the
-quoted facts.
+serac's answers are steered by default (`kbchat.runtime.steering`: the unpatched model words them, the
+patched one writes only the new object); `--no-serac-steer` gives the patched answers,
+`--no-serac-steer-unquoted` lets the unpatched model read the quoted facts.
+
+A long run can be shared by processes, `--shard 0/2` and `--shard 1/2` each with its own --json,
+then merged with `--also` each shard's file (their cases are scored from their saved answers, not asked).
 """
 
 from __future__ import annotations
@@ -50,14 +53,18 @@ def json_path(args: argparse.Namespace, method: str) -> Path | None:
 
 
 def earlier(path: Path | None, args: argparse.Namespace, method: str) -> tuple[list[dict[str, Any]], float]:
-    """The per-case rows and seconds of an earlier run in `path` of the same data, method and mode."""
-    if not (args.resume and path and path.is_file()):
-        return [], 0.0
-    old = json.loads(path.read_text())
-    same = old.get("method") == method and old.get("sequential") is False and old.get("data") == args.data
-    if not same or args.sequential:
-        raise SystemExit(f"chat_bench: {path} holds another run (method, data or mode): cannot resume it")
-    return old["per_case"], float(old.get("seconds", 0.0))
+    """The per-case rows and seconds of an earlier run in `path` of the same data, method and mode,
+    with the rows of the `--also` files (other shards of the run)."""
+    rows, seconds = [], 0.0
+    paths = ([path] if args.resume and path and path.is_file() else []) + [Path(p) for p in args.also]
+    for one in paths:
+        old = json.loads(one.read_text())
+        same = old.get("method") == method and old.get("sequential") is False and old.get("data") == args.data
+        if not same or args.sequential:
+            raise SystemExit(f"chat_bench: {one} holds another run (method, data or mode): cannot resume it")
+        rows += old["per_case"]
+        seconds += float(old.get("seconds", 0.0))
+    return rows, seconds
 
 
 def save(result: dict, path: Path | None, args: argparse.Namespace, seconds: float) -> None:
@@ -78,6 +85,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sequential", action="store_true")
     parser.add_argument("--resume", action="store_true", help="carry on the run each --json file holds")
+    parser.add_argument("--shard", type=lambda s: tuple(int(x) for x in s.split("/")), default=(0, 1),
+                        help="K/N: ask only the cases at positions K mod N (N processes share a run)")
+    parser.add_argument("--also", action="append", default=[],
+                        help="another shard's --json file: its cases are scored from it, not asked")
     parser.add_argument("--json", default=None, help="output file; '{method}' in it is the method's name")
     parser.add_argument("--no-quote-facts", action="store_true",
                         help="serac without its system message quoting the fact (the patch alone)")
@@ -120,7 +131,7 @@ def main() -> None:
             started = time.perf_counter() - spent
             log(f"{method}: {len(done)} cases from an earlier run, {len(cases)} in all")
             result = run_chat_bench(engine, cases, method, answer_nll(engine.runtime), log=log,
-                                    sequential=args.sequential, done=done, answered=answered,
+                                    sequential=args.sequential, done=done, answered=answered, shard=args.shard,
                                     partial=lambda r, p=path, t=started: save(r, p, args, time.perf_counter() - t))
             save(result, path, args, time.perf_counter() - started)
             print(format_chat_table(result))

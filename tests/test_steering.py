@@ -65,9 +65,9 @@ def test_a_target_never_led_into_leaves_the_unedited_answer(llama):
     scoped.close()
 
 
-def test_the_engine_steers_serac_answers_when_asked(tiny_model_dir, tiny_home, tmp_path, embedder):
-    """With `serac_steer` (and `_unquoted`), the plan steers and leaves the quoted facts to the patched
-    model; answers and the strength check run steered; off by default."""
+def test_the_engine_steers_serac_answers_by_default(tiny_model_dir, tiny_home, tmp_path, embedder):
+    """By default (`serac_steer`, `_unquoted`) the plan steers and leaves the quoted facts to the patched
+    model; answers and the strength check run steered; `serac_steer=False` gives patched answers."""
     from dataclasses import replace
 
     from kbchat.config import EngineSettings
@@ -78,12 +78,13 @@ def test_the_engine_steers_serac_answers_when_asked(tiny_model_dir, tiny_home, t
         try:
             record = engine.edit("Eiffel Tower → The Eiffel Tower is located in Rome", audit="off")
             question = "Where is the Eiffel Tower?"
-            assert engine.planner.plan(question).steer is None
-            engine.planner.settings = replace(EngineSettings(), serac_steer=True, serac_steer_unquoted=True)
             plan = engine.planner.plan(question)
-            assert record.id in plan.patches and plan.steer is not None
+            assert record.id in plan.patches and plan.steer is not None and plan.steer.fallback
             assert plan.steer.without == (plan.prompt.messages[0],) and plan.prompt.messages[0]["role"] == "system"
             assert engine.ask(question, max_new_tokens=6).used_edits == (record.id,)
+            engine.planner.settings = replace(EngineSettings(), serac_steer=False)
+            assert engine.planner.plan(question).steer is None
+            assert engine.planner.plan("What is the capital of Japan?").steer is None  # out of scope
         finally:
             engine.close()
 

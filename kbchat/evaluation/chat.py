@@ -342,14 +342,17 @@ def _sequential_rows(engine: ChatBenchEngine, cases: Sequence[EditCase], plans: 
 def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: str, fluency: Fluency,
                    log: Callable[[str], None] = lambda _: None, sequential: bool = False,
                    partial: Callable[[dict[str, Any]], None] = lambda _: None,
-                   done: Sequence[dict[str, Any]] = (), answered: dict[str, str] | None = None) -> dict[str, Any]:
+                   done: Sequence[dict[str, Any]] = (), answered: dict[str, str] | None = None,
+                   shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Every case: single editing (each edit reverted before the next) or sequential (all edits made,
     then every case asked; reverted at the end). `partial(result so far)` is called after each case of
     single editing, so a long run that is stopped keeps what it measured.
 
     Resuming single editing: `done` holds per-case rows of an earlier run of the same cases and
     method; those cases are scored again from their rows, not asked again. `answered` holds unedited
-    answers by question, shared by runs on one engine (several methods) and filled here."""
+    answers by question, shared by runs on one engine (several methods) and filled here. With
+    `shard=(k, n)` only the cases whose 0-based position is k modulo n are asked (the others only if
+    `done` holds them), so n processes can share a long run; their rows merge through `done`."""
     answered = {} if answered is None else answered
     plans = [CaseQuestions.of(c, canaries) for c, canaries in zip(cases, _canary_questions(len(cases)), strict=True)]
     tally = Tally()
@@ -363,6 +366,8 @@ def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: s
     for i, (case, qs) in enumerate(zip(cases, plans, strict=True), 1):
         row = known.get(case.case_id)
         if row is None or not _answers_all(row, qs):
+            if (i - 1) % shard[1] != shard[0]:
+                continue
             row = _single_case(engine, case, qs, method, answered)
             log(f"{i}/{len(cases)} {case.request.subject}: {row['after'][qs.asks[0]][:80]!r}")
         else:  # resumed: its unedited answers serve later cases and methods too
