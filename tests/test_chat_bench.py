@@ -111,6 +111,20 @@ def test_resumed_run_asks_only_the_cases_left_and_scores_all(tmp_path):
     assert len(fake.edits()) == 2
 
 
+def test_shards_ask_their_own_cases_and_merge_into_the_whole_run(tmp_path):
+    cases = load_cases(flat_file(tmp_path))
+    whole = run_chat_bench(FakeChatService(), cases, "serac", constant_fluency)
+    shards = []
+    for k in (0, 1):
+        fake = FakeChatService()
+        shards.append(run_chat_bench(fake, cases, "serac", constant_fluency, shard=(k, 2)))
+        assert [e.subject for e in fake.edits()] == [cases[k].request.subject]
+    fake = FakeChatService()
+    merged = run_chat_bench(fake, cases, "serac", constant_fluency,
+                            done=[*shards[1]["per_case"], *shards[0]["per_case"]])
+    assert not fake.edits() and merged["per_case"] == whole["per_case"] and merged["figures"] == whole["figures"]
+
+
 def test_methods_sharing_unedited_answers_ask_each_question_once(tmp_path):
     cases = load_cases(flat_file(tmp_path))
     fake = FakeChatService()
