@@ -112,6 +112,8 @@ def main() -> None:
                         default=EngineSettings.serac_steer_fallback,
                         help="...a steered answer whose first sentence misses the new object replaced by the patched one")
     args = parser.parse_args()
+    if len(args.shard) != 2 or not 0 <= args.shard[0] < args.shard[1]:
+        parser.error(f"--shard must be K/N with 0 <= K < N, not {'/'.join(map(str, args.shard))}")
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
     answered: dict[str, str] = {}  # unedited answers, shared by the methods
