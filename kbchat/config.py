@@ -163,8 +163,8 @@ class EngineSettings:
     # the replaced fact; methods.own_answer): the patched answer should read as the unedited one did.
     serac_own_answer: bool = False
     # serac answers are worded by the unpatched model, the patched one writing only the new object
-    # (kbchat.runtime.steering): names stay whole and the wording is the model's own. On the first 84
-    # CounterFact val cases the plain fluency gap is -1.4% against +16.6% for patched answers, with
+    # (kbchat.runtime.steering): names stay whole and the wording is the model's own. On 200
+    # CounterFact val cases the plain fluency gap is +0.4% against +18.8% for patched answers, with
     # reliability and follow-ups up (bench/results/README.md, "Steered answers").
     serac_steer: bool = True
     # ...the unpatched model then reading the conversation without the system message quoting the facts

@@ -5,6 +5,9 @@ update has the form dW = D P, so outputs for ordinary keys (P k0 ~ 0) stay put. 
 join the constraint, which is what keeps hundreds of sequential edits from overwriting each other: each
 delta carries its keys (`extras`), and `compute(..., prior=[earlier deltas])` protects them.
     right = (P (K^T K + K_p^T K_p) + l2 I)^-1 P K^T,   dW = R^T right^T
+Experimental, off by default (`AlphaEditHParams`): `nullspace_energy` chooses P's directions by the
+share of C's trace they hold rather than by the top eigenvalue, and `preserve` adds lambda C inside the
+bracket (MEMIT's term), for models whose "null space" real text still uses.
 """
 
 from __future__ import annotations
@@ -24,10 +27,16 @@ from methods.stats import StatsCache, model_fingerprint
 NAME = "alphaedit"
 
 
-def null_space_projector(cov: torch.Tensor, threshold: float) -> torch.Tensor:
-    """(in, in) projector onto eigenvectors of `cov` with eigenvalue < threshold * largest eigenvalue."""
-    values, vectors = torch.linalg.eigh(cov.double())
-    small = vectors[:, values < threshold * values.max()]
+def null_space_projector(cov: torch.Tensor, threshold: float, energy: float | None = None) -> torch.Tensor:
+    """(in, in) projector onto the eigenvectors of `cov` that real text barely uses: those with eigenvalue
+    < threshold * the largest or, given `energy`, the smallest ones whose eigenvalues sum to at most
+    `energy` * the trace (what ordinary keys may still carry there, the same fraction in every layer)."""
+    values, vectors = torch.linalg.eigh(cov.double())  # ascending
+    if energy is None:
+        chosen = values < threshold * values.max()
+    else:
+        chosen = torch.cumsum(values, 0) <= energy * values.sum()
+    small = vectors[:, chosen]
     return small @ small.T
 
 
@@ -46,16 +55,18 @@ def compute(
     hparams = hparams or for_model(AlphaEditHParams, model)
     stats = stats or StatsCache()
     model_id = model_id or model_fingerprint(model)
-    threshold = hparams.nullspace_threshold
+    threshold, energy = hparams.nullspace_threshold, hparams.nullspace_energy
 
     def solve(_i: int, module: str, k: torch.Tensor, _r: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
         # An eigendecomposition per layer (~1 s at 1,536 wide): made once per covariance, not per edit.
-        key = ("nullspace", model_id, module, hparams.stats.n_tokens, threshold)
-        p = stats.derived(key, lambda: null_space_projector(cov, threshold)).to(k)
+        key = ("nullspace", model_id, module, hparams.stats.n_tokens, threshold, energy)
+        p = stats.derived(key, lambda: null_space_projector(cov, threshold, energy)).to(k)
         # One product over all earlier keys: a sum of per-edit outer products would write an (in, in)
         # matrix per prior edit, which made the 1,000th sequential edit ~20 s slower than the first.
         olds = [d.extras[f"keys.{module}"].to(k) for d in prior if f"keys.{module}" in d.extras]
         kept = torch.cat(olds).T @ torch.cat(olds) if olds else torch.zeros_like(cov)  # (in, in)
+        if hparams.preserve:
+            kept = kept + hparams.preserve * cov  # ordinary keys weighed too, not only projected away
         a = p @ (k.T @ k + kept) + hparams.l2 * torch.eye(cov.shape[0], dtype=k.dtype, device=k.device)
         return torch.linalg.solve(a, p @ k.T)  # (in, n)
 

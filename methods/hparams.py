@@ -86,7 +86,18 @@ class AlphaEditHParams:
     value: ValueHParams = field(default_factory=ValueHParams)
     stats: StatsHParams = field(default_factory=StatsHParams)
     nullspace_threshold: float = 1e-2  # eigenvalues of C below this * max span the preserved null space
+    # Experimental, None is the paper's threshold: the null space is instead the smallest eigenvectors of C
+    # holding this fraction of its trace. On SmolLM2 the threshold's null space holds 6% of the keys'
+    # energy at layer 4 but 40% at layer 8 (1,272 of 1,536 directions): the largest eigenvalue, one
+    # outlier direction, sets it. An energy bound protects every layer alike (5%: ~260-330 directions);
+    # with l2 1 it cut the neighbours' drift per edit from 0.24 to -0.01 nats on 8 training edits, the
+    # sequential curve not yet measured (bench/results/README.md, "AlphaEdit's null space").
+    nullspace_energy: float | None = None
     l2: float = 10.0  # ridge on the update
+    # Experimental; 0 is the paper's update. MEMIT's preservation term inside the projected space, a
+    # weight on ||dW P K0||^2, for a "null space" that real text still uses. Little effect in the probe
+    # above (C's eigenvalues are small there by construction).
+    preserve: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import BertConfig
 
 import methods
+from methods.alphaedit import null_space_projector
 from methods.architecture import UnsupportedModel, architecture_of
 from methods.delta import weight_of
 from methods.hparams import (
@@ -200,6 +201,37 @@ def test_alphaedit_prior_keeps_the_earlier_edit(stats):
         a2.undo()
         a1.undo()
     assert kept[True] > kept[False] + 0.5, kept
+
+
+def test_alphaedit_preserve_moves_ordinary_keys_less(family, stats):
+    """`preserve` weighs the update's effect on real text's keys: per unit of change at the edit's own
+    key, the mean change over ordinary keys, tr(dW C dW^T), is smaller than with the paper's update."""
+    model, tok = tiny(family)
+    (request,) = edit_requests(1)
+    method = methods.get("alphaedit")
+    leak = {}
+    for preserve in (0.0, 100.0):
+        hp = method.hparams(model, **{**TEST_HPARAMS["alphaedit"], "preserve": preserve})
+        delta = method.compute(model, tok, [request], hp, stats=stats)
+        covs = stats.second_moments(model, tok, [u.module for u in delta.updates], hp.stats)
+        ratios = []
+        for u in delta.updates:
+            dw, k = u.matrix(), delta.extras[f"keys.{u.module}"]  # (out, in), (1, in)
+            ratios.append(float(torch.trace(dw @ covs[u.module] @ dw.T) / (dw @ k.T).square().sum()))
+        leak[preserve] = sum(ratios) / len(ratios)
+    assert leak[100.0] < 0.7 * leak[0.0], leak
+
+
+def test_null_space_by_energy_keeps_the_trace_fraction():
+    """The energy criterion takes the smallest eigen-directions holding at most that fraction of the
+    trace, however large the top eigenvalue; the threshold follows the top eigenvalue."""
+    basis, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64))
+    values = torch.tensor([0.01, 0.02, 0.03, 0.04, 0.9, 100.0], dtype=torch.float64)
+    cov = basis @ torch.diag(values) @ basis.T
+    by_energy = null_space_projector(cov, 1e-2, energy=0.08 / values.sum().item())  # 0.06 <= 0.08 < 0.1
+    assert torch.allclose(by_energy, basis[:, :3] @ basis[:, :3].T, atol=1e-8)
+    assert torch.linalg.matrix_rank(null_space_projector(cov, 1e-2)) == 5  # all but the outlier
+    assert float((by_energy @ by_energy - by_energy).abs().max()) < 1e-8  # a projector
 
 
 def test_ft_update_is_dense_and_bounded(family, stats):
