@@ -50,9 +50,9 @@ def leak(delta: methods.Delta, covs: dict[str, torch.Tensor]) -> float:
     return statistics.mean(ratios)
 
 
-def probe(model, tokenizer, case, hparams, stats: StatsCache, model_id: str) -> dict:
+def probe(model, tokenizer, case, before: list[float], hparams, stats: StatsCache, model_id: str) -> dict:
+    """One edit's figures; `before` is the unedited model's neighbourhood margins for `case`."""
     impl = methods.get("alphaedit")
-    before = margins(model, tokenizer, case, "neighbourhood")
     started = time.perf_counter()
     delta = impl.compute(model, tokenizer, [case.request], hparams=hparams, stats=stats, model_id=model_id)
     seconds = time.perf_counter() - started
@@ -87,9 +87,10 @@ def main() -> None:
     cases = usable[args.offset:args.offset + args.cases]
     rows: dict[str, list[dict]] = {name: [] for name in args.configs}
     for case in cases:
+        before = margins(model, tokenizer, case, "neighbourhood")  # the same for every configuration
         for name, overrides in args.configs.items():
             hparams = methods.get("alphaedit").hparams_from_dict(model, overrides)
-            rows[name].append(probe(model, tokenizer, case, hparams, stats, model_id))
+            rows[name].append(probe(model, tokenizer, case, before, hparams, stats, model_id))
             print(name, case.request.subject, json.dumps(rows[name][-1]), flush=True)
     summary = {name: {k: round(statistics.mean(r[k] for r in rs), 4) for k in rs[0]} for name, rs in rows.items()}
     out = {"command": "python -m bench.alphaedit_probe " + " ".join(sys.argv[1:]), "cases": len(cases),
