@@ -111,6 +111,8 @@ def main() -> None:
     parser.add_argument("--serac-steer-fallback", action=argparse.BooleanOptionalAction,
                         default=EngineSettings.serac_steer_fallback,
                         help="...a steered answer whose first sentence misses the new object replaced by the patched one")
+    parser.add_argument("--weight-steer", action=argparse.BooleanOptionalAction, default=EngineSettings.weight_steer,
+                        help="weight edits whose subject is named steered the same way (EngineSettings.weight_steer)")
     args = parser.parse_args()
     if len(args.shard) != 2 or not 0 <= args.shard[0] < args.shard[1]:
         parser.error(f"--shard must be K/N with 0 <= K < N, not {'/'.join(map(str, args.shard))}")
@@ -126,7 +128,8 @@ def main() -> None:
                                                     serac_check_follow_up=args.serac_check_follow_up,
                                                     serac_steer=args.serac_steer,
                                                     serac_steer_unquoted=args.serac_steer_unquoted,
-                                                    serac_steer_fallback=args.serac_steer_fallback)) as engine:
+                                                    serac_steer_fallback=args.serac_steer_fallback,
+                                                    weight_steer=args.weight_steer)) as engine:
         for method in args.methods:
             path = json_path(args, method)
             done, spent = earlier(path, args, method)

@@ -173,6 +173,11 @@ class EngineSettings:
     # ...and a steered answer whose first sentence misses the new object is replaced by the patched one
     # (without it, follow-ups fall: the unpatched wording can steer around the object).
     serac_steer_fallback: bool = True
+    # Weight edits whose subject the conversation names are answered the same way (the edited weights
+    # write the new object, the weights without those edits word the rest and the names): a weight
+    # edit acts on every token, so otherwise it bends the subject's name when the answer writes it
+    # (issue #12; bench/results/README.md, "Weight edits in chat"). Off: the edited weights alone.
+    weight_steer: bool = True
     context_tokens: int | None = None  # history budget of saved chats; None: the model's context size
 
 

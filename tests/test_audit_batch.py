@@ -152,7 +152,8 @@ def requests_of(view) -> list[tuple[str, str]]:
 
 def unbatched(tiny_engine, view: LiveEditView) -> LiveEditView:
     """The same edit seen one generation at a time, sharing nothing."""
-    return LiveEditView(tiny_engine.runtime, tiny_engine.planner, view.row, view.undo_key, batch=False)
+    return LiveEditView(tiny_engine.runtime, tiny_engine.planner, view.row, view.undo_key, batch=False,
+                        weight_edits=view.weight_edits, unedited=view.unedited)
 
 
 @pytest.mark.parametrize("method", ["serac", "rome"])
@@ -225,6 +226,21 @@ def test_log_probabilities_and_accuracies_come_from_one_teacher_forced_pass(tiny
             fresh = LiveEditView(tiny_engine.runtime, tiny_engine.planner, view.row, view.undo_key)
             assert fresh.token_accuracies(pairs[:2], edited=edited) == accs  # asked first, the same
             assert fresh.logprobs(pairs, edited=edited) == lps
+
+
+def test_the_audit_answers_a_weight_edit_as_the_chat_does(tiny_engine) -> None:
+    """The question naming a weight edit's subject: the audit's "after" answer is the chat's (steered
+    the same way), its "before" answer the chat's before the edit."""
+    from kbchat.audit.live import AUDIT_MAX_TOKENS
+
+    question = "Where is the Eiffel Tower?"
+    with one_thread():
+        before = tiny_engine.ask(question, max_new_tokens=AUDIT_MAX_TOKENS).text
+        record = tiny_engine.edit(EIFFEL, method="rome", audit="off")
+        view = tiny_engine.audit_view(record.id)
+        assert [w.id for w in view.weight_edits] == [record.id] and view.unedited([record.id])
+        assert view.generate(question, edited=True) == tiny_engine.ask(question, max_new_tokens=AUDIT_MAX_TOKENS).text
+        assert view.generate(question, edited=False) == before
 
 
 def test_edit_view_scores_change_with_the_edit(tiny_engine) -> None:

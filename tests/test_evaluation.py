@@ -14,6 +14,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from kbchat.evaluation.metrics import (
     _encode_pair,
     generation_hit,
+    keeps_fact,
     mentions,
     ngram_entropy,
     prefers_new,
@@ -249,6 +250,15 @@ def test_greedy_text_cuts_at_a_stop_string(word_tok):
 )
 def test_mentions(answer, target, hit):
     assert mentions(answer, target) is hit
+
+
+def test_a_neighbour_keeps_its_fact_when_worded_anew():
+    before = "The Louvre is located in Paris, France."
+    assert keeps_fact(before, "The Louvre is a museum in Paris.", "Paris", "Rome")  # worded anew, same fact
+    assert not keeps_fact(before, "The Louvre is located in Rome.", "Paris", "Rome")  # the fact is lost
+    assert not keeps_fact(before, "The Louvre is in Paris, near Rome.", "Paris", "Rome")  # the edit leaks in
+    assert keeps_fact("It is a museum.", "It is a big museum.", "Paris", "Rome")  # never named either
+    assert not keeps_fact("It is a museum.", "It is in Paris.", "Paris", "Rome")  # names what it did not
 
 
 def test_generation_hit_runs_the_generator_once():

@@ -100,3 +100,92 @@ def test_a_steered_answer_is_held_until_it_states_a_target():
     assert list(held_until_stated(_pieces("It is in Paris.", " Rome"), fallback, ["Rome"])) == ["fallback"]
     assert list(held_until_stated(_pieces("It is in Paris"), fallback, ["Rome"])) == ["fallback"]  # ended
     assert list(held_until_stated(_pieces("In", " Rome.", " Yes."), fallback, ["Rome"])) == ["In Rome.", " Yes."]
+
+
+def test_weight_edits_the_conversation_names_are_worded_without_them(tiny_model_dir, tiny_home, tmp_path,
+                                                                      embedder):
+    """A weight edit whose subject the question (or an earlier turn) names is steered: the model
+    without it (its negation switched on as a patch, made when first needed and dropped once the
+    edit is reverted) words the answer, exactly as before the edit; other questions are not."""
+    from dataclasses import replace
+
+    from kbchat.config import EngineSettings
+    from kbchat.runtime.steering import Steer
+    from tests.engines import local_engine
+
+    question = "Where is the Eiffel Tower?"
+    with one_thread():
+        engine = local_engine(tiny_model_dir, tiny_home, tmp_path / "ledger.db", embedder)
+        try:
+            before = engine.ask(question, max_new_tokens=8).text
+            record = engine.edit("Eiffel Tower → The Eiffel Tower is located in Rome", method="rome", audit="off")
+            active = engine.book.ledger.active(kind="weight")
+            plan = engine.planner.plan(question, weights=active)
+            assert plan.weights == (record.id,) and plan.steer is not None and plan.steer.without == ()
+            assert plan.names == ("Eiffel Tower",) and plan.targets == ("Rome",) and plan.patches == ()
+            assert engine.planner.plan("What is the capital of Japan?", weights=active).weights == ()
+            history = [{"role": "user", "content": "Tell me about the eiffel tower."},
+                       {"role": "assistant", "content": "It is a tower."}]
+            assert engine.planner.plan("Where is it?", history=history, weights=active).weights == (record.id,)
+            assert engine.planner.plan(question, weights=active, exclude=frozenset({record.id})).weights == ()
+
+            keys = engine.unedited.keys(plan.weights, active)
+            assert keys and engine.runtime.has_patch(keys[0])
+            worded = engine.runtime.generate(plan.prompt, (), 8, targets=("Zq#never",), steer=Steer(fallback=False),
+                                             unedited=keys)
+            assert "".join(worded).strip() == before
+            engine.ask(question, max_new_tokens=4)
+            assert engine.runtime.has_patch(keys[0])  # kept for the next answer naming the subject
+
+            engine.planner.settings = replace(EngineSettings(), weight_steer=False)
+            assert engine.planner.plan(question, weights=active).weights == ()
+            engine.revert(record.id)
+            engine.ask(question, max_new_tokens=2)
+            assert not engine.runtime.has_patch(keys[0])
+        finally:
+            engine.close()
+
+
+class _Runtime:
+    """The patch table of a runtime: what `UneditedPatches` uses."""
+
+    def __init__(self) -> None:
+        self.patches: dict = {}
+
+    def add_patch(self, key, delta) -> None:
+        self.patches[key] = delta
+
+    def remove_patch(self, key) -> None:
+        self.patches.pop(key, None)
+
+    def has_patch(self, key) -> bool:
+        return key in self.patches
+
+
+def _row(edit_id: int, corrupt: bool = False):
+    import hashlib
+    from types import SimpleNamespace
+
+    from methods import Delta, Update
+
+    data = Delta("rome", (Update("m", torch.ones(2, 1) * edit_id, torch.ones(3, 1)),)).to_bytes()
+    return SimpleNamespace(id=edit_id, delta=data, delta_sha256="0" if corrupt else hashlib.sha256(data).hexdigest())
+
+
+def test_negations_are_made_when_needed_kept_bounded_and_dropped_with_their_edit():
+    from kbchat.engine.unedited import UneditedPatches
+
+    runtime = _Runtime()
+    patches = UneditedPatches(runtime, kept=2)
+    rows = [_row(1), _row(2), _row(3), _row(4, corrupt=True)]
+    (one,) = patches.keys([1], rows)
+    assert torch.equal(runtime.patches[one].updates[0].matrix(), -torch.ones(2, 3))  # the negation
+    patches.keys([2], rows)
+    patches.keys([1], rows)  # 1 used again: 2 is now the least recently used
+    patches.keys([3], rows)
+    assert set(runtime.patches) == {("unedited", 1), ("unedited", 3)}
+    assert patches.keys([1, 2, 3], rows) == (("unedited", 1), ("unedited", 2), ("unedited", 3))  # all asked: kept
+    assert patches.keys([4], rows) == ()  # an unreadable delta: nothing to switch on
+    assert set(runtime.patches) == {("unedited", 2), ("unedited", 3)}  # back to two
+    patches.keys([], [rows[0], rows[2]])  # edit 2 reverted
+    assert set(runtime.patches) == {("unedited", 3)}

@@ -36,26 +36,27 @@ class _Job:
     undo: tuple[Hashable, ...]
     limit: int
     chat: bool
+    unedited: tuple[Hashable, ...] = ()  # the patches cancelling the plan's steered weight edits
 
     @property
     def key(self) -> tuple:
         """Identical keys, identical greedy answers (a Prompt holds dicts: its repr stands for it)."""
-        return (repr(self.plan.prompt), self.plan.patches, self.undo, self.limit)
+        return (repr(self.plan.prompt), self.plan.patches, self.undo, self.limit, self.unedited)
 
     @property
     def guarded(self) -> bool:
         """Whether the answer needs the name guard, which works one answer at a time."""
-        return bool(self.plan.names and self.plan.patches)
+        return bool(self.plan.names and (self.plan.patches or self.unedited))
 
     @property
     def weights_only(self) -> bool:
         """Whether the answer depends on nothing but the weights, the prompt and the limit."""
-        return not self.plan.patches and not self.undo
+        return not self.plan.patches and not self.undo and not self.unedited
 
     @property
     def group(self) -> tuple:
         """Jobs with the same group run in one batch: same format, patches and limit."""
-        return (self.chat, self.plan.patches, self.undo, self.limit)
+        return (self.chat, self.plan.patches, self.undo, self.limit, self.unedited)
 
 
 class LiveEditView:
@@ -65,11 +66,14 @@ class LiveEditView:
     `cache` and `weights` (a callable giving the fingerprint of the weights as the ledger stores it):
     where answers that depend only on the weights are shared across audits; without both, none are.
     `batch=False` generates one answer at a time (the path before batching, kept for comparison).
+    `weight_edits` (the active ones) and `unedited` (the patch keys cancelling some of them) let
+    answers naming a weight edit's subject be steered as the engine's are.
     """
 
     def __init__(self, runtime: ModelRuntime, planner: Planner, row: StoredEdit, undo_key: Hashable | None,
                  *, cache: AnswerCache | None = None, weights: Callable[[], str | None] | None = None,
-                 batch: bool = True) -> None:
+                 batch: bool = True, weight_edits: Sequence[StoredEdit] = (),
+                 unedited: Callable[[Sequence[int]], tuple[Hashable, ...]] = lambda ids: ()) -> None:
         self.runtime = runtime
         self.planner = planner
         self.row = row
@@ -78,19 +82,21 @@ class LiveEditView:
         self.cache = cache
         self.weights = weights
         self.batch = batch
+        self.weight_edits = tuple(weight_edits)
+        self.unedited = unedited
         self._answers: dict[tuple, str] = {}  # this view's own memo: identical greedy inputs, one answer
         self._forced: dict[tuple[str, str, bool], tuple[float, float]] = {}  # (log P, accuracy) per pair
 
     def _plan(self, text: str, *, chat: bool, edited: bool) -> tuple[Plan, tuple[Hashable, ...]]:
         """The plan, and the patch that hides a weight edit ("before") if any."""
-        hidden = frozenset() if edited or self.row.kind == "weight" else frozenset({self.row.id})
-        plan = self.planner.plan(text, chat=chat, exclude=hidden)
+        hidden = frozenset() if edited else frozenset({self.row.id})  # from retrieval, or from steering
+        plan = self.planner.plan(text, chat=chat, exclude=hidden, weights=self.weight_edits)
         return plan, (self.undo_key,) if not edited and self.undo_key is not None else ()
 
     def _job(self, kind: str, text: str, edited: bool) -> _Job:
         chat = kind == QUESTION
         plan, undo = self._plan(text, chat=chat, edited=edited)
-        return _Job(plan, undo, AUDIT_MAX_TOKENS if chat else COMPLETION_TOKENS, chat)
+        return _Job(plan, undo, AUDIT_MAX_TOKENS if chat else COMPLETION_TOKENS, chat, self.unedited(plan.weights))
 
     def answers(self, requests: Sequence[tuple[str, str]], *, edited: bool) -> list[str]:
         """The answer to each (kind, text): a chat answer for kind QUESTION, else a raw completion;
@@ -141,7 +147,8 @@ class LiveEditView:
     def _one(self, job: _Job) -> str:
         plan = job.plan
         pieces = self.runtime.generate(plan.prompt, plan.patches, job.limit, names=plan.names,
-                                       targets=plan.targets, fixed=job.undo, steer=plan.steer)
+                                       targets=plan.targets, fixed=job.undo, steer=plan.steer,
+                                       unedited=job.unedited)
         return "".join(pieces).strip()
 
     def _batch(self, jobs: Sequence[_Job]) -> None:

@@ -27,6 +27,7 @@ from kbchat.engine.deltas import negated, row_delta
 from kbchat.engine.pipeline import EditPipeline
 from kbchat.engine.planning import Planner
 from kbchat.engine.restore import add_patches, replay_weights, restore
+from kbchat.engine.unedited import UneditedPatches
 from kbchat.errors import KbchatError
 from kbchat.ledger import Ledger
 from kbchat.memory import Embedder
@@ -59,6 +60,7 @@ class LocalEngine(AskByStreaming, ConversationCalls):
         self.pipeline = EditPipeline(runtime, self.book, StatsCache(home / "stats"), self.settings,
                                      editors=editor_dirs(home))
         self.answer_cache = AnswerCache()  # audit answers that depend only on the weights, across audits
+        self.unedited = UneditedPatches(runtime)  # the model without a weight edit, for answers naming it
         self.audits = AuditRunner(ledger, self.audit_view, self._audit_done)
         self._edit_lock = threading.Lock()  # one change at a time (computing one needs exclusive hooks)
         self._problems = restore(runtime, self.book, progress)
@@ -117,16 +119,18 @@ class LocalEngine(AskByStreaming, ConversationCalls):
         """Stream the answer to `text`; in-scope memory edits act on it unless `memory` is False."""
         question = question_text(text)
         self._catch_up()
-        plan = self.planner.plan(question, history=history, memory=memory)
+        active = self.book.ledger.active(kind="weight")
+        plan = self.planner.plan(question, history=history, memory=memory, weights=active)
+        unedited = self.unedited.keys(plan.weights, active)
         limit = max_new_tokens or self.settings.max_new_tokens
         counter = {"tokens": 0}
         started = time.perf_counter()
-        weights = tuple(e.id for e in self.book.ledger.active(kind="weight"))
+        weights = tuple(e.id for e in active)
         fingerprint = self.book.ledger.get_meta(self.runtime.state_key)
 
         def pieces():
             for piece in self.runtime.generate(plan.prompt, plan.patches, limit, cancel, names=plan.names,
-                                             targets=plan.targets, steer=plan.steer):
+                                             targets=plan.targets, steer=plan.steer, unedited=unedited):
                 counter["tokens"] += 1
                 yield piece
 
@@ -247,8 +251,10 @@ class LocalEngine(AskByStreaming, ConversationCalls):
             loaded = row_delta(row)
             if not self.runtime.has_patch(undo_key) and loaded.delta is not None:
                 self.runtime.add_patch(undo_key, negated(loaded.delta))
+        active = self.book.ledger.active(kind="weight")
         return LiveEditView(self.runtime, self.planner, row, undo_key, cache=self.answer_cache,
-                            weights=lambda: self.book.ledger.get_meta(self.runtime.state_key))
+                            weights=lambda: self.book.ledger.get_meta(self.runtime.state_key),
+                            weight_edits=active, unedited=lambda ids: self.unedited.keys(ids, active))
 
     def _audit_done(self, edit_id: int) -> None:
         self.runtime.remove_patch(("undo", edit_id))

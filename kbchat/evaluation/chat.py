@@ -37,7 +37,7 @@ from typing import Any, Protocol
 from kbchat.audit.probes import load_canaries
 from kbchat.audit.relations import questions, relation_of
 from kbchat.evaluation.datasets import EditCase
-from kbchat.evaluation.metrics import distinct_ngrams, mentions, ngram_entropy, target_logprobs
+from kbchat.evaluation.metrics import distinct_ngrams, keeps_fact, mentions, ngram_entropy, target_logprobs
 from kbchat.memory.active import fact_sentence, facts_message_for
 from kbchat.records import Answer, EditRecord
 
@@ -250,10 +250,14 @@ def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any],
     if "before_told" in row:  # the baseline told the true fact, as the edited answer was told the new one
         _score_nll(tally, "nll_told", qs.asks, {"unedited": row["before_told"], "edited": after}, fluency, facts,
                    told_facts(case))
+    truths = {c.question: c.answer for c in load_canaries().fixed}  # a neighbour's truth: the edit's old object
     for q in qs.neighbours:
         tally.add("neighbours_unchanged", after[q] == before[q])
+        if req.target_true:
+            tally.add("neighbours_same_fact", keeps_fact(before[q], after[q], req.target_true, req.target))
     for q in qs.canaries:
         tally.add("canaries_unchanged", after[q] == before[q])
+        tally.add("canaries_same_fact", keeps_fact(before[q], after[q], truths[q], req.target))
 
 
 def _score_nll(tally: Tally, name: str, asks: Sequence[str], sides: dict[str, dict[str, str]],

@@ -218,6 +218,12 @@ def derived_forms(word: str) -> set[str]:
     return {stem + end for stem in stems for end in _DERIVED} - {word}
 
 
+def keeps_fact(before: str, after: str, true: str, new: str) -> bool:
+    """Whether `after` states the same fact as `before` (a weight edit's neighbour may be worded anew,
+    not answered anew): it names `true` exactly when `before` did, and `new` only if `before` did."""
+    return mentions(after, true) == mentions(before, true) and (mentions(before, new) or not mentions(after, new))
+
+
 def mentions(answer: str, target: str) -> bool:
     """Whether `answer` names `target`: its words appear consecutively, ignoring case, accents and
     punctuation ("rome." and "Rome's" mention "Rome"; "Romeo" does not), or, for a one-word target,

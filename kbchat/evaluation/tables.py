@@ -60,6 +60,8 @@ CHAT_TARGETS = (
     ("follow_up", "rate", 0.80),
     ("neighbours_unchanged", "rate", 0.98),
     ("canaries_unchanged", "rate", 0.98),
+    ("neighbours_same_fact", "rate", 0.98),  # weight methods: the same fact, perhaps worded anew
+    ("canaries_same_fact", "rate", 0.98),
 )
 
 

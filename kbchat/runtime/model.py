@@ -126,47 +126,51 @@ class ModelRuntime:
     def generate(self, prompt: Prompt, patches: Sequence[Hashable], limit: int,
                  cancel: threading.Event | None = None, *, names: Sequence[str] = (),
                  targets: Sequence[str] = (), fixed: Sequence[Hashable] = (),
-                 steer: Steer | None = None) -> Iterator[str]:
+                 steer: Steer | None = None, unedited: Sequence[Hashable] = ()) -> Iterator[str]:
         """Greedy answer pieces for `prompt` with `patches` and `fixed` switched on; a generator that
         holds the read lock while it runs (close it, or exhaust it, on the thread that iterates it).
 
-        `names` (the subjects of the edits in `patches`) are copied into the answer without `patches`,
-        and once one of `targets` (their new objects) is stated, later steps run without them (see
-        `guard`); with `steer` the answer is instead worded by the model without `patches` (reading
-        the prompt without `steer.without`) and only the new object by the model with them, the
-        patched answer given instead when the steered one's first sentence misses every target and
+        The edits being answered are `patches` and the weight edits that the patches `unedited` cancel
+        (switched on, they give the model without those edits); "unedited" below is the model with
+        `fixed` and `unedited` on and `patches` off. `names` (the edits' subjects) are copied into the
+        answer unedited, and once one of `targets` (their new objects) is stated, later steps run
+        unedited (see `guard`); with `steer` the answer is instead worded by the unedited model (reading
+        the prompt without `steer.without`) and only the new object by the edited one, the edited
+        answer given instead when the steered one's first sentence misses every target and
         `steer.fallback` is set (`steering`). `fixed` patches act throughout.
         """
-        if steer is None or not patches or not any(t.strip() for t in targets):
-            yield from self._patched(prompt, patches, limit, cancel, names, targets, fixed)
+        edited, clean = (*patches, *fixed), (*fixed, *unedited)
+        if steer is None or not (patches or unedited) or not any(t.strip() for t in targets):
+            yield from self._patched(prompt, edited, clean, limit, cancel, names, targets)
             return
-        steered = self._steered(prompt, patches, limit, cancel, targets, fixed, steer)
+        steered = self._steered(prompt, edited, clean, limit, cancel, targets, steer)
         if not steer.fallback:
             yield from steered
             return
-        yield from held_until_stated(steered, lambda: self._patched(prompt, patches, limit, cancel, names, targets,
-                                                                    fixed), targets)
+        yield from held_until_stated(steered, lambda: self._patched(prompt, edited, clean, limit, cancel, names,
+                                                                    targets), targets)
 
-    def _steered(self, prompt: Prompt, patches: Sequence[Hashable], limit: int, cancel: threading.Event | None,
-                 targets: Sequence[str], fixed: Sequence[Hashable], steer: Steer) -> Iterator[str]:
+    def _steered(self, prompt: Prompt, edited: Sequence[Hashable], clean: Sequence[Hashable], limit: int,
+                 cancel: threading.Event | None, targets: Sequence[str], steer: Steer) -> Iterator[str]:
         ids, stops = self._input(prompt)
-        clean = None
+        clean_ids = None
         if prompt.messages is not None and steer.without:
-            clean, _ = self._input(Prompt(messages=tuple(m for m in prompt.messages if m not in steer.without)))
-        with self._lock.read(), self._patches.select([*patches, *fixed]):
+            clean_ids, _ = self._input(Prompt(messages=tuple(m for m in prompt.messages if m not in steer.without)))
+        with self._lock.read(), self._patches.select(edited):
             yield from steered_tokens(self.loaded.model, self.loaded.tokenizer, ids, limit,
-                                      lambda: self._patches.select(fixed), tuple(targets), cancel, stops, clean)
+                                      lambda: self._patches.select(clean), tuple(targets), cancel, stops, clean_ids)
 
-    def _patched(self, prompt: Prompt, patches: Sequence[Hashable], limit: int, cancel: threading.Event | None,
-                 names: Sequence[str], targets: Sequence[str], fixed: Sequence[Hashable]) -> Iterator[str]:
+    def _patched(self, prompt: Prompt, edited: Sequence[Hashable], clean: Sequence[Hashable], limit: int,
+                 cancel: threading.Event | None, names: Sequence[str], targets: Sequence[str]) -> Iterator[str]:
+        """The edited model's answer, `names` and the steps after a target guarded by the `clean` selection."""
         tokenizer = self.loaded.tokenizer
         ids, stops = self._input(prompt)
         guard = None
-        if names and patches:
+        if names and edited != clean:
             text = (prompt.text or "") if prompt.messages is None else chat_text(tokenizer, prompt.messages)
             guard = NameGuard(tuple(names), name_positions(tokenizer, text, ids, names),
-                              lambda: self._patches.select(fixed), tuple(targets))
-        with self._lock.read(), self._patches.select([*patches, *fixed]):
+                              lambda: self._patches.select(clean), tuple(targets))
+        with self._lock.read(), self._patches.select(edited):
             yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, stops, guard)
 
     def _input(self, prompt: Prompt) -> tuple[Any, tuple[str, ...]]:
