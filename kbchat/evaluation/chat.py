@@ -250,7 +250,7 @@ def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any],
     if "before_told" in row:  # the baseline told the true fact, as the edited answer was told the new one
         _score_nll(tally, "nll_told", qs.asks, {"unedited": row["before_told"], "edited": after}, fluency, facts,
                    told_facts(case))
-    truths = {c.question: c.answer for c in load_canaries().fixed}  # a neighbour's truth: the edit's old object
+    truths = {c.question: c.answer for c in load_canaries().fixed}  # the canaries' answers; a neighbour's is target_true
     for q in qs.neighbours:
         tally.add("neighbours_unchanged", after[q] == before[q])
         if req.target_true:
