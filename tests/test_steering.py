@@ -104,7 +104,8 @@ def test_a_steered_answer_is_held_until_it_states_a_target():
 
 def test_weight_edits_the_conversation_names_are_worded_without_them(tiny_model_dir, tiny_home, tmp_path,
                                                                       embedder):
-    """A weight edit whose subject the question (or an earlier turn) names is steered: the model
+    """A weight edit whose subject the question (or an earlier turn) names, in any case or with a slip
+    (then given to the model spelt as the edit has it), is steered: the model
     without it (its negation switched on as a patch, made when first needed and dropped once the
     edit is reverted) words the answer, exactly as before the edit; other questions are not."""
     from dataclasses import replace
@@ -124,6 +125,9 @@ def test_weight_edits_the_conversation_names_are_worded_without_them(tiny_model_
             assert plan.weights == (record.id,) and plan.steer is not None and plan.steer.without == ()
             assert plan.names == ("Eiffel Tower",) and plan.targets == ("Rome",) and plan.patches == ()
             assert engine.planner.plan("What is the capital of Japan?", weights=active).weights == ()
+            slip = engine.planner.plan("where is the eifel tower?", weights=active)  # the edited weights read
+            assert slip.weights == (record.id,)  # the name as the edit spells it
+            assert slip.prompt.messages[-1]["content"] == "where is the Eiffel Tower?"
             history = [{"role": "user", "content": "Tell me about the eiffel tower."},
                        {"role": "assistant", "content": "It is a tower."}]
             assert engine.planner.plan("Where is it?", history=history, weights=active).weights == (record.id,)

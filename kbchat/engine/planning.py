@@ -2,8 +2,10 @@
 
 In-scope serac edits switch on their in-model patches (and, for chat, are quoted as data in a system
 message), and their subjects are written as the edits spell them; in-scope ike edits turn the input
-into IKE's completion-format prompt. Active weight edits whose subject the conversation names are
-listed too: the answer is then worded without them and only the new object with them (steering).
+into IKE's completion-format prompt. Active weight edits whose subject the conversation names (in
+any case, or with a slip) are listed too: the answer is then worded without them and only the new
+object with them (steering). The subjects of both are given to the model spelt as their edits have
+them, since patches and edited weights are keyed to that spelling.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from kbchat.config import EngineSettings
 from kbchat.engine.ike import IkeDemos, ike_prompt
 from kbchat.memory.active import fact_of, facts_message
 from kbchat.memory.book import MemoryBook
-from kbchat.memory.names import canonical_spelling
+from kbchat.memory.names import Known, canonical_spelling
 from kbchat.runtime import Prompt
 from kbchat.runtime.guard import states
 from kbchat.runtime.steering import Steer
@@ -45,9 +47,13 @@ class WeightEdit(Protocol):
     target: str
 
 
-def named_weight_edits(weights: Sequence[WeightEdit], texts: Sequence[str]) -> list[WeightEdit]:
-    """The edits of `weights` whose subject one of `texts` names (a whole-word match, any case)."""
-    return [w for w in weights if any(states(t, (w.subject,)) for t in texts)]
+def named_weight_edits(weights: Sequence[WeightEdit], texts: Sequence[str],
+                       known: Known = lambda _: False) -> list[WeightEdit]:
+    """The edits of `weights` whose subject one of `texts` names: whole words in any case, or written
+    with a slip `canonical_spelling` would mend (`known`: real words, never taken for a slip)."""
+    return [w for w in weights
+            if any(states(t, (w.subject,)) or states(canonical_spelling(t, (w.subject,), known), (w.subject,))
+                   for t in texts)]
 
 
 def steer_for(settings: EngineSettings, quoted: Mapping[str, str] | None) -> Steer | None:
@@ -74,10 +80,10 @@ class Planner:
         ids = tuple(r.id for r in used)
         serac = [r for r in used if r.method == "serac"]
         turns = [text, *self._earlier(history)]
-        weighted = named_weight_edits([w for w in weights if w.id not in exclude], turns) \
+        known = self.book.embedder.knows
+        weighted = named_weight_edits([w for w in weights if w.id not in exclude], turns, known) \
             if self.settings.weight_steer else []
         patches = tuple(r.id for r in serac)
-        names = tuple(dict.fromkeys(r.subject for r in serac))
         both = [*serac, *weighted]
         marks = {"names": tuple(dict.fromkeys(r.subject for r in both)),
                  "targets": tuple(dict.fromkeys(r.target for r in both)),
@@ -86,12 +92,13 @@ class Planner:
             facts = [fact_of(r) for r in used]
             demos = self._demos().select(facts[0], self.settings.ike_demos)
             return Plan(Prompt(text=ike_prompt(facts, text, demos), stops=("\n",)), ids, patches, **marks)
-        # The patches are keyed to the subject's name as the edit has it: a question writing it in
-        # another case or with a slip ("efifel tower") is given to the model with the edit's spelling.
-        spell = functools.partial(canonical_spelling, subjects=names, known=self.book.embedder.knows)
+        # Patches and edited weights are keyed to the subject's name as the edit has it: a question
+        # writing it in another case or with a slip ("efifel tower") is given with the edit's spelling.
+        spelt = marks["names"]
+        spell = functools.partial(canonical_spelling, subjects=spelt, known=known)
         if not chat:
             return Plan(Prompt(text=spell(text)), ids, patches, **marks)
-        messages = [*({**m, "content": spell(m["content"])} if m.get("role") == "user" and names else dict(m)
+        messages = [*({**m, "content": spell(m["content"])} if m.get("role") == "user" and spelt else dict(m)
                       for m in history), {"role": "user", "content": spell(text)}]
         if serac and self.settings.quote_facts:
             messages = [facts_message(serac), *messages]
