@@ -102,6 +102,33 @@ def test_the_follow_up_check_keeps_a_scale_that_also_works_in_conversation():
     assert '"Jaidev died at Dresden."' in follow_up[0]["content"]
 
 
+class Pieces(Runtime):
+    """Answers piece by piece, counting the pieces taken: the opener "Jaidev was a composer from
+    Dresdenia." (a word the target starts), the questions "He died in Dresden. Later ..."."""
+
+    def __init__(self) -> None:
+        super().__init__(needed=None)
+        self.taken: list[int] = []
+
+    def generate(self, prompt, patches, limit, *, names=(), targets=(), steer=None):
+        opener = prompt.messages[-1]["content"].startswith("What do you know")
+        pieces = ["Jaidev was", " a composer", " from", " Dres", "denia", "."] if opener else \
+            ["He died", " in", " Dres", "den", ".", " Later", " he", " wrote", "."]
+        self.taken.append(0)
+        for piece in pieces:
+            self.taken[-1] += 1
+            yield piece
+
+
+def test_the_check_stops_an_answer_once_it_names_the_target():
+    runtime = Pieces()
+    kept = strengthen(runtime, delta(), REQUEST, (0.5, 1.0), "Jaidev died at Dresden.", follow_up=True)
+    assert kept.meta["scale"] == 0.5
+    # the question stops after "." settles "Dresden" as a whole word; the opener (which the follow-up
+    # reads) is generated whole, "Dresdenia" not taken for the target; then the follow-up stops too
+    assert runtime.taken == [5, 6, 5] and runtime.patches == {}
+
+
 def test_the_check_asks_as_the_planner_would():
     quoted = check_prompt(REQUEST, "Jaidev died at Dresden.")
     assert quoted.messages[0]["role"] == "system" and '"Jaidev died at Dresden."' in quoted.messages[0]["content"]

@@ -13,6 +13,7 @@ that is just strong enough for the direct question often falls short.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from kbchat.audit.relations import questions
@@ -34,9 +35,24 @@ def check_prompt(request: EditRequest, fact: str | None, which: int = 0) -> Prom
     return Prompt(messages=(facts_message_for([fact]), question) if fact else (question,))
 
 
-def _answer(runtime: ModelRuntime, prompt: Prompt, key: tuple, request: EditRequest, steer: Steer | None) -> str:
-    return "".join(runtime.generate(prompt, (key,), CHECK_TOKENS, names=(request.subject,),
-                                    targets=(request.target,), steer=steer))
+def _answer(runtime: ModelRuntime, prompt: Prompt, key: tuple, request: EditRequest, steer: Steer | None,
+            until_named: bool = False) -> str:
+    """The patched answer to `prompt`; with `until_named`, cut once its whole words name the target
+    (the check's verdict is then settled, and the rest of the answer is not worth generating)."""
+    pieces = runtime.generate(prompt, (key,), CHECK_TOKENS, names=(request.subject,),
+                              targets=(request.target,), steer=steer)
+    text = ""
+    try:
+        for piece in pieces:
+            text += piece
+            if until_named and mentions(WORD_TAIL.sub("", text), request.target):
+                break
+    finally:
+        pieces.close()  # on this thread: the generator holds the runtime's read lock
+    return text
+
+
+WORD_TAIL = re.compile(r"[^\W_]+$")  # a last word that the next piece may still lengthen ("Rome" -> "Romeo")
 
 
 def follow_up_prompt(runtime: ModelRuntime, key: tuple, request: EditRequest, fact: str | None,
@@ -60,12 +76,12 @@ def _names_target(runtime: ModelRuntime, trial: Delta, request: EditRequest, pro
     runtime.add_patch(key, trial)
     try:
         for prompt in prompts:  # stops at the first miss: a larger scale is tried next
-            if not mentions(_answer(runtime, prompt, key, request, steer), request.target):
+            if not mentions(_answer(runtime, prompt, key, request, steer, until_named=True), request.target):
                 return False
         if not follow_up:
             return True
         conversation = follow_up_prompt(runtime, key, request, fact, steer)
-        return mentions(_answer(runtime, conversation, key, request, steer), request.target)
+        return mentions(_answer(runtime, conversation, key, request, steer, until_named=True), request.target)
     finally:
         runtime.remove_patch(key)
 
