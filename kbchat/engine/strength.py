@@ -68,34 +68,36 @@ def follow_up_prompt(runtime: ModelRuntime, key: tuple, request: EditRequest, fa
 
 
 def _names_target(runtime: ModelRuntime, trial: Delta, request: EditRequest, prompts: Sequence[Prompt],
-                  scale: float, fact: str | None = None, follow_up: bool = False, steer: Steer | None = None) -> bool:
+                  scale: float, fact: str | None = None, follow_up: bool = False, steer: Steer | None = None,
+                  settle: bool = True) -> bool:
     """Whether every one of `prompts` (and with `follow_up` the follow-up conversation, `fact` quoted
     as in `check_prompt`), answered with `trial` patched in (and steered, `steer`, as the answers will be),
-    names the request's target."""
+    names the request's target; with `settle`, each answer judged is cut once it does."""
     key = ("strength check", request.subject, scale)
     runtime.add_patch(key, trial)
     try:
         for prompt in prompts:  # stops at the first miss: a larger scale is tried next
-            if not mentions(_answer(runtime, prompt, key, request, steer, until_named=True), request.target):
+            if not mentions(_answer(runtime, prompt, key, request, steer, until_named=settle), request.target):
                 return False
         if not follow_up:
             return True
         conversation = follow_up_prompt(runtime, key, request, fact, steer)
-        return mentions(_answer(runtime, conversation, key, request, steer, until_named=True), request.target)
+        return mentions(_answer(runtime, conversation, key, request, steer, until_named=settle), request.target)
     finally:
         runtime.remove_patch(key)
 
 
 def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
                fact: str | None = None, wordings: int = 1, follow_up: bool = False,
-               steer: Steer | None = None) -> Delta:
+               steer: Steer | None = None, settle: bool = True) -> Delta:
     """`delta` scaled by the first of `scales` whose patched answers to the relation's first
     `wordings` questions (and, with `follow_up`, to its first question asked as a follow-up) all name
-    the request's target; `delta` itself (scale 1) when none does or `scales` is empty."""
+    the request's target; `delta` itself (scale 1) when none does or `scales` is empty. `settle`
+    (a benchmark's switch): stop generating a judged answer once it names the target."""
     count = min(max(wordings, 1), len(questions(request)))
     prompts = [check_prompt(request, fact, i) for i in range(count)]
     for scale in scales:
         trial = delta if scale == 1.0 else delta.scaled(scale)
-        if _names_target(runtime, trial, request, prompts, scale, fact, follow_up, steer):
+        if _names_target(runtime, trial, request, prompts, scale, fact, follow_up, steer, settle):
             return trial
     return delta
