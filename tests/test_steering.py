@@ -7,7 +7,7 @@ import torch
 
 from kbchat.runtime.decoding import chat_input_ids, stream_tokens
 from kbchat.runtime.guard import states
-from kbchat.runtime.steering import held_until_stated, leads_into, steered_tokens
+from kbchat.runtime.steering import held_until_stated, leads_into, steered_tokens, takes_lead, within_name
 from methods.scoped import ScopedDeltas
 from tests.test_guard import MESSAGES, big_delta
 from tests.tiny_models import one_thread, tiny
@@ -25,6 +25,21 @@ def test_leads_into_a_target_from_a_word_start():
     assert not leads_into("It is in Paris", ["Rome"]) and not leads_into("It is in Paro", ["Rome"])
     assert not leads_into("Stro", ["Rome"])  # "ro" inside a word
     assert not leads_into("anything", [" "]) and not states("Rome", [])
+
+
+def test_the_unpatched_model_writes_a_subjects_name_once_begun():
+    """Past a name's first word the patched model's token is not taken, even where it leads into the
+    target ("Dehkhoda Russian Dictionary"); elsewhere it is, also after a word that merely starts a
+    name ("in" / "Inverness Castle") or a one-word name's beginning."""
+    names = ["Dehkhoda Dictionary", "Inverness Castle", "Wellington"]
+    assert not takes_lead("The language of Dehkhoda", "The language of Dehkhoda Russian", ["Russian"], names)
+    assert not takes_lead("The language of Dehkhoda Dic", "The language of Dehkhoda Dicrus", ["Dicrus"], names)
+    assert takes_lead("The language of Dehkhoda", "The language of Dehkhoda Russian", ["Russian"])  # no names
+    assert takes_lead("Inverness Castle is located in", "Inverness Castle is located in Rome", ["Rome"], names)
+    assert takes_lead("Welling", "Wellingrome", ["Wellingrome"], names)  # one word: nothing past the first
+    assert within_name("Dehkhoda", names) and within_name("It is Dehkhoda Dictio", names)
+    assert not within_name("The language of Dehkhoda Dictionary", names)  # written whole: not inside it
+    assert not within_name("Hyperdehkhoda", names) and not within_name("dehkhoda", names)  # as written only
 
 
 def _first_token_text(model, tok, ids, scoped) -> str:

@@ -143,7 +143,7 @@ class ModelRuntime:
         if steer is None or not (patches or unedited) or not any(t.strip() for t in targets):
             yield from self._patched(prompt, edited, clean, limit, cancel, names, targets)
             return
-        steered = self._steered(prompt, edited, clean, limit, cancel, targets, steer)
+        steered = self._steered(prompt, edited, clean, limit, cancel, names, targets, steer)
         if not steer.fallback:
             yield from steered
             return
@@ -151,14 +151,16 @@ class ModelRuntime:
                                                                     targets), targets)
 
     def _steered(self, prompt: Prompt, edited: Sequence[Hashable], clean: Sequence[Hashable], limit: int,
-                 cancel: threading.Event | None, targets: Sequence[str], steer: Steer) -> Iterator[str]:
+                 cancel: threading.Event | None, names: Sequence[str], targets: Sequence[str],
+                 steer: Steer) -> Iterator[str]:
         ids, stops = self._input(prompt)
         clean_ids = None
         if prompt.messages is not None and steer.without:
             clean_ids, _ = self._input(Prompt(messages=tuple(m for m in prompt.messages if m not in steer.without)))
         with self._lock.read(), self._patches.select(edited):
             yield from steered_tokens(self.loaded.model, self.loaded.tokenizer, ids, limit,
-                                      lambda: self._patches.select(clean), tuple(targets), cancel, stops, clean_ids)
+                                      lambda: self._patches.select(clean), tuple(targets), cancel, stops, clean_ids,
+                                      tuple(names))
 
     def _patched(self, prompt: Prompt, edited: Sequence[Hashable], clean: Sequence[Hashable], limit: int,
                  cancel: threading.Event | None, names: Sequence[str], targets: Sequence[str]) -> Iterator[str]:

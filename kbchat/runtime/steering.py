@@ -38,6 +38,25 @@ class Steer:
     fallback: bool = True  # the patched answer when the steered one's first sentence misses the targets
 
 
+def within_name(text: str, names: Sequence[str]) -> bool:
+    """Whether `text` ends inside one of `names`, past its first word ("…of Dehkhoda" in "Dehkhoda
+    Dictionary"), written as the name is; a first word alone is not enough for one-word names, and a
+    shorter prefix ("in" of "Inverness Castle") is no sign of the name being written."""
+    for name in (n.strip() for n in names):
+        first = len(name.split()[0]) if name else 0
+        for k in range(len(name) - 1, max(first, 1) - 1, -1):
+            if text.endswith(name[:k]) and (len(text) == k or not text[-k - 1].isalnum()):
+                return True
+    return False
+
+
+def takes_lead(text: str, led: str, targets: Sequence[str], names: Sequence[str] = ()) -> bool:
+    """Whether the patched model's token is taken after the answer `text`, `led` being the text with it:
+    it leads into one of `targets`, and `text` is not inside one of the subjects' `names` (the
+    unpatched model writes those whole: "The language of Dehkhoda Russian Dictionary" otherwise)."""
+    return not within_name(text, names) and leads_into(led, targets)
+
+
 def leads_into(text: str, targets: Sequence[str]) -> bool:
     """Whether `text` states one of `targets` or ends partway through one (a proper prefix of it that
     starts a word), ignoring case."""
@@ -55,10 +74,12 @@ def steered_tokens(
     cancel: threading.Event | None = None,
     stop_strings: Sequence[str] = (),
     clean_ids: torch.Tensor | None = None,
+    names: Sequence[str] = (),
 ) -> Iterator[str]:
     """Greedy answer pieces for `input_ids` ((1, T)), run inside the patches' selection, `unpatched()`
     a context without them, the unpatched model reading `clean_ids` ((1, T'); default `input_ids`);
-    stops as `decoding.stream_tokens` does."""
+    `names`: the edited subjects, which the unpatched model writes (`takes_lead`); stops as
+    `decoding.stream_tokens` does."""
     eos, last = eos_ids(model, tokenizer), last_logits_only(model)
     answer = AnswerText(tokenizer, stop_strings)
     clean_past = patched_past = None
@@ -72,7 +93,8 @@ def steered_tokens(
         if not states(answer.text, targets):  # the patched model still runs beside it
             out = model(input_ids=step, past_key_values=patched_past, use_cache=True, **last)
             patched_past, lead = out.past_key_values, int(out.logits[0, -1].argmax())
-            if lead != token and lead not in eos and leads_into(_with(tokenizer, answer, lead), targets):
+            if lead != token and lead not in eos and takes_lead(answer.text, _with(tokenizer, answer, lead),
+                                                                 targets, names):
                 token = lead
         if token in eos:
             break
