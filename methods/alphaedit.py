@@ -6,8 +6,9 @@ join the constraint, which is what keeps hundreds of sequential edits from overw
 delta carries its keys (`extras`), and `compute(..., prior=[earlier deltas])` protects them.
     right = (P (K^T K + K_p^T K_p) + l2 I)^-1 P K^T,   dW = R^T right^T
 Experimental, off by default (`AlphaEditHParams`): `nullspace_energy` chooses P's directions by the
-share of C's trace they hold rather than by the top eigenvalue, and `preserve` adds lambda C inside the
-bracket (MEMIT's term), for models whose "null space" real text still uses.
+share of C's trace they hold rather than by the top eigenvalue, `preserve` adds lambda C inside the
+bracket (MEMIT's term), for models whose "null space" real text still uses, and `bank` adds other
+subjects' keys (frequent names in the corpus, `methods.bank`) to K_p.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from methods.bank import entity_names, name_keys
 from methods.delta import Delta
 from methods.hparams import AlphaEditHParams, for_model
 from methods.progress import ProgressFn, silent
@@ -56,6 +58,7 @@ def compute(
     stats = stats or StatsCache()
     model_id = model_id or model_fingerprint(model)
     threshold, energy = hparams.nullspace_threshold, hparams.nullspace_energy
+    edited = {r.subject.casefold() for r in requests}
 
     def solve(_i: int, module: str, k: torch.Tensor, _r: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
         # An eigendecomposition per layer (~1 s at 1,536 wide): made once per covariance, not per edit.
@@ -67,6 +70,12 @@ def compute(
         kept = torch.cat(olds).T @ torch.cat(olds) if olds else torch.zeros_like(cov)  # (in, in)
         if hparams.preserve:
             kept = kept + hparams.preserve * cov  # ordinary keys weighed too, not only projected away
+        if hparams.bank:  # other subjects' keys held in place (the edits' own subjects are not "other")
+            names = stats.derived(("bank names", hparams.bank), lambda: entity_names(stats.corpus(), hparams.bank))
+            bank = stats.derived(("bank", model_id, module, hparams.bank),
+                                 lambda: name_keys(model, tokenizer, module, names)).to(k)  # (n_bank, in)
+            bank = bank[[i for i, name in enumerate(names) if name.casefold() not in edited]]
+            kept = kept + hparams.bank_weight * bank.T @ bank
         a = p @ (k.T @ k + kept) + hparams.l2 * torch.eye(cov.shape[0], dtype=k.dtype, device=k.device)
         return torch.linalg.solve(a, p @ k.T)  # (in, n)
 

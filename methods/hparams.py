@@ -98,6 +98,11 @@ class AlphaEditHParams:
     # weight on ||dW P K0||^2, for a "null space" that real text still uses. Little effect in the probe
     # above (C's eigenvalues are small there by construction).
     preserve: float = 0.0
+    # Experimental; 0 is the paper's update. Keys of this many frequent names from the statistics corpus
+    # (`methods.bank`) join the earlier edits' keys, each weighted `bank_weight`: other subjects' outputs
+    # held in place, for long sequences whose neighbours (facts about other subjects) drift.
+    bank: int = 0
+    bank_weight: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,6 +22,8 @@ from methods.corpus import wikipedia_texts
 from methods.hooks import Trace
 from methods.hparams import StatsHParams
 from methods.progress import ProgressFn, silent
+
+T = TypeVar("T")
 
 
 def model_fingerprint(model: nn.Module) -> str:
@@ -43,10 +46,10 @@ class StatsCache:
         self.root = Path(root) if root else None
         self.corpus = corpus
         self._memory: dict[tuple[str, str, int], torch.Tensor] = {}
-        self._derived: dict[tuple, torch.Tensor] = {}
+        self._derived: dict[tuple, Any] = {}
         self.computed: list[str] = []  # modules computed (not loaded) by this object: tests read it
 
-    def derived(self, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    def derived(self, key: tuple, make: Callable[[], T]) -> T:
         """A value computed from the statistics (e.g. AlphaEdit's null-space projector), made once per
         `key` for the lifetime of this object: `key` must name everything `make` depends on."""
         if key not in self._derived:

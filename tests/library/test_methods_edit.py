@@ -222,6 +222,31 @@ def test_alphaedit_preserve_moves_ordinary_keys_less(family, stats):
     assert leak[100.0] < 0.7 * leak[0.0], leak
 
 
+def test_alphaedit_bank_holds_other_subjects_outputs(family, stats):
+    """With `bank`, keys of frequent names in the statistics corpus join the preserved keys: the update
+    moves what the MLP writes for those other subjects less, per unit of change at the edit's own key;
+    the edit's own subject is never in its bank."""
+    from methods.bank import entity_names, name_keys
+
+    model, tok = tiny(family)
+    (request,) = edit_requests(1)
+    names = entity_names(corpus(), 12)
+    assert request.subject in names and "Michael Jordan" in names
+    others = [n for n in names if n != request.subject]
+    method = methods.get("alphaedit")
+    moved = {}
+    for bank in (0, 12):
+        hp = method.hparams(model, **{**TEST_HPARAMS["alphaedit"], "bank": bank})
+        delta = method.compute(model, tok, [request], hp, stats=stats)
+        ratios = []
+        for u in delta.updates:
+            dw, k = u.matrix(), delta.extras[f"keys.{u.module}"]  # (out, in), (1, in)
+            b = name_keys(model, tok, u.module, others)  # (n, in)
+            ratios.append(float((dw @ b.T).square().mean() / (dw @ k.T).square().sum()))
+        moved[bank] = sum(ratios) / len(ratios)
+    assert moved[12] < 0.5 * moved[0], moved
+
+
 def test_null_space_by_energy_keeps_the_trace_fraction():
     """The energy criterion takes the smallest eigen-directions holding at most that fraction of the
     trace, however large the top eigenvalue; the threshold follows the top eigenvalue."""
