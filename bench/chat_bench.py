@@ -76,7 +76,8 @@ def save(result: dict, path: Path | None, args: argparse.Namespace, seconds: flo
         path.with_suffix(".md").write_text(f"`{result['command']}`\n\n{format_chat_table(result)}\n")
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
+    """The command line: the cases, the methods, the run's files and the engine's serac settings."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--limit", type=int, default=40)
@@ -113,6 +114,11 @@ def main() -> None:
                         help="...a steered answer whose first sentence misses the new object replaced by the patched one")
     parser.add_argument("--weight-steer", action=argparse.BooleanOptionalAction, default=EngineSettings.weight_steer,
                         help="weight edits whose subject is named steered the same way (EngineSettings.weight_steer)")
+    return parser
+
+
+def main() -> None:
+    parser = arguments()
     args = parser.parse_args()
     if len(args.shard) != 2 or not 0 <= args.shard[0] < args.shard[1]:
         parser.error(f"--shard must be K/N with 0 <= K < N, not {'/'.join(map(str, args.shard))}")
