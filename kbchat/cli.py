@@ -271,7 +271,7 @@ def _train_editor(args) -> int:
         method=args.method, model=args.model, home=args.home, device=args.device, steps=args.steps, out=args.out,
         resume=args.resume, tasks=tuple(args.tasks), seed=args.seed, threads=args.threads, data=args.data,
         batch_size=args.batch_size, val_every=args.val_every, val_size=args.val_size, rank=args.rank,
-        c_edit=args.c_edit, c_loc=args.c_loc, lr=args.lr, alpha_lr=args.alpha_lr,
+        c_edit=args.c_edit, c_loc=args.c_loc, lr=args.lr, alpha_lr=args.alpha_lr, at_subject=args.at_subject,
         quiet=False))
     if args.json:
         print(json.dumps(summary, ensure_ascii=False))

@@ -131,6 +131,9 @@ def _train_command(sub) -> None:
     train.add_argument("--c-edit", type=float, default=None, help="weight of the edit loss (default 0.1)")
     train.add_argument("--lr", type=float, default=None, help="Adam's rate for the editor networks (default 1e-4)")
     train.add_argument("--alpha-lr", type=float, default=None, help="Adam's rate for the log steps (default 1e-2)")
+    train.add_argument("--at-subject", action="store_true",
+                       help="experimental: the editor acts where the subject is read (its last token, the "
+                            "locate-then-edit layers' output matrices, keys whitened as ROME's)")
     train.add_argument("--json", action="store_true")
 
 

@@ -143,6 +143,18 @@ class MendHParams:
     whiten: float | None = None
     steps: tuple[float, ...] = ()
     stats: StatsHParams = field(default_factory=StatsHParams)
+    # Experimental, for a newly trained editor (`kbchat train-editor --at-subject`): the (x, delta) pairs
+    # are taken where the subject is read, its last token, in the output matrices of `subject_layers`
+    # (the locate-then-edit layers), and each term's input side is whitened in training as at edit time
+    # with (C + subject_ridge * mean diag C)^-1, ROME's key. Where the target is predicted, the last layers
+    # carry the relation more than the subject and the update reaches every subject of the relation.
+    at_subject: bool = False
+    subject_layers: tuple[int, ...] = ()
+    subject_ridge: float = 1e-4  # ROME's
+    # The first update there is -alpha * (the gradient): on SmolLM2 a CounterFact subject's key has |x|^2 ~ 15-130
+    # and its gradient |delta| ~ 0.06-0.8 in layers 4-8, while a single whitened step must move a layer's output
+    # by ~10-30 to carry an edit; started at 1, training raised every alpha at its fastest rate for 100 steps.
+    subject_alpha_init: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -206,7 +218,8 @@ def defaults(cls: type[H], model: nn.Module) -> H:
     if cls is FTHParams:
         return cls(layer=_scaled(depth.single, n))
     if cls is MendHParams:
-        return cls(layers=tuple(range(max(0, n - 3), n)))  # MEND edits the last three layers' MLPs
+        # MEND edits the last three layers' MLPs; at the subject, MEMIT's layers
+        return cls(layers=tuple(range(max(0, n - 3), n)), subject_layers=span)
     if cls is KNHParams:
         return cls(layers=tuple(range(n)))
     raise TypeError(f"no defaults for {cls.__name__}")

@@ -290,3 +290,26 @@ def test_curves_continue_the_clock_of_a_resumed_run(tmp_path) -> None:
              {"step": 3, "seconds": 6.0}]
     log.write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert [(r["step"], r["seconds"]) for r in read_log(log)] == [(1, 10.0), (2, 23.0), (3, 26.0)]
+
+
+@needs_data
+def test_an_editor_at_the_subject_trains_and_is_evaluated_whitened(tmp_path, tiny_dir) -> None:
+    """`--at-subject` (experimental) trains an editor of the locate-then-edit layers' output matrices,
+    whitened with second moments kept in the home's statistics; the evaluation whitens it the same way."""
+    from kbchat.cli import run
+    from kbchat.training.evaluate import evaluate
+    from methods.mend import read_spec
+
+    out, home = tmp_path / "subject.safetensors", tmp_path / "home"
+    args = ["--model", str(tiny_dir), "--home", str(home), "train-editor", "--method", "mend", "--at-subject",
+            "--steps", "2", "--val-every", "2", "--val-size", "2", "--batch-size", "2", "--threads", "1",
+            "--out", str(out)]
+    with one_thread():
+        assert run(args) == 0
+        result = evaluate(out, n=3, skip=0, model=str(tiny_dir), home=str(home))
+    spec = read_spec(out)
+    assert spec.at_subject and spec.whiten is not None
+    assert all(name.endswith(("down_proj", "c_proj")) for name in spec.names)
+    assert any((home / "stats").iterdir())  # the whitening's moments, kept for the next run
+    figures = result["results"]["training wording"]
+    assert all(0.0 <= f["success"] <= 1.0 and f["edit"] == f["edit"] for f in figures.values())

@@ -48,6 +48,7 @@ class TrainOptions:
     c_loc: float | None = None
     lr: float | None = None
     alpha_lr: float | None = None
+    at_subject: bool = False  # experimental: edit where the subject is read (MendHParams.at_subject)
     quiet: bool = False
 
 
@@ -86,6 +87,7 @@ def _run(options: TrainOptions, tasks: tuple[str, ...], data: Path) -> dict:
 
     from kbchat.config import data_dir
     from kbchat.runtime import load_model
+    from methods import StatsCache
     from methods.mend import state_path, train
 
     home = data_dir(options.home)
@@ -115,7 +117,7 @@ def _run(options: TrainOptions, tasks: tuple[str, ...], data: Path) -> dict:
         bar = _bar(options, config.steps, log_file, started)
         try:
             result = train(model, tokenizer, split.train, split.val, config, progress=bar.report, out=out,
-                           resume=options.resume)
+                           resume=options.resume, stats=StatsCache(home / "stats"))
         except ValueError as exc:  # resume mismatch, bad records: one line
             raise TrainEditorError(str(exc)) from exc
         finally:
@@ -141,7 +143,7 @@ def _train_config(options: TrainOptions, model):
     from methods.mend import TrainConfig
     from methods.mend.instruct import DEFAULT_TASKS
 
-    hparams = for_model(MendHParams, model)
+    hparams = for_model(MendHParams, model, at_subject=options.at_subject)
     if options.rank:
         hparams = replace(hparams, rank=options.rank)
     config = TrainConfig(steps=options.steps, batch_size=options.batch_size, val_every=options.val_every,

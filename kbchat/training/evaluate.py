@@ -24,12 +24,14 @@ def evaluate(editor_path: Path, n: int = 48, skip: int = 24, seed: int = 0, mode
     from kbchat.config import data_dir
     from kbchat.runtime import load_model
     from kbchat.training import records
+    from methods import StatsCache
     from methods.mend import TrainConfig, load_editor
-    from methods.mend.training import validate
+    from methods.mend.training import training_whitening, validate
     from methods.stats import model_fingerprint
 
     loaded = load_model(model, data_dir(home))
     editor = load_editor(editor_path, model_fingerprint(loaded.model))
+    inverses = training_whitening(loaded.model, loaded.tokenizer, editor, StatsCache(data_dir(home) / "stats"))
     split = records.build(None, records.TASKS, loaded.tokenizer, seed=seed)
     chosen = split.val[skip : skip + n]
     kind = editor.spec.kind
@@ -47,7 +49,7 @@ def evaluate(editor_path: Path, n: int = 48, skip: int = 24, seed: int = 0, mode
             group = [r for r in chosen if r.task == task]
             if group:
                 started = time.monotonic()
-                per_task[task] = {**validate(loaded.model, loaded.tokenizer, editor, group, config, wording),
+                per_task[task] = {**validate(loaded.model, loaded.tokenizer, editor, group, config, wording, inverses),
                                   "n": len(group), "seconds": round(time.monotonic() - started, 1)}
         out["results"][label] = per_task
     return out

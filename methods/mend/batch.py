@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from methods.kv import target_token_ids
-from methods.tokens import right_padded
+from methods.tokens import right_padded, subject_last_tokens
 
 
 @dataclass(frozen=True)
@@ -79,3 +79,15 @@ def position_mask(positions: Sequence[Sequence[int]], width: int, device) -> tor
     for b, pos in enumerate(positions):
         mask[b, : len(pos)] = 1.0
     return mask
+
+
+def subject_sites(tokenizer, texts: Sequence[str], subjects: Sequence[str]) -> tuple[tuple[int, ...], ...]:
+    """Per text (tokenised as `encode` does): the subject's last token at each of its occurrences, where a
+    locate-then-edit method reads the subject; the text's last token when the subject does not occur."""
+    sites = []
+    for text, subject in zip(texts, subjects, strict=True):
+        try:
+            sites.append(subject_last_tokens(tokenizer, text, subject))
+        except ValueError:
+            sites.append((len(tokenizer(text, add_special_tokens=False)["input_ids"]) - 1,))
+    return tuple(sites)

@@ -4,6 +4,8 @@ For each edited matrix the loss gradient is sum_t delta_t x_t^T over the positio
 target's tokens (the direct path; earlier positions reach the loss only through attention); the
 editor maps each pair to (x~, delta~) and the update is -alpha * sum_t delta~_t x~_t^T, stored as
 `Update(module, left=-alpha * delta~ (out, r), right=x~ (in, r))` with r = the target's tokens.
+An editor trained `at_subject` takes its pairs at the subject's last token instead (in the
+locate-then-edit layers, where the subject is read), each input side whitened as ROME's key.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from methods.delta import Delta, Update, weight_of
 from methods.gradients import Taps
 from methods.hooks import frozen
 from methods.hparams import MendHParams, for_model
-from methods.mend.batch import TokenBatch, encode, gather_rows, position_mask, row_nll
+from methods.mend.batch import TokenBatch, encode, gather_rows, position_mask, row_nll, subject_sites
 from methods.mend.checkpoint import find_editor, load_editor, search_path
 from methods.mend.editor import Editor
 from methods.mend.instruct import find_task, guess_task
@@ -41,16 +43,29 @@ class Signals:
     nll: torch.Tensor  # (B,) each row's mean target NLL before the edit
 
 
-def capture(model: nn.Module, batch: TokenBatch, names: Sequence[str]) -> Signals:
-    """One forward/backward pass (parameters frozen, weights untouched) collecting (x, delta) per module."""
+def capture(model: nn.Module, batch: TokenBatch, names: Sequence[str],
+            sites: Sequence[Sequence[int]] | None = None) -> Signals:
+    """One forward/backward pass (parameters frozen, weights untouched) collecting (x, delta) per module
+    at each row's `sites` (default: the positions that predict its target)."""
+    sites = batch.positions if sites is None else sites
     with frozen(model), Taps(model, names) as taps:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
         nll = row_nll(logits, batch)  # (B,)
         grads = taps.gradients(nll.sum())  # rows are independent: row b's gradient is its own loss's
-    width = batch.rank
-    xs = {n: gather_rows(taps.inputs[n], batch.positions, width).float() for n in names}
-    deltas = {n: gather_rows(grads[n], batch.positions, width).float() for n in names}
-    return Signals(xs, deltas, position_mask(batch.positions, width, batch.input_ids.device), nll.detach())
+    width = max(len(p) for p in sites)
+    xs = {n: gather_rows(taps.inputs[n], sites, width).float() for n in names}
+    deltas = {n: gather_rows(grads[n], sites, width).float() for n in names}
+    return Signals(xs, deltas, position_mask(sites, width, batch.input_ids.device), nll.detach())
+
+
+def edit_signals(model: nn.Module, tokenizer, editor: Editor, texts: Sequence[str], targets: Sequence[str],
+                 subjects: Sequence[str]) -> Signals:
+    """`capture` on the edit inputs `texts`, at the sites `editor` was trained on (the target's positions,
+    or the subject's last token for an editor `at_subject`)."""
+    device = next(model.parameters()).device
+    batch = encode(tokenizer, list(zip(texts, targets, strict=True)), device)
+    sites = subject_sites(tokenizer, texts, subjects) if editor.spec.at_subject else None
+    return capture(model, batch, editor.spec.names, sites)
 
 
 def editor_factors(editor: Editor, signals: Signals) -> Factors:
@@ -159,7 +174,8 @@ def compute(
     wording number `wording` (the task guessed from the prompt when not named). The editor's update
     then goes through `reach` (whitening, the step search on each request's own prompt, without the
     instruction); `stats` keeps the second moments whitening needs (computed once per cache). Updates
-    of all requests are concatenated: rank = total target tokens. The model is left unchanged.
+    of all requests are concatenated: rank = total target tokens (subject occurrences for an editor
+    `at_subject`, whose update is always whitened as in its training). The model is left unchanged.
     """
     architecture_of(model)  # UnsupportedModel before anything else
     hparams = hparams or for_model(MendHParams, model)
@@ -167,15 +183,13 @@ def compute(
     if instruction is None and editor.spec.tasks:
         instruction = _task_instruction(editor, requests, task, wording)
     texts = [f"{instruction}\n{r.text}" if instruction else r.text for r in requests]
-    device = next(model.parameters()).device
-    batch = encode(tokenizer, [(t, r.target) for t, r in zip(texts, requests, strict=True)], device)
     progress("gradient", 0, 1)
-    signals = capture(model, batch, editor.spec.names)
+    signals = edit_signals(model, tokenizer, editor, texts, [r.target for r in requests], [r.subject for r in requests])
     with torch.no_grad():
         factors = editor_factors(editor, signals)
     progress("gradient", 1, 1)
-    factors, steps = reshaped(model, tokenizer, requests, factors, hparams, stats, model_id)
-    keep = signals.mask.reshape(-1) > 0  # the target tokens' rows: one rank-one term each
+    factors, steps = reshaped(model, tokenizer, requests, factors, hparams, stats, model_id, editor.spec.whiten)
+    keep = signals.mask.reshape(-1) > 0  # the sites' rows: one rank-one term each
     updates = [Update(name, (hparams.scale * _flat(left, keep)).cpu().contiguous(), _flat(right, keep).cpu().contiguous())
                for name, (left, right) in factors.items()]
     meta = {
@@ -184,7 +198,8 @@ def compute(
         "instruction": instruction,
         "editor": {"kind": editor.spec.kind, "fingerprint": editor.spec.fingerprint, "rank": editor.spec.rank},
         "nll_before": [float(v) for v in signals.nll],
-        "whiten": hparams.whiten,
+        "whiten": editor.spec.whiten if editor.spec.whiten is not None else hparams.whiten,
+        "at_subject": editor.spec.at_subject,
         "steps": [float(v) for v in steps],
     }
     return Delta(kind, tuple(updates), meta)

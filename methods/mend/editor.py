@@ -34,6 +34,10 @@ class EditorSpec:
     n_hidden: int
     alpha_init: float
     tasks: tuple[Task, ...] = ()  # InstructEdit's tasks (empty for MEND)
+    # (x, delta) at the subject's last token rather than where the target is predicted (MendHParams.at_subject)
+    at_subject: bool = False
+    # The ridge of the whitening the editor was trained under (its update is then always whitened so), or None
+    whiten: float | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from methods.hooks import added_output
-from methods.hparams import MendHParams
+from methods.hparams import MendHParams, StatsHParams
 from methods.mend.batch import encode, row_hits, row_nll
 from methods.requests import EditRequest
 from methods.stats import StatsCache, model_fingerprint
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (left (B, out, R), right (B, in, R))
+Inverses = dict[str, torch.Tensor]  # module -> (in, in) whitening inverse
 
 
 @contextmanager
@@ -49,7 +50,7 @@ def ridge_inverse(moments: torch.Tensor, ridge: float) -> torch.Tensor:
     return torch.linalg.inv(c + ridge * c.diagonal().mean() * eye).float()
 
 
-def whitened(factors: Factors, inverses: dict[str, torch.Tensor]) -> Factors:
+def whitened(factors: Factors, inverses: Inverses) -> Factors:
     """Each term's right side r -> C^-1 r * (r.r / r.C^-1 r): its effect on its own key r is unchanged.
     Zero (padding) columns stay zero."""
     out = {}
@@ -102,16 +103,23 @@ def chosen_steps(model: nn.Module, tokenizer, requests: Sequence[EditRequest], f
     return chosen
 
 
+def whitening(model: nn.Module, tokenizer, names: Sequence[str], ridge: float, spec: StatsHParams,
+              stats: StatsCache | None, model_id: str | None) -> Inverses:
+    """{module: (in, in) (C + ridge * mean diag C)^-1}, C its inputs' second moments over real text
+    (computed once per `stats`)."""
+    stats = stats or StatsCache()
+    model_id = model_id or model_fingerprint(model)
+    moments = stats.second_moments(model, tokenizer, list(names), spec, model_id=model_id)
+    return {n: stats.derived(("mend-whiten", model_id, n, spec.n_tokens, ridge), lambda c=c: ridge_inverse(c, ridge))
+            for n, c in moments.items()}
+
+
 def reshaped(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors, hparams: MendHParams,
-             stats: StatsCache | None, model_id: str | None) -> tuple[Factors, torch.Tensor]:
-    """The editor's factors whitened (if `hparams.whiten`) and scaled per request by its chosen step
-    (see the module's docstring); returns them with the steps (B,)."""
-    if hparams.whiten is not None:
-        stats = stats or StatsCache()
-        model_id = model_id or model_fingerprint(model)
-        moments = stats.second_moments(model, tokenizer, list(factors), hparams.stats, model_id=model_id)
-        inverses = {n: stats.derived(("mend-whiten", model_id, n, hparams.stats.n_tokens, hparams.whiten),
-                                     lambda c=c: ridge_inverse(c, hparams.whiten)) for n, c in moments.items()}
-        factors = whitened(factors, inverses)
+             stats: StatsCache | None, model_id: str | None, ridge: float | None = None) -> tuple[Factors, torch.Tensor]:
+    """The editor's factors whitened (with `ridge`, else `hparams.whiten`, if either is set) and scaled
+    per request by its chosen step (see the module's docstring); returns them with the steps (B,)."""
+    ridge = ridge if ridge is not None else hparams.whiten
+    if ridge is not None:
+        factors = whitened(factors, whitening(model, tokenizer, list(factors), ridge, hparams.stats, stats, model_id))
     steps = chosen_steps(model, tokenizer, requests, factors, hparams.steps)
     return scaled_rows(factors, steps), steps

@@ -14,6 +14,8 @@ steps the held-out edits are scored; the best editor is kept in `out`, and the f
 (editor, optimiser, step, RNG, statistics) beside it, so that `resume=True` carries on exactly.
 InstructEdit is the same loop with each edit input behind its task's instruction (a sampled training
 wording); tasks are sampled uniformly, then a record of that task.
+An editor `at_subject` (experimental) takes its pairs at the subject's last token in the locate-then-edit
+layers, and its update is whitened inside the loop exactly as `compute` will whiten it.
 """
 
 from __future__ import annotations
@@ -37,11 +39,11 @@ from methods.hooks import frozen
 from methods.hparams import MendHParams, for_model
 from methods.mend.batch import TokenBatch, encode, row_hits, row_nll
 from methods.mend.checkpoint import load_state, read_spec, save_editor, save_state, state_path
-from methods.mend.compute import capture, editor_factors
+from methods.mend.compute import edit_signals, editor_factors
 from methods.mend.editor import Editor, EditorSpec
 from methods.mend.instruct import DEFAULT_TASKS, Task, find_task, wrap
-from methods.mend.reach import edited
-from methods.stats import model_fingerprint
+from methods.mend.reach import Inverses, edited, whitened, whitening
+from methods.stats import StatsCache, model_fingerprint
 
 
 @dataclass(frozen=True)
@@ -103,15 +105,27 @@ class TrainResult:
 
 
 def new_spec(model: nn.Module, hparams: MendHParams, kind: str, model_id: str, tasks: Sequence[Task]) -> EditorSpec:
-    """The spec of a fresh editor for every MLP matrix of `hparams.layers`."""
+    """The spec of a fresh editor for every MLP matrix of `hparams.layers` (for an editor `at_subject`: the
+    output matrix of each of `hparams.subject_layers`, whitened with `hparams.subject_ridge`)."""
     arch = architecture_of(model)
-    modules = []
-    for layer in hparams.layers:
-        for name in arch.mlp_matrix_names(layer):
-            out, inp = weight_of(model.get_submodule(name)).shape
-            modules.append((name, int(out), int(inp)))
-    return EditorSpec(kind, arch.family, model_id, tuple(modules), hparams.rank, hparams.n_hidden,
-                      hparams.alpha_init, tuple(tasks) if kind == "instructedit" else ())
+    if hparams.at_subject:
+        names = [arch.mlp_out_name(layer) for layer in hparams.subject_layers]
+    else:
+        names = [name for layer in hparams.layers for name in arch.mlp_matrix_names(layer)]
+    modules = tuple((name, *map(int, weight_of(model.get_submodule(name)).shape)) for name in names)
+    alpha = hparams.subject_alpha_init if hparams.at_subject else hparams.alpha_init
+    return EditorSpec(kind, arch.family, model_id, modules, hparams.rank, hparams.n_hidden,
+                      alpha, tuple(tasks) if kind == "instructedit" else (),
+                      at_subject=hparams.at_subject, whiten=hparams.subject_ridge if hparams.at_subject else None)
+
+
+def training_whitening(model: nn.Module, tokenizer, editor: Editor, stats: StatsCache | None,
+                       hparams: MendHParams | None = None) -> Inverses | None:
+    """The inverses an editor trained under whitening needs (`reach.whitening`), else None."""
+    if editor.spec.whiten is None:
+        return None
+    spec = (hparams or for_model(MendHParams, model)).stats
+    return whitening(model, tokenizer, editor.spec.names, editor.spec.whiten, spec, stats, editor.spec.fingerprint)
 
 
 @dataclass(frozen=True)
@@ -123,11 +137,13 @@ class Losses:
 
 
 def edit_losses(model: nn.Module, tokenizer, editor: Editor, records: Sequence[EditRecord],
-                texts: Sequence[str], observe: bool, grad: bool) -> Losses:
-    """The objective's two terms for a batch; `texts` are the (possibly wrapped) edit inputs."""
+                texts: Sequence[str], observe: bool, grad: bool, inverses: Inverses | None = None) -> Losses:
+    """The objective's two terms for a batch; `texts` are the (possibly wrapped) edit inputs; `inverses`
+    whiten the update (`training_whitening`; required for an editor trained under whitening)."""
+    if editor.spec.whiten is not None and inverses is None:
+        raise ValueError("this editor is trained under whitening: pass its inverses (training_whitening)")
     device = next(model.parameters()).device
-    signals = capture(model, encode(tokenizer, [(t, r.target) for t, r in zip(texts, records, strict=True)], device),
-                      editor.spec.names)
+    signals = edit_signals(model, tokenizer, editor, texts, [r.target for r in records], [r.subject for r in records])
     if observe:
         for name in editor.spec.names:
             editor.observe(name, signals.x[name], signals.delta[name], signals.mask)
@@ -137,6 +153,7 @@ def edit_losses(model: nn.Module, tokenizer, editor: Editor, records: Sequence[E
         base = F.log_softmax(model(input_ids=loc.input_ids, attention_mask=loc.attention_mask).logits.float(), -1)
     with torch.set_grad_enabled(grad):
         factors = editor_factors(editor, signals)
+        factors = whitened(factors, inverses) if inverses is not None else factors
         with edited(model, factors):
             para_logits = model(input_ids=para.input_ids, attention_mask=para.attention_mask).logits
             loc_logits = model(input_ids=loc.input_ids, attention_mask=loc.attention_mask).logits
@@ -209,13 +226,13 @@ def edit_inputs(records: Sequence[EditRecord], tasks: Sequence[Task], instructio
 
 
 def validate(model: nn.Module, tokenizer, editor: Editor, records: Sequence[EditRecord], config: TrainConfig,
-             wording: int = 0) -> dict[str, float]:
+             wording: int = 0, inverses: Inverses | None = None) -> dict[str, float]:
     """Mean edit loss, locality loss and success over `records` (statistics and weights untouched)."""
     edit, loc, hits, kept = [], [], [], []
     for start in range(0, len(records), config.batch_size):
         chunk = records[start : start + config.batch_size]
         texts = edit_inputs(chunk, config.tasks, config.instructions, wording)
-        losses = edit_losses(model, tokenizer, editor, chunk, texts, observe=False, grad=False)
+        losses = edit_losses(model, tokenizer, editor, chunk, texts, observe=False, grad=False, inverses=inverses)
         edit.append(float(losses.edit) * len(chunk))
         loc.append(float(losses.loc) * len(chunk))
         hits.extend(losses.hits.tolist())
@@ -259,8 +276,10 @@ def train(
     progress: Callable[[TrainStatus], None] | None = None,
     out: Path = Path("editor.safetensors"),
     resume: bool = False,
+    stats: StatsCache | None = None,
 ) -> TrainResult:
     """Train an editor for `model`; the best one (by validation objective) is written to `out`.
+    `stats` keeps the second moments an editor trained under whitening (`at_subject`) needs.
 
     Deterministic for a seed. With `resume`, carries on from the state file beside `out` (ValueError
     if it is missing or was made for another model or editor shape). The model's weights, mode and
@@ -279,17 +298,20 @@ def train(
              "train_tasks": dict(Counter(r.task for r in train_records)),  # a task absent here is held out
              "train_sha256": records_sha256(train_records), "val_records": len(val_set)}
     with eval_mode(model), frozen(model):
-        state = _start(model, tokenizer, editor, optimizer, generator, val_set, config, out, resume, about)
+        inverses = training_whitening(model, tokenizer, editor, stats, config.hparams)
+        state = _start(model, tokenizer, editor, optimizer, generator, (val_set, inverses), config, out, resume, about)
         for step in range(state["step"] + 1, config.steps + 1):
             records, texts = sampler.sample(config.batch_size, generator)
-            losses = edit_losses(model, tokenizer, editor, records, texts, observe=True, grad=True)
+            losses = edit_losses(model, tokenizer, editor, records, texts, observe=True, grad=True,
+                                 inverses=inverses)
             optimizer.zero_grad()
             (config.c_edit * losses.edit + config.c_loc * losses.loc).backward()
             torch.nn.utils.clip_grad_norm_(editor.parameters(), config.grad_clip)
             optimizer.step()
             state["step"] = step
             if step % config.val_every == 0 or step == config.steps:
-                _checkpoint(model, tokenizer, editor, optimizer, generator, val_set, config, out, state, about)
+                _checkpoint(model, tokenizer, editor, optimizer, generator, (val_set, inverses), config, out, state,
+                            about)
             if progress is not None:
                 progress(_status(state, config, float(losses.edit.detach()), float(losses.loc.detach())))
     best = state["history"][state["best_index"]]
@@ -297,8 +319,8 @@ def train(
 
 
 def _start(model: nn.Module, tokenizer, editor: Editor, optimizer: torch.optim.Optimizer,
-           generator: torch.Generator, val_set: list[EditRecord], config: TrainConfig, out: Path,
-           resume: bool, about: dict) -> dict:
+           generator: torch.Generator, held_out: tuple[list[EditRecord], Inverses | None], config: TrainConfig,
+           out: Path, resume: bool, about: dict) -> dict:
     """The training state: loaded from the state file (resume), or step 0 validated (and kept as the
     best so far, so that `out` always holds an editor no worse on validation than the untrained one)."""
     path = state_path(out)
@@ -310,16 +332,16 @@ def _start(model: nn.Module, tokenizer, editor: Editor, optimizer: torch.optim.O
             raise ValueError(f"{path.name} is for another model or editor shape "
                              f"(model {saved.fingerprint[:12]}…, this one {editor.spec.fingerprint[:12]}…)")
         return load_state(path, editor, optimizer, generator)
-    val = validate(model, tokenizer, editor, val_set, config)
+    val = validate(model, tokenizer, editor, held_out[0], config, inverses=held_out[1])
     save_editor(editor, out, {**about, "step": 0, "val": val})
     return {"step": 0, "history": [{"step": 0, **val}], "best_index": 0, "best": objective(val, config)}
 
 
 def _checkpoint(model: nn.Module, tokenizer, editor: Editor, optimizer: torch.optim.Optimizer,
-                generator: torch.Generator, val_set: list[EditRecord], config: TrainConfig, out: Path,
-                state: dict, about: dict) -> None:
+                generator: torch.Generator, held_out: tuple[list[EditRecord], Inverses | None], config: TrainConfig,
+                out: Path, state: dict, about: dict) -> None:
     """Validate; keep the editor in `out` if it is the best so far; save the resumable state."""
-    val = validate(model, tokenizer, editor, val_set, config)
+    val = validate(model, tokenizer, editor, held_out[0], config, inverses=held_out[1])
     state["history"].append({"step": state["step"], **val})
     score = objective(val, config)
     if score < state["best"]:

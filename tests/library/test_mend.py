@@ -291,7 +291,8 @@ def test_registry_and_hparams(family):
         method = methods.get(name)
         assert method.uses_statistics == (name != "kn") and not method.protects_prior  # mend: whitening
     hp = methods.get("mend").hparams(model)
-    assert hp == MendHParams(layers=(1, 2, 3)) and hp.alpha_init == 1e-3
+    assert hp == MendHParams(layers=(1, 2, 3), subject_layers=methods.get("memit").hparams(model).layers)
+    assert hp.alpha_init == 1e-3 and not hp.at_subject
     assert methods.get("instructedit").hparams_from_dict(model, {"rank": 8}).rank == 8
     with pytest.raises(TypeError):
         methods.get("mend").hparams(model, nope=1)
