@@ -25,11 +25,6 @@ class TokenBatch:
     positions: tuple[tuple[int, ...], ...]
     target_ids: tuple[tuple[int, ...], ...]
 
-    @property
-    def rank(self) -> int:
-        """The most target tokens of any row: the width of the padded per-row factors."""
-        return max(len(p) for p in self.positions)
-
 
 def encode(tokenizer, pairs: Sequence[tuple[str, str | None]], device: torch.device | str = "cpu") -> TokenBatch:
     """Rows `text + target` (tokenised together) or `text` alone when the target is None."""
