@@ -188,7 +188,8 @@ def compute(
     with torch.no_grad():
         factors = editor_factors(editor, signals)
     progress("gradient", 1, 1)
-    factors, steps = reshaped(model, tokenizer, requests, factors, hparams, stats, model_id, editor.spec.whiten)
+    factors, steps = reshaped(model, tokenizer, requests, factors, hparams, stats, model_id, editor.spec.whiten,
+                              editor.spec.at_subject)
     keep = signals.mask.reshape(-1) > 0  # the sites' rows: one rank-one term each
     updates = [Update(name, (hparams.scale * _flat(left, keep)).cpu().contiguous(), _flat(right, keep).cpu().contiguous())
                for name, (left, right) in factors.items()]

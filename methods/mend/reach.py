@@ -115,11 +115,14 @@ def whitening(model: nn.Module, tokenizer, names: Sequence[str], ridge: float, s
 
 
 def reshaped(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors, hparams: MendHParams,
-             stats: StatsCache | None, model_id: str | None, ridge: float | None = None) -> tuple[Factors, torch.Tensor]:
+             stats: StatsCache | None, model_id: str | None, ridge: float | None = None,
+             at_subject: bool = False) -> tuple[Factors, torch.Tensor]:
     """The editor's factors whitened (with `ridge`, else `hparams.whiten`, if either is set) and scaled
-    per request by its chosen step (see the module's docstring); returns them with the steps (B,)."""
+    per request by its chosen step (see the module's docstring); returns them with the steps (B,).
+    The steps searched are `hparams.steps`, else `hparams.subject_steps` for an editor `at_subject`."""
     ridge = ridge if ridge is not None else hparams.whiten
     if ridge is not None:
         factors = whitened(factors, whitening(model, tokenizer, list(factors), ridge, hparams.stats, stats, model_id))
-    steps = chosen_steps(model, tokenizer, requests, factors, hparams.steps)
+    search = hparams.steps or (hparams.subject_steps if at_subject else ())
+    steps = chosen_steps(model, tokenizer, requests, factors, search)
     return scaled_rows(factors, steps), steps

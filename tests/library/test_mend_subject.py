@@ -61,7 +61,7 @@ def test_compute_acts_at_the_subject_whitened_and_leaves_the_model(family):
     stats = methods.StatsCache(corpus=corpus)
     (request,) = edit_requests(1)
     editor = subject_editor(model, alpha=1.0)
-    hp = subject_hparams(model)
+    hp = subject_hparams(model, subject_steps=())  # the update as the editor gives it (no step search)
     before = target_logprob(model, tok, request.text, request.target)
     delta = methods.get("mend").compute(model, tok, [request], hp, editor=editor, stats=stats)
     assert model_fingerprint(model) == fingerprint
@@ -83,6 +83,26 @@ def test_compute_acts_at_the_subject_whitened_and_leaves_the_model(family):
     assert after > before + 0.5, (before, after)
     n_target = len(target_token_ids(tok, request.text, request.target))
     assert n_target >= 1 and model_fingerprint(model) == fingerprint
+
+
+def test_an_editor_at_the_subject_searches_its_steps_unless_told_otherwise(family):
+    """`steps` empty: an editor at the subject sizes each update from `subject_steps` (the chosen step is
+    one of them, the last when none carries the edit); `steps` given wins; a last-layers editor is not
+    searched (step 1)."""
+    model, tok = tiny(family)
+    stats = methods.StatsCache(corpus=corpus)
+    requests = edit_requests(2)
+    mend = methods.get("mend")
+    editor = subject_editor(model, alpha=1.0)
+    searched = mend.compute(model, tok, requests, subject_hparams(model, subject_steps=(0.5, 7.0)),
+                            editor=editor, stats=stats)
+    assert len(searched.meta["steps"]) == 2 and set(searched.meta["steps"]) <= {0.5, 7.0}
+    given = mend.compute(model, tok, requests, subject_hparams(model, steps=(3.0,)), editor=editor, stats=stats)
+    assert given.meta["steps"] == [3.0, 3.0]
+    assert mend.hparams(model).subject_steps  # on by default for such editors
+    plain_hp = mend.hparams(model, rank=HPARAMS["rank"])
+    plain = Editor(new_spec(model, plain_hp, "mend", model_fingerprint(model), ()))
+    assert mend.compute(model, tok, requests, plain_hp, editor=plain).meta["steps"] == [1.0, 1.0]
 
 
 def test_training_at_the_subject_lowers_the_validation_edit_loss(tmp_path):
