@@ -156,13 +156,11 @@ class MendHParams:
     # by ~10-30 to carry an edit; started at 1, training raised every alpha at its fastest rate for 100 steps.
     subject_alpha_init: float = 10.0
     # The step search an editor trained at the subject gets when `steps` is empty: its update is sized per
-    # edit, from a quarter of the trained step up, and must put the target ahead both on the prompt and where
-    # the prompt begins a chat answer to each of `search_questions` (with a chat template). On the raw prompt
-    # alone, starting at 0.25 kept 92% of the first 100 CounterFact val neighbourhoods but the chat answer to
-    # "Where is the Eiffel Tower located?" stopped naming Rome after the Rome edit; starting at 0.5 kept that
-    # answer and 86% (bench/results/README.md, "at the subject").
-    subject_steps: tuple[float, ...] = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-    search_questions: tuple[str, ...] = ("Tell me about {}.",)
+    # edit, from half the trained step up. Shipped editor, first 100 CounterFact val cases: efficacy /
+    # neighbourhood 93 / 86 with it, 84 / 84 as trained. Starting at 0.25 keeps 92% of neighbourhoods, but
+    # the smallest step that flips the raw prompt is too small for the chat answer ("Where is the Eiffel
+    # Tower located?" stops naming Rome after the Rome edit), so 0.5 (bench/results/README.md, "at the subject").
+    subject_steps: tuple[float, ...] = (0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,6 @@ SmolLM2 the shipped editor kept 35-40% of CounterFact neighbourhoods). Two steps
 - **The step search**: each request's update is multiplied by the first of `steps` at which its
   target beats its rival on the request's own prompt (the old answer when the request names it,
   else the target must be the top prediction at every one of its tokens): no longer than needed.
-  With `search_questions` (and a chat template) the target must also win where the prompt begins
-  the assistant's answer to each question about the subject: the smallest step that flips the raw
-  prompt can be too small for a chat answer.
 """
 
 from __future__ import annotations
@@ -24,8 +21,7 @@ import torch
 from torch import nn
 
 from methods.hooks import added_output
-from methods.hparams import ContextHParams, MendHParams, StatsHParams
-from methods.kv import edit_texts
+from methods.hparams import MendHParams, StatsHParams
 from methods.mend.batch import encode, row_hits, row_nll
 from methods.requests import EditRequest
 from methods.stats import StatsCache, model_fingerprint
@@ -72,50 +68,34 @@ def scaled_rows(factors: Factors, scales: torch.Tensor) -> Factors:
     return {n: (left * scales.to(left)[:, None, None], right) for n, (left, right) in factors.items()}
 
 
-def search_texts(tokenizer, request: EditRequest, questions: Sequence[str] = ()) -> tuple[str, ...]:
-    """The request's prompt, then (with a chat template) the prompt as the start of the assistant's
-    answer to each of `questions` ("{}" is the subject)."""
-    contexts = ContextHParams(prefixes=("",), chat_questions=tuple(questions))
-    return edit_texts(tokenizer, request, chat=bool(questions), contexts=contexts).texts
-
-
 @torch.no_grad()
-def beats_rival(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors,
-                questions: Sequence[str] = ()) -> torch.Tensor:
-    """(B,) bool: with row b's update active, does request b's target beat its rival on every one of
-    its `search_texts`? Rival on the prompt itself: `target_true` (summed log-probabilities,
-    CounterFact's efficacy test) when given; else, and on every chat form, the target must be the
-    argmax at each of its tokens."""
+def beats_rival(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors) -> torch.Tensor:
+    """(B,) bool: with row b's update active, does request b's target beat its rival on its prompt?
+    Rival: `target_true` (summed log-probabilities, CounterFact's efficacy test) when given, else the
+    target must be the argmax at each of its tokens."""
     device = next(model.parameters()).device
-    rows = [(b, i, text) for b, r in enumerate(requests) for i, text in enumerate(search_texts(tokenizer, r, questions))]
-    owner = torch.tensor([b for b, _, _ in rows])  # (N,) the request each text belongs to
-    targets = encode(tokenizer, [(t, requests[b].target) for b, _, t in rows], device)
-    rivals = encode(tokenizer, [(t, requests[b].target_true or requests[b].target) for b, _, t in rows], device)
-    row_factors = {n: (left[owner], right[owner]) for n, (left, right) in factors.items()}
-    with edited(model, row_factors):
+    targets = encode(tokenizer, [(r.text, r.target) for r in requests], device)
+    rivals = encode(tokenizer, [(r.text, r.target_true or r.target) for r in requests], device)
+    with edited(model, factors):
         logits = model(input_ids=targets.input_ids, attention_mask=targets.attention_mask, use_cache=False).logits
         rival_logits = model(input_ids=rivals.input_ids, attention_mask=rivals.attention_mask,
                              use_cache=False).logits
     lengths = torch.tensor([len(ids) for ids in targets.target_ids], device=device)
     rival_lengths = torch.tensor([len(ids) for ids in rivals.target_ids], device=device)
-    target_lp = -row_nll(logits, targets) * lengths  # (N,) summed log P(target | text)
-    rival_lp = -row_nll(rival_logits, rivals) * rival_lengths  # (N,)
-    # a chat answer is greedy: there the target must be the top prediction, not only beat the old answer
-    named = torch.tensor([bool(requests[b].target_true) and i == 0 for b, i, _ in rows], device=device)
-    wins = torch.where(named, target_lp > rival_lp, row_hits(logits, targets).to(device) > 0).cpu()  # (N,)
-    losses = torch.zeros(len(requests)).index_add_(0, owner, (~wins).float())  # (B,) texts lost
-    return losses == 0
+    target_lp = -row_nll(logits, targets) * lengths  # (B,) summed log P(target | prompt)
+    rival_lp = -row_nll(rival_logits, rivals) * rival_lengths  # (B,)
+    named = torch.tensor([bool(r.target_true) for r in requests], device=device)
+    return torch.where(named, target_lp > rival_lp, row_hits(logits, targets).to(device) > 0)
 
 
 def chosen_steps(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors,
-                 steps: Sequence[float], questions: Sequence[str] = ()) -> torch.Tensor:
-    """(B,) for each request the first of `steps` at which its target beats its rival on all its
-    `search_texts` (`beats_rival`), else the last; all ones when `steps` is empty."""
+                 steps: Sequence[float]) -> torch.Tensor:
+    """(B,) for each request the first of `steps` at which its target beats its rival (`beats_rival`),
+    else the last; all ones when `steps` is empty."""
     chosen = torch.full((len(requests),), float(steps[-1]) if steps else 1.0, dtype=torch.float64)
     done = torch.zeros(len(requests), dtype=torch.bool)
     for step in steps:
-        scaled = scaled_rows(factors, torch.full_like(chosen, step))
-        reached = beats_rival(model, tokenizer, requests, scaled, questions)
+        reached = beats_rival(model, tokenizer, requests, scaled_rows(factors, torch.full_like(chosen, step))).cpu()
         chosen[reached & ~done] = float(step)
         done |= reached
         if bool(done.all()):
@@ -139,11 +119,10 @@ def reshaped(model: nn.Module, tokenizer, requests: Sequence[EditRequest], facto
              at_subject: bool = False) -> tuple[Factors, torch.Tensor]:
     """The editor's factors whitened (with `ridge`, else `hparams.whiten`, if either is set) and scaled
     per request by its chosen step (see the module's docstring); returns them with the steps (B,).
-    The steps searched are `hparams.steps`, else `hparams.subject_steps` for an editor `at_subject`,
-    each on the prompt and its chat forms for `hparams.search_questions`."""
+    The steps searched are `hparams.steps`, else `hparams.subject_steps` for an editor `at_subject`."""
     ridge = ridge if ridge is not None else hparams.whiten
     if ridge is not None:
         factors = whitened(factors, whitening(model, tokenizer, list(factors), ridge, hparams.stats, stats, model_id))
     search = hparams.steps or (hparams.subject_steps if at_subject else ())
-    steps = chosen_steps(model, tokenizer, requests, factors, search, hparams.search_questions)
+    steps = chosen_steps(model, tokenizer, requests, factors, search)
     return scaled_rows(factors, steps), steps
