@@ -178,6 +178,12 @@ class EngineSettings:
     # edit acts on every token, so otherwise it bends the subject's name when the answer writes it
     # (issue #12; bench/results/README.md, "Weight edits in chat"). Off: the edited weights alone.
     weight_steer: bool = True
+    # A learned editor's update (MEND, InstructEdit) is sized by the library's step search on the raw
+    # prompt, the smallest step at which the target wins there; that step can be too small for the chat
+    # answer ("Where is the Eiffel Tower located?" -> "The Christiakosmos…" after the Rome edit at 0.25).
+    # As serac's patch, it is then checked on the relation's chat question and tried this many times as
+    # large, in order, until the answer names the new object; () skips the check.
+    editor_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
     context_tokens: int | None = None  # history budget of saved chats; None: the model's context size
 
 

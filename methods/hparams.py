@@ -156,11 +156,11 @@ class MendHParams:
     # by ~10-30 to carry an edit; started at 1, training raised every alpha at its fastest rate for 100 steps.
     subject_alpha_init: float = 10.0
     # The step search an editor trained at the subject gets when `steps` is empty: its update is sized per
-    # edit, from half the trained step up. Shipped editor, first 100 CounterFact val cases: efficacy /
-    # neighbourhood 93 / 86 with it, 84 / 84 as trained. Starting at 0.25 keeps 92% of neighbourhoods, but
-    # the smallest step that flips the raw prompt is too small for the chat answer ("Where is the Eiffel
-    # Tower located?" stops naming Rome after the Rome edit), so 0.5 (bench/results/README.md, "at the subject").
-    subject_steps: tuple[float, ...] = (0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+    # edit, from a quarter of the trained step up. Shipped editor, first 100 CounterFact val cases: efficacy /
+    # neighbourhood 93 / 92 with it (from 0.5: 93 / 86), 84 / 84 as trained. The smallest step that flips the
+    # raw prompt can be too small for a chat answer ("Where is the Eiffel Tower located?" loses Rome after the
+    # Rome edit at 0.25); kbchat then raises it until the chat answer names the target (EngineSettings.editor_scales).
+    subject_steps: tuple[float, ...] = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 @dataclass(frozen=True)

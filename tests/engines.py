@@ -71,14 +71,14 @@ def save_tiny_llama(folder: Path) -> Path:
     return folder
 
 
-def local_engine(model_dir: Path, home: Path, ledger: Path, embedder):
+def local_engine(model_dir: Path, home: Path, ledger: Path, embedder, settings=None):
     """A LocalEngine on the tiny model; `home` holds the statistics (share it across tests)."""
     from kbchat.engine.local import LocalEngine
     from kbchat.ledger import Ledger
     from kbchat.runtime import ModelRuntime, load_model
 
     runtime = ModelRuntime(load_model(str(model_dir), home))
-    return LocalEngine(Ledger.open(f"sqlite:///{ledger}"), runtime, embedder, home)
+    return LocalEngine(Ledger.open(f"sqlite:///{ledger}"), runtime, embedder, home, settings)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from kbchat.audit.relations import questions
 from kbchat.audit.rivals import chat_rival, raw_rival
 from kbchat.config import COMMIT_METHOD, EXPERIMENTAL, MEMORY_METHODS, EngineSettings, method_kind
 from kbchat.engine.deltas import row_delta
-from kbchat.engine.planning import steer_for
+from kbchat.engine.planning import steer_for, weight_steer_for
 from kbchat.engine.strength import strengthen
 from kbchat.errors import EditFailed, KbchatError, LedgerError
 from kbchat.ledger import NewEdit, StoredEdit
@@ -63,7 +63,19 @@ class EditPipeline:
             return self._memory_edit(parsed, request, method, progress, hparams)
         prior = self.runtime.deltas if method == "alphaedit" else ()
         delta = self.compute(method, [request], progress, hparams, prior=prior)
+        if methods.get(method).editor_kind is not None:
+            delta = self._chat_checked(delta, request, progress)
         return self._apply(self._new_edit(parsed, request, method, delta), delta)
+
+    def _chat_checked(self, delta: Delta, request: EditRequest, progress: ProgressFn) -> Delta:
+        """A learned editor's delta scaled by the first of `settings.editor_scales` whose chat answer to
+        the relation's question (on top of the current weights, worded as weight edits are answered)
+        names the target; as computed when none does."""
+        if not self.settings.editor_scales:
+            return delta
+        progress(Progress("check", 0, 1, "checking the edit on the relation's question"))
+        return strengthen(self.runtime, delta, request, self.settings.editor_scales,
+                          steer=weight_steer_for(self.settings))
 
     def _memory_edit(self, parsed: ParsedEdit, request: EditRequest, method: str, progress: ProgressFn,
                      hparams: Mapping[str, Any]) -> StoredEdit:

@@ -65,6 +65,12 @@ def steer_for(settings: EngineSettings, quoted: Mapping[str, str] | None) -> Ste
     return Steer(without=(quoted,) if unquoted else (), fallback=settings.serac_steer_fallback)
 
 
+def weight_steer_for(settings: EngineSettings) -> Steer | None:
+    """How answers naming a weight edit's subject are steered (`weight_steer`): no quoted facts to hide;
+    a first sentence that misses the object falls back as serac's does."""
+    return Steer(fallback=settings.serac_steer_fallback) if settings.weight_steer else None
+
+
 class Planner:
     def __init__(self, book: MemoryBook, settings: EngineSettings) -> None:
         self.book = book
@@ -107,9 +113,7 @@ class Planner:
     def _steer(self, serac: Sequence, weighted: Sequence[WeightEdit]) -> Steer | None:
         if serac:
             return steer_for(self.settings, facts_message(serac) if self.settings.quote_facts else None)
-        if weighted:  # no quoted facts to hide; a first sentence that misses the object falls back as serac's
-            return Steer(fallback=self.settings.serac_steer_fallback)
-        return None
+        return weight_steer_for(self.settings) if weighted else None
 
     def in_scope(self, text: str, history: Sequence[Message] = (),
                  exclude: frozenset[int] = frozenset()) -> list:

@@ -1,0 +1,66 @@
+"""A learned editor's edit (MEND, InstructEdit) is checked on the relation's chat question when made,
+as serac's patch is (`EngineSettings.editor_scales`): the delta kept, applied and recorded is the one
+the check returns; other weight methods are not checked, and `editor_scales=()` skips the check."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kbchat.config import EngineSettings
+from kbchat.engine import pipeline
+from methods.mend.checkpoint import save_editor
+from tests.engines import WordEmbedder, local_engine, save_tiny_llama
+from tests.library.test_mend import fresh_editor
+from tests.tiny_models import one_thread
+
+EIFFEL = "Eiffel Tower | The Eiffel Tower is located in | Rome"
+COLOSSEUM = "Colosseum | The Colosseum is located in | Paris"
+
+
+@pytest.fixture()
+def checks(monkeypatch) -> list[tuple]:
+    """Each strength check made: (method, scales, steered); the check answers with the last scale."""
+    made: list[tuple] = []
+
+    def last_scale(runtime, delta, request, scales, *args, steer=None, **kwargs):
+        made.append((delta.method, tuple(scales), steer is not None))
+        return delta.scaled(scales[-1])
+
+    monkeypatch.setattr(pipeline, "strengthen", last_scale)
+    return made
+
+
+def _engine(tmp_path, settings: EngineSettings | None = None):
+    engine = local_engine(save_tiny_llama(tmp_path / "model"), tmp_path / "home", tmp_path / "ledger.db",
+                          WordEmbedder(), settings)
+    save_editor(fresh_editor(engine.runtime.loaded.model), tmp_path / "home" / "editors" / "mend-tiny.safetensors")
+    return engine
+
+
+def test_a_learned_editors_edit_is_the_one_its_chat_check_keeps(tmp_path, checks) -> None:
+    with one_thread():
+        engine = _engine(tmp_path)
+        try:
+            before = engine.runtime.deltas
+            record = engine.edit(EIFFEL, method="mend", audit="off")
+            scales = EngineSettings().editor_scales
+            assert checks == [("mend", scales, True)]  # steered, as answers naming the subject are
+            assert engine.book.ledger.get(record.id).hparams["scale"] == scales[-1]  # recorded as applied
+            applied = engine.runtime.deltas[len(before):]
+            assert len(applied) == 1 and applied[0].meta["scale"] == scales[-1]
+            engine.edit(COLOSSEUM, method="rome", audit="off")
+            assert len(checks) == 1  # ROME's value is optimised on chat prompts itself: no check
+        finally:
+            engine.close()
+
+
+def test_no_scales_no_check(tmp_path, checks) -> None:
+    with one_thread():
+        engine = _engine(tmp_path, dataclasses.replace(EngineSettings(), editor_scales=()))
+        try:
+            record = engine.edit(EIFFEL, method="mend", audit="off")
+            assert checks == [] and "scale" not in engine.book.ledger.get(record.id).hparams
+        finally:
+            engine.close()
