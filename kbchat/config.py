@@ -182,8 +182,9 @@ class EngineSettings:
     # prompt, the smallest step at which the target wins there; that step can be too small for the chat
     # answer ("Where is the Eiffel Tower located?" -> "The Christiakosmos…" after the Rome edit at 0.25).
     # As serac's patch, it is then checked on the relation's chat question and tried this many times as
-    # large, in order, until the answer names the new object; () skips the check.
-    editor_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
+    # large, in order, until the answer names the new object; () skips the check. At most twice: the
+    # library bounds its step by the drift it causes on unrelated text, this scale is not bounded so.
+    editor_scales: tuple[float, ...] = (1.0, 1.5, 2.0)
     context_tokens: int | None = None  # history budget of saved chats; None: the model's context size
 
 

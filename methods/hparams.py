@@ -161,6 +161,14 @@ class MendHParams:
     # raw prompt can be too small for a chat answer ("Where is the Eiffel Tower located?" loses Rome after the
     # Rome edit at 0.25); kbchat then raises it until the chat answer names the target (EngineSettings.editor_scales).
     subject_steps: tuple[float, ...] = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+    # No searched step may move the next-token distributions of these neutral texts by more than
+    # `max_drift` nats (mean KL per token): on SmolLM2, 24 of 27 CounterFact train edits took their step
+    # at a drift of 0.0001-0.013, while 3 found their target only at steps 8-32, at drifts of 1.7-12.4,
+    # where "What is the capital of France?" is answered "French- Hand- French-- English--…". None: no bound.
+    max_drift: float | None = 0.05
+    drift_texts: tuple[str, ...] = ("The capital of France is", "Water is made of hydrogen and",
+                                    "The first president of the United States was", "My favourite food is",
+                                    "The sun rises in the")
 
 
 @dataclass(frozen=True)

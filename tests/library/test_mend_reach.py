@@ -11,7 +11,7 @@ import torch
 import methods
 from methods.mend.batch import encode
 from methods.mend.compute import capture, editor_factors
-from methods.mend.reach import beats_rival, chosen_steps, ridge_inverse, scaled_rows, whitened
+from methods.mend.reach import beats_rival, chosen_steps, drift, ridge_inverse, scaled_rows, whitened
 from tests.library.test_mend import fresh_editor
 from tests.tiny_models import edit_requests, tiny
 
@@ -58,6 +58,28 @@ def test_the_step_search_takes_the_first_step_that_beats_the_rival(family):
         assert not any(beats[s][b] for s in steps if s < step)
     delta = methods.get("mend").compute(model, tok, requests, editor=editor)  # the defaults: as trained
     assert delta.meta["steps"] == [1.0, 1.0] and delta.meta["whiten"] is None
+
+
+def test_the_search_never_takes_a_step_that_drifts_too_far(family):
+    """`drift` is 0 for no update and grows with the step; with `max_drift` no step above the first whose
+    drift exceeds it is chosen, and a bound that every step breaks keeps the first step."""
+    model, tok = tiny(family)
+    requests = [dataclasses.replace(r, target_true=None) for r in edit_requests(2)]
+    editor = fresh_editor(model, alpha=0.1)
+    signals = capture(model, encode(tok, [(r.text, r.target) for r in requests]), editor.spec.names)
+    with torch.no_grad():
+        factors = editor_factors(editor, signals)
+    texts = ("The capital of France is", "Water is made of")
+    steps = (0.01, 0.1, 1.0, 10.0)  # a random tiny model's drift saturates beyond these
+    drifts = {s: drift(model, tok, scaled_rows(factors, torch.full((2,), s)), texts) for s in (0.0, *steps)}
+    assert torch.allclose(drifts[0.0], torch.zeros(2), atol=1e-6)
+    assert all(bool((drifts[a] < drifts[b]).all()) for a, b in zip(steps, steps[1:]))
+    free = chosen_steps(model, tok, requests, factors, steps)
+    bound = float(drifts[0.1].max()) * 1.01  # steps 0.01 and 0.1 allowed for both rows, 1 and 10 not
+    assert bool((drifts[1.0] > bound).all())
+    bounded = chosen_steps(model, tok, requests, factors, steps, bound, texts)
+    assert all(b <= 0.1 and (b == f or f > 0.1) for b, f in zip(bounded.tolist(), free.tolist(), strict=True))
+    assert chosen_steps(model, tok, requests, factors, steps, 0.0, texts).tolist() == [0.01, 0.01]
 
 
 def test_compute_records_its_steps_and_leaves_the_model_alone(family):
