@@ -73,7 +73,7 @@ def test_the_search_never_takes_a_step_that_drifts_too_far(family):
     steps = (0.01, 0.1, 1.0, 10.0)  # a random tiny model's drift saturates beyond these
     drifts = {s: drift(model, tok, scaled_rows(factors, torch.full((2,), s)), texts) for s in (0.0, *steps)}
     assert torch.allclose(drifts[0.0], torch.zeros(2), atol=1e-6)
-    assert all(bool((drifts[a] < drifts[b]).all()) for a, b in zip(steps, steps[1:]))
+    assert all(bool((drifts[a] < drifts[b]).all()) for a, b in zip(steps[:-1], steps[1:], strict=True))
     free = chosen_steps(model, tok, requests, factors, steps)
     bound = float(drifts[0.1].max()) * 1.01  # steps 0.01 and 0.1 allowed for both rows, 1 and 10 not
     assert bool((drifts[1.0] > bound).all())
