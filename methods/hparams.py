@@ -157,15 +157,18 @@ class MendHParams:
     subject_alpha_init: float = 10.0
     # The step search an editor trained at the subject gets when `steps` is empty: its update is sized per
     # edit, from a quarter of the trained step up. Shipped editor, first 100 CounterFact val cases: efficacy /
-    # neighbourhood 93 / 92 with it (from 0.5: 93 / 86), 84 / 84 as trained. The smallest step that flips the
+    # neighbourhood 91 / 94 with it and the drift bound below (from 0.5, unbounded: 93 / 86), 84 / 84 as trained. The smallest step that flips the
     # raw prompt can be too small for a chat answer ("Where is the Eiffel Tower located?" loses Rome after the
     # Rome edit at 0.25); kbchat then raises it until the chat answer names the target (EngineSettings.editor_scales).
     subject_steps: tuple[float, ...] = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     # No searched step may move the next-token distributions of these neutral texts by more than
-    # `max_drift` nats (mean KL per token): on SmolLM2, 24 of 27 CounterFact train edits took their step
-    # at a drift of 0.0001-0.013, while 3 found their target only at steps 8-32, at drifts of 1.7-12.4,
-    # where "What is the capital of France?" is answered "French- Hand- French-- English--…". None: no bound.
-    max_drift: float | None = 0.05
+    # `max_drift` nats (mean KL per token): on SmolLM2, 23 of 25 CounterFact train edits took their step
+    # at a drift of 0.0001-0.013, while 2 found their target only at steps 16 and 32, at drifts of 4.2 and
+    # 12.4 (bench/results/mend-drift-train25-unbounded.json); a val edit at step 8 (drift 1.7) had "What is
+    # the capital of France?" answered "French- Hand- French-- English--…". 0.15 is the geometric middle of
+    # 0.013 and 1.7. It leaves some edits short of their target: held-out zsRE efficacy 78.0 against 84.1
+    # unbounded (bench/results/README.md, "at the subject"). None: no bound.
+    max_drift: float | None = 0.15
     drift_texts: tuple[str, ...] = ("The capital of France is", "Water is made of hydrogen and",
                                     "The first president of the United States was", "My favourite food is",
                                     "The sun rises in the")
