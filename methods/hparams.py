@@ -157,9 +157,10 @@ class MendHParams:
     subject_alpha_init: float = 10.0
     # The step search an editor trained at the subject gets when `steps` is empty: its update is sized per
     # edit, from a quarter of the trained step up. Shipped editor, first 100 CounterFact val cases: efficacy /
-    # neighbourhood 91 / 94 with it and the drift bound below (from 0.5, unbounded: 93 / 86), 84 / 84 as trained. The smallest step that flips the
-    # raw prompt can be too small for a chat answer ("Where is the Eiffel Tower located?" loses Rome after the
-    # Rome edit at 0.25); kbchat then raises it until the chat answer names the target (EngineSettings.editor_scales).
+    # neighbourhood 91 / 94 with it and the drift bound below (from 0.5, unbounded: 93 / 86), 84 / 84 as
+    # trained. The smallest step that flips the raw prompt can be too small for a chat answer ("Where is the
+    # Eiffel Tower located?" loses Rome after the Rome edit at 0.25); kbchat then raises it until the chat
+    # answer names the target (EngineSettings.editor_scales).
     subject_steps: tuple[float, ...] = (0.25, 0.5, 0.75, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
     # No searched step may move the next-token distributions of these neutral texts by more than
     # `max_drift` nats (mean KL per token): on SmolLM2, 23 of 25 CounterFact train edits took their step
