@@ -86,3 +86,10 @@ def subject_sites(tokenizer, texts: Sequence[str], subjects: Sequence[str]) -> t
         except ValueError:
             sites.append((len(tokenizer(text, add_special_tokens=False)["input_ids"]) - 1,))
     return tuple(sites)
+
+
+def row_kl(base: torch.Tensor, after: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B,) each row's weighted mean over positions of KL(base || after), from log-probabilities
+    (B, T, V) and position weights (B, T)."""
+    kl = (base.exp() * (base - after)).sum(-1)  # (B, T)
+    return (kl * weights).sum(-1) / weights.sum(-1)

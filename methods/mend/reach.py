@@ -24,7 +24,7 @@ from torch import nn
 
 from methods.hooks import added_output
 from methods.hparams import MendHParams, StatsHParams
-from methods.mend.batch import encode, row_hits, row_nll
+from methods.mend.batch import encode, row_hits, row_kl, row_nll
 from methods.requests import EditRequest
 from methods.stats import StatsCache, model_fingerprint
 
@@ -116,9 +116,7 @@ def drift(model: nn.Module, tokenizer, factors: Factors, texts: Sequence[str],
     if reference is None:
         reference = next_token_logprobs(model, tokenizer, texts)[0]  # (N, T, V)
     now, mask = next_token_logprobs(model, tokenizer, texts, factors, rows)  # (B * N, T, V), (B * N, T)
-    base = reference.repeat(rows, 1, 1)
-    kl = (base.exp() * (base - now)).sum(-1)  # (B * N, T)
-    per_text = (kl * mask).sum(-1) / mask.sum(-1)  # (B * N,)
+    per_text = row_kl(reference.repeat(rows, 1, 1), now, mask)  # (B * N,)
     return per_text.reshape(rows, len(texts)).mean(-1).cpu()
 
 
@@ -133,19 +131,17 @@ def chosen_steps(model: nn.Module, tokenizer, requests: Sequence[EditRequest], f
     done = torch.zeros(len(requests), dtype=torch.bool)
     bounded = max_drift is not None and bool(drift_texts) and bool(steps)
     reference = next_token_logprobs(model, tokenizer, drift_texts)[0] if bounded else None
-    previous = float(steps[0]) if steps else 1.0
-    for step in steps:
+    for i, step in enumerate(steps):
         scaled = scaled_rows(factors, torch.full_like(chosen, step))
-        if bounded and step != steps[0]:
+        if bounded and i > 0:
             over = (drift(model, tokenizer, scaled, drift_texts, reference) > max_drift) & ~done
-            chosen[over] = previous
+            chosen[over] = float(steps[i - 1])
             done |= over
         reached = beats_rival(model, tokenizer, requests, scaled).cpu() & ~done
         chosen[reached] = float(step)
         done |= reached
         if bool(done.all()):
             break
-        previous = float(step)
     return chosen
 
 

@@ -37,7 +37,7 @@ from methods.architecture import architecture_of
 from methods.delta import weight_of
 from methods.hooks import frozen
 from methods.hparams import MendHParams, for_model
-from methods.mend.batch import TokenBatch, encode, row_hits, row_nll
+from methods.mend.batch import TokenBatch, encode, row_hits, row_kl, row_nll
 from methods.mend.checkpoint import load_state, read_spec, save_editor, save_state, state_path
 from methods.mend.compute import edit_signals, editor_factors
 from methods.mend.editor import Editor, EditorSpec
@@ -158,10 +158,8 @@ def edit_losses(model: nn.Module, tokenizer, editor: Editor, records: Sequence[E
             para_logits = model(input_ids=para.input_ids, attention_mask=para.attention_mask).logits
             loc_logits = model(input_ids=loc.input_ids, attention_mask=loc.attention_mask).logits
         after = F.log_softmax(loc_logits.float(), -1)  # (B, T, V)
-        kl = (base.exp() * (base - after)).sum(-1)  # (B, T)
-        weights = locality_weights(loc)  # (B, T)
-        row_kl = (kl * weights).sum(-1) / weights.sum(-1)  # (B,)
-        return Losses(row_nll(para_logits, para).mean(), row_kl.mean(), row_hits(para_logits, para),
+        loc_kl = row_kl(base, after, locality_weights(loc))  # (B,)
+        return Losses(row_nll(para_logits, para).mean(), loc_kl.mean(), row_hits(para_logits, para),
                       answer_kept(base, after.detach(), loc))
 
 
