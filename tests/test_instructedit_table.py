@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 
-from bench.instructedit_table import HELD_OUT, finished, format_table, runs, training_seconds
+from bench.instructedit_table import DEFAULT_RUNS, HELD_OUT, finished, format_table, runs, training_seconds
 from kbchat.training.command import log_path
 
 
 def test_runs_compare_like_with_like():
     all_runs = runs()
-    assert len({r.slug for r in all_runs}) == len(all_runs) == 7
+    assert len({r.slug for r in all_runs}) == len(all_runs) == 11
+    tasks = all_runs[0].tasks
     held = [r for r in all_runs if "held out" in r.label]
-    assert {r.method for r in held} == {"mend", "instructedit"}
-    assert all(HELD_OUT not in r.tasks and len(r.tasks) == 2 for r in held)
-    assert [r.tasks for r in all_runs if r.label.startswith("MEND, single")] == [(t,) for t in all_runs[0].tasks]
+    for task in tasks:  # each task has a pair, InstructEdit and MEND, trained on the other two
+        pair = [r for r in held if r.label.startswith(("InstructEdit, " + task, "MEND, " + task))]
+        assert {r.method for r in pair} == {"mend", "instructedit"}
+        assert all(r.tasks == tuple(t for t in tasks if t != task) for r in pair)
+    default = all_runs[:DEFAULT_RUNS]  # without --only: the paper's comparison, chat held out
+    assert [r for r in default if "held out" in r.label] == [r for r in held if HELD_OUT not in r.tasks]
+    assert [r.tasks for r in all_runs if r.label.startswith("MEND, single")] == [(t,) for t in tasks]
 
 
 def test_a_resumed_runs_wall_time_adds_its_parts(tmp_path):
