@@ -105,6 +105,37 @@ def training_seconds(out: Path) -> float:
     return round(total, 1)
 
 
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """(mean of a - b, and the bounds of its 95% interval) over paired values (normal approximation)."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ValueError("paired values need two lists of the same length, at least 2")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    mean = sum(diffs) / len(diffs)
+    sd = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) ** 0.5
+    half = 1.96 * sd / len(diffs) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def held_out_comparisons(result: dict) -> list[str]:
+    """Per held-out task scored for both InstructEdit and MEND (with per-record losses): the paired
+    difference of their edit losses on that task's records (negative: the instructions help)."""
+    lines = []
+    for task in ALL:
+        pair = {row["method"]: row for row in result["runs"] if task not in row["tasks"] and len(row["tasks"]) > 1}
+        if set(pair) != {"instructedit", "mend"}:
+            continue
+        mend = pair["mend"]["scores"]["results"]["training wording"][task]
+        for wording, per_task in pair["instructedit"]["scores"]["results"].items():
+            ie = per_task[task]
+            if "edit_rows" not in ie or "edit_rows" not in mend:
+                continue
+            mean, low, high = paired_difference(ie["edit_rows"], mend["edit_rows"])
+            lines.append(f"- {task} held out, InstructEdit ({wording}) − MEND without instructions: edit loss "
+                         f"{mean:+.2f} nats (95% interval {low:+.2f} to {high:+.2f}) over {len(ie['edit_rows'])} "
+                         f"records; edit success {ie['success']:.2f} against {mend['success']:.2f}")
+    return lines
+
+
 def format_table(result: dict) -> str:
     """Markdown: one row per run and wording; per task, edit success / edit loss / locality KL."""
     lines = [f"`{result['command']}`", "",
@@ -121,6 +152,9 @@ def format_table(result: dict) -> str:
                 mark = "" if task in row["tasks"] else " *held out*"
                 cells.append("–" if s is None else f"{s['success']:.2f} / {s['edit']:.2f} / {s['loc']:.3f}{mark}")
             lines.append(f"| {row['label']} | {wording} | " + " | ".join(cells) + f" | {row['seconds'] / 60:.0f} min |")
+    comparisons = held_out_comparisons(result)
+    if comparisons:
+        lines += ["", "Held-out task, record by record (the same records for both editors):", "", *comparisons]
     return "\n".join(lines)
 
 

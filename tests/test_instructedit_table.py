@@ -5,7 +5,17 @@ from __future__ import annotations
 
 import json
 
-from bench.instructedit_table import DEFAULT_RUNS, HELD_OUT, finished, format_table, runs, training_seconds
+import pytest
+
+from bench.instructedit_table import (
+    DEFAULT_RUNS,
+    HELD_OUT,
+    finished,
+    format_table,
+    paired_difference,
+    runs,
+    training_seconds,
+)
 from kbchat.training.command import log_path
 
 
@@ -36,9 +46,36 @@ def test_a_resumed_runs_wall_time_adds_its_parts(tmp_path):
 
 def test_the_table_marks_the_held_out_task():
     score = {"success": 0.5, "edit": 1.0, "loc": 0.01}
-    row = {"label": "InstructEdit, chat held out", "tasks": ["counterfactual completion", "question answering"],
+    row = {"label": "InstructEdit, chat held out", "method": "instructedit", "tasks": ["counterfactual completion", "question answering"],
            "seconds": 600, "scores": {"results": {"training wording": {
                "counterfactual completion": score, "question answering": score, "chat": score}}}}
     table = format_table({"command": "x", "steps": 10, "c_loc": 5.0, "seed": 0, "n": 6, "runs": [row]})
     line = next(line for line in table.splitlines() if line.startswith("| InstructEdit"))
     assert line.count("*held out*") == 1 and line.endswith("| 10 min |")
+
+
+def test_the_paired_difference_and_its_interval():
+    mean, low, high = paired_difference([1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 4.0, 6.0])  # differences -1, 0, -1, -2
+    assert mean == pytest.approx(-1.0)
+    half = 1.96 * (2 / 3) ** 0.5 / 2  # sample sd sqrt(2/3), n 4
+    assert (low, high) == (pytest.approx(-1.0 - half), pytest.approx(-1.0 + half))
+    with pytest.raises(ValueError):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_the_table_compares_the_held_out_pair_record_by_record():
+    def row(method, rows, wordings=("training wording",)):
+        scores = {w: {t: {"success": 0.0, "edit": sum(rows) / len(rows), "loc": 0.1, "edit_rows": rows} for t in ALL3}
+                  for w in wordings}
+        return {"label": method, "method": method, "tasks": list(ALL3[:2]), "seconds": 60,
+                "scores": {"results": scores}}
+
+    ALL3 = runs()[0].tasks
+    result = {"command": "x", "steps": 10, "c_loc": 1.0, "seed": 0, "n": 6,
+              "runs": [row("instructedit", [1.0, 2.0, 3.0], ("training wording", "held-out wording")),
+                       row("mend", [2.0, 3.0, 3.0])]}
+    lines = [line for line in format_table(result).splitlines() if line.startswith("- ")]
+    assert len(lines) == 2 and all(line.startswith(f"- {ALL3[2]} held out") for line in lines)
+    assert "edit loss -0.67 nats" in lines[0] and "over 3 records" in lines[0]
+    result["runs"].pop()  # no MEND row to compare with: no comparison
+    assert not [line for line in format_table(result).splitlines() if line.startswith("- ")]

@@ -238,6 +238,9 @@ def test_an_editor_is_evaluated_on_a_task_it_was_not_trained_on(tmp_path, tiny_d
         per_task = result["results"][wording]
         assert set(per_task) == set(records.TASKS)  # chat included, though never trained on
         assert all(0.0 <= figures["success"] <= 1.0 and figures["n"] > 0 for figures in per_task.values())
+        for figures in per_task.values():  # each record's edit loss, for paired comparisons: they make the mean
+            assert len(figures["edit_rows"]) == figures["n"]
+            assert sum(figures["edit_rows"]) / figures["n"] == pytest.approx(figures["edit"])
 
 
 @pytest.mark.slow

@@ -5,7 +5,8 @@
 Uses the validation split of `kbchat.training.records.build(seed=...)` (no record of it was trained on),
 skipping the first `--skip` records (those `train-editor --val-size` scored to pick the checkpoint), and
 reports per task (a task the editor was not trained on, `--tasks` of train-editor, with its own instruction): the edit loss (target NLL on the paraphrase after the edit), the locality KL and the
-edit success (every target token the argmax on the paraphrase). An InstructEdit editor is scored with a
+edit success (every target token the argmax on the paraphrase), with each record's edit loss in order
+(`edit_rows`: two editors scored on the same records can be compared pair by pair). An InstructEdit editor is scored with a
 training wording of each task's instruction and with the held-out wording.
 """
 
@@ -49,7 +50,8 @@ def evaluate(editor_path: Path, n: int = 48, skip: int = 24, seed: int = 0, mode
             group = [r for r in chosen if r.task == task]
             if group:
                 started = time.monotonic()
-                per_task[task] = {**validate(loaded.model, loaded.tokenizer, editor, group, config, wording, inverses),
+                per_task[task] = {**validate(loaded.model, loaded.tokenizer, editor, group, config, wording, inverses,
+                                             per_record=True),
                                   "n": len(group), "seconds": round(time.monotonic() - started, 1)}
         out["results"][label] = per_task
     return out

@@ -130,10 +130,15 @@ def training_whitening(model: nn.Module, tokenizer, editor: Editor, stats: Stats
 
 @dataclass(frozen=True)
 class Losses:
-    edit: torch.Tensor  # mean target NLL on the paraphrases after the edit
+    edit_rows: torch.Tensor  # (B,) each row's mean target NLL on its paraphrase after the edit
     loc: torch.Tensor  # mean over rows of the per-token KL(original || edited) on the locality inputs
     hits: torch.Tensor  # (B,) 1.0 where the paraphrase yields every target token
     kept: torch.Tensor  # (B,) 1.0 where log P(locality answer) moved < 1 nat (NaN for a row without answer)
+
+    @property
+    def edit(self) -> torch.Tensor:
+        """The edit loss: the rows' mean target NLL."""
+        return self.edit_rows.mean()
 
 
 def edit_losses(model: nn.Module, tokenizer, editor: Editor, records: Sequence[EditRecord],
@@ -159,7 +164,7 @@ def edit_losses(model: nn.Module, tokenizer, editor: Editor, records: Sequence[E
             loc_logits = model(input_ids=loc.input_ids, attention_mask=loc.attention_mask).logits
         after = F.log_softmax(loc_logits.float(), -1)  # (B, T, V)
         loc_kl = row_kl(base, after, locality_weights(loc))  # (B,)
-        return Losses(row_nll(para_logits, para).mean(), loc_kl.mean(), row_hits(para_logits, para),
+        return Losses(row_nll(para_logits, para), loc_kl.mean(), row_hits(para_logits, para),
                       answer_kept(base, after.detach(), loc))
 
 
@@ -224,20 +229,22 @@ def edit_inputs(records: Sequence[EditRecord], tasks: Sequence[Task], instructio
 
 
 def validate(model: nn.Module, tokenizer, editor: Editor, records: Sequence[EditRecord], config: TrainConfig,
-             wording: int = 0, inverses: Inverses | None = None) -> dict[str, float]:
-    """Mean edit loss, locality loss and success over `records` (statistics and weights untouched)."""
+             wording: int = 0, inverses: Inverses | None = None, per_record: bool = False) -> dict:
+    """Mean edit loss, locality loss and success over `records` (statistics and weights untouched);
+    with `per_record`, also each record's edit loss ("edit_rows", in order: for paired comparisons)."""
     edit, loc, hits, kept = [], [], [], []
     for start in range(0, len(records), config.batch_size):
         chunk = records[start : start + config.batch_size]
         texts = edit_inputs(chunk, config.tasks, config.instructions, wording)
         losses = edit_losses(model, tokenizer, editor, chunk, texts, observe=False, grad=False, inverses=inverses)
-        edit.append(float(losses.edit) * len(chunk))
+        edit.extend(losses.edit_rows.tolist())
         loc.append(float(losses.loc) * len(chunk))
         hits.extend(losses.hits.tolist())
         kept.extend(k for k in losses.kept.tolist() if k == k)  # NaN: no answer to judge
     n = len(records)
     out = {"edit": sum(edit) / n, "loc": sum(loc) / n, "success": sum(hits) / n}
-    return {**out, "kept": sum(kept) / len(kept)} if kept else out
+    out = {**out, "kept": sum(kept) / len(kept)} if kept else out
+    return {**out, "edit_rows": edit} if per_record else out
 
 
 def objective(val: dict[str, float], config: TrainConfig) -> float:
