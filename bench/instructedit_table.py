@@ -53,18 +53,19 @@ def held_out_runs(task: str) -> list[Run]:
             Run(f"MEND, {task} held out, no instructions", "mend", trained)]
 
 
-def runs() -> list[Run]:
-    """Every run the table can hold; `--only` picks some (by default the first seven)."""
+def default_runs() -> list[Run]:
+    """The runs made without `--only`: the paper's comparison and one held-out task."""
     return [
         Run("InstructEdit, three tasks", "instructedit", ALL),
         Run("MEND, three tasks, no instructions", "mend", ALL),
         *(Run(f"MEND, single task ({t})", "mend", (t,)) for t in ALL),
         *held_out_runs(HELD_OUT),
-        *(run for t in ALL if t != HELD_OUT for run in held_out_runs(t)),
     ]
 
 
-DEFAULT_RUNS = 7  # the paper's comparison and one held-out task; the other held-out pairs on request
+def runs() -> list[Run]:
+    """Every run the table can hold: the default ones, then the other held-out pairs (on request)."""
+    return [*default_runs(), *(run for t in ALL if t != HELD_OUT for run in held_out_runs(t))]
 
 
 def finished(out: Path, steps: int) -> bool:
@@ -181,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     scored = {row["slug"]: row for row in old.get("runs", [])}
     result = {"command": "python -m bench.instructedit_table " + " ".join(sys.argv[1:] if argv is None else argv),
               "steps": args.steps, "c_loc": args.c_loc, "seed": args.seed, "n": args.n, "runs": []}
-    wanted = set(args.only.split(",")) if args.only else {run.slug for run in runs()[:DEFAULT_RUNS]}
+    wanted = set(args.only.split(",")) if args.only else {run.slug for run in default_runs()}
     for run in runs():
         if run.slug not in wanted:
             if run.slug in scored:

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from bench.instructedit_table import (
-    DEFAULT_RUNS,
     HELD_OUT,
+    default_runs,
     finished,
     format_table,
     paired_difference,
@@ -28,7 +28,8 @@ def test_runs_compare_like_with_like():
         pair = [r for r in held if r.label.startswith(("InstructEdit, " + task, "MEND, " + task))]
         assert {r.method for r in pair} == {"mend", "instructedit"}
         assert all(r.tasks == tuple(t for t in tasks if t != task) for r in pair)
-    default = all_runs[:DEFAULT_RUNS]  # without --only: the paper's comparison, chat held out
+    default = default_runs()  # without --only: the paper's comparison, chat held out
+    assert default == all_runs[: len(default)]
     assert [r for r in default if "held out" in r.label] == [r for r in held if HELD_OUT not in r.tasks]
     assert [r.tasks for r in all_runs if r.label.startswith("MEND, single")] == [(t,) for t in tasks]
 
@@ -46,8 +47,8 @@ def test_a_resumed_runs_wall_time_adds_its_parts(tmp_path):
 
 def test_the_table_marks_the_held_out_task():
     score = {"success": 0.5, "edit": 1.0, "loc": 0.01}
-    row = {"label": "InstructEdit, chat held out", "method": "instructedit", "tasks": ["counterfactual completion", "question answering"],
-           "seconds": 600, "scores": {"results": {"training wording": {
+    row = {"label": "InstructEdit, chat held out", "method": "instructedit",
+           "tasks": ["counterfactual completion", "question answering"], "seconds": 600, "scores": {"results": {"training wording": {
                "counterfactual completion": score, "question answering": score, "chat": score}}}}
     table = format_table({"command": "x", "steps": 10, "c_loc": 5.0, "seed": 0, "n": 6, "runs": [row]})
     line = next(line for line in table.splitlines() if line.startswith("| InstructEdit"))
@@ -64,18 +65,19 @@ def test_the_paired_difference_and_its_interval():
 
 
 def test_the_table_compares_the_held_out_pair_record_by_record():
+    tasks = runs()[0].tasks
+
     def row(method, rows, wordings=("training wording",)):
-        scores = {w: {t: {"success": 0.0, "edit": sum(rows) / len(rows), "loc": 0.1, "edit_rows": rows} for t in ALL3}
+        scores = {w: {t: {"success": 0.0, "edit": sum(rows) / len(rows), "loc": 0.1, "edit_rows": rows} for t in tasks}
                   for w in wordings}
-        return {"label": method, "method": method, "tasks": list(ALL3[:2]), "seconds": 60,
+        return {"label": method, "method": method, "tasks": list(tasks[:2]), "seconds": 60,
                 "scores": {"results": scores}}
 
-    ALL3 = runs()[0].tasks
     result = {"command": "x", "steps": 10, "c_loc": 1.0, "seed": 0, "n": 6,
               "runs": [row("instructedit", [1.0, 2.0, 3.0], ("training wording", "held-out wording")),
                        row("mend", [2.0, 3.0, 3.0])]}
     lines = [line for line in format_table(result).splitlines() if line.startswith("- ")]
-    assert len(lines) == 2 and all(line.startswith(f"- {ALL3[2]} held out") for line in lines)
+    assert len(lines) == 2 and all(line.startswith(f"- {tasks[2]} held out") for line in lines)
     assert "edit loss -0.67 nats" in lines[0] and "over 3 records" in lines[0]
     result["runs"].pop()  # no MEND row to compare with: no comparison
     assert not [line for line in format_table(result).splitlines() if line.startswith("- ")]

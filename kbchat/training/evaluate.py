@@ -4,10 +4,11 @@
 
 Uses the validation split of `kbchat.training.records.build(seed=...)` (no record of it was trained on),
 skipping the first `--skip` records (those `train-editor --val-size` scored to pick the checkpoint), and
-reports per task (a task the editor was not trained on, `--tasks` of train-editor, with its own instruction): the edit loss (target NLL on the paraphrase after the edit), the locality KL and the
-edit success (every target token the argmax on the paraphrase), with each record's edit loss in order
-(`edit_rows`: two editors scored on the same records can be compared pair by pair). An InstructEdit editor is scored with a
-training wording of each task's instruction and with the held-out wording.
+reports per task (a task the editor was not trained on, `--tasks` of train-editor, with its own
+instruction): the edit loss (target NLL on the paraphrase after the edit), the locality KL and the edit
+success (every target token the argmax on the paraphrase), with each record's edit loss in order
+(`edit_rows`: two editors scored on the same records can be compared pair by pair). An InstructEdit
+editor is scored with a training wording of each task's instruction and with the held-out wording.
 """
 
 from __future__ import annotations
