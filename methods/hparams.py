@@ -168,7 +168,8 @@ class MendHParams:
     # 12.4 (bench/results/mend-drift-train25-unbounded.json); a val edit at step 8 (drift 1.7) had "What is
     # the capital of France?" answered "French- Hand- French-- English--…". 0.15 is the geometric middle of
     # 0.013 and 1.7. It leaves some edits short of their target: held-out zsRE efficacy 78.0 against 84.1
-    # unbounded (bench/results/README.md, "at the subject"). None: no bound.
+    # unbounded (bench/results/README.md, "at the subject"); on zsRE training rows 0.3 and 0.6 gain one point
+    # (bench/results/mend-drift-sweep-zsre-train100.json): the rest needs steps that garble. None: no bound.
     max_drift: float | None = 0.15
     drift_texts: tuple[str, ...] = ("The capital of France is", "Water is made of hydrogen and",
                                     "The first president of the United States was", "My favourite food is",
