@@ -184,6 +184,8 @@ class EngineSettings:
     # As serac's patch, it is then checked on the relation's chat question and tried this many times as
     # large, in order, until the answer names the new object; () skips the check. At most twice: the
     # library bounds its step by the drift it causes on unrelated text, this scale is not bounded so.
+    # An edit that no scale carries into the chat answer and whose search fell short on the prompt too is
+    # refused (EditFailed): it would change the weights without changing the answer.
     editor_scales: tuple[float, ...] = (1.0, 1.5, 2.0)
     context_tokens: int | None = None  # history budget of saved chats; None: the model's context size
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from kbchat import cli
-from kbchat.errors import KbchatError
+from kbchat.errors import EditFailed, KbchatError
 from kbchat.evaluation.chat import (
     AnswerNLL,
     CaseQuestions,
@@ -54,6 +54,31 @@ def test_chat_bench_scores_and_reverts_every_edit(tmp_path, sequential):
         kinds = [c[0] for c in fake.calls if c[0] in ("edit", "ask")]
         first_after = kinds.index("edit")
         assert kinds[first_after:first_after + 2] == ["edit", "edit"]
+
+
+class RefusingService(FakeChatService):
+    """Refuses (EditFailed) every edit of the Eiffel Tower, as a learned editor refuses one it cannot carry."""
+
+    def edit(self, text: str, **kwargs):
+        if text.startswith("Eiffel Tower"):
+            self.calls.append(("refused", text))
+            raise EditFailed("mend could not carry the edit: nothing was changed")
+        return super().edit(text, **kwargs)
+
+
+@pytest.mark.parametrize("sequential", [False, True])
+def test_a_refused_edit_is_asked_unedited_and_scored_as_a_miss(tmp_path, sequential):
+    fake = RefusingService()
+    cases = load_cases(flat_file(tmp_path))
+    result = run_chat_bench(fake, cases, "mend", constant_fluency, sequential=sequential)
+    figures = result["figures"]
+    assert figures["refused"] == {"rate": 0.5, "n": 2}
+    assert figures["reliability"] == {"rate": 0.5, "n": 2}  # the refused case counts, as a miss
+    refused, made = result["per_case"]
+    assert "could not carry" in refused["refused"] and refused["parsed"] is None
+    question = CaseQuestions.of(cases[0], []).asks[0]
+    assert refused["after"][question] == refused["before"][question]
+    assert "refused" not in made and [e.status for e in fake.edits()] == ["reverted"]
 
 
 def test_targets_table_says_what_misses():

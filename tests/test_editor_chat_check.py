@@ -1,6 +1,8 @@
 """A learned editor's edit (MEND, InstructEdit) is checked on the relation's chat question when made,
 as serac's patch is (`EngineSettings.editor_scales`): the delta kept, applied and recorded is the one
-the check returns; other weight methods are not checked, and `editor_scales=()` skips the check."""
+the check returns; other weight methods are not checked, and `editor_scales=()` skips the check. An
+edit that neither the check nor the library's step search (`meta["reached"]`) carries is refused with
+EditFailed, and nothing is recorded or applied."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import pytest
 
 from kbchat.config import EngineSettings
 from kbchat.engine import pipeline
+from kbchat.errors import EditFailed
 from methods.mend.checkpoint import save_editor
 from tests.engines import WordEmbedder, local_engine, save_tiny_llama
 from tests.library.test_mend import fresh_editor
@@ -28,8 +31,20 @@ def checks(monkeypatch) -> list[tuple]:
         made.append((delta.method, tuple(scales), steer is not None))
         return delta.scaled(scales[-1])
 
-    monkeypatch.setattr(pipeline, "strengthen", last_scale)
+    monkeypatch.setattr(pipeline, "first_naming", last_scale)
     return made
+
+
+def _searched(monkeypatch, reached: bool) -> None:
+    """The library's step search reports `reached` for every request (a tiny random model's own verdict
+    is whatever its weights happen to give)."""
+    compute = pipeline.EditPipeline.compute
+
+    def reporting(self, *args, **kwargs):
+        delta = compute(self, *args, **kwargs)
+        return dataclasses.replace(delta, meta={**delta.meta, "reached": [reached] * len(delta.meta["requests"])})
+
+    monkeypatch.setattr(pipeline.EditPipeline, "compute", reporting)
 
 
 def _engine(tmp_path, settings: EngineSettings | None = None):
@@ -56,11 +71,45 @@ def test_a_learned_editors_edit_is_the_one_its_chat_check_keeps(tmp_path, checks
             engine.close()
 
 
-def test_no_scales_no_check(tmp_path, checks) -> None:
+def test_no_scales_no_check(tmp_path, checks, monkeypatch) -> None:
+    _searched(monkeypatch, reached=True)
     with one_thread():
         engine = _engine(tmp_path, dataclasses.replace(EngineSettings(), editor_scales=()))
         try:
             record = engine.edit(EIFFEL, method="mend", audit="off")
             assert checks == [] and "scale" not in engine.book.ledger.get(record.id).hparams
+        finally:
+            engine.close()
+
+
+@pytest.mark.parametrize("scales", [EngineSettings().editor_scales, ()])
+def test_an_edit_neither_the_search_nor_the_check_carries_is_refused(tmp_path, monkeypatch, scales) -> None:
+    monkeypatch.setattr(pipeline, "first_naming", lambda *args, **kwargs: None)  # no scale names the target
+    _searched(monkeypatch, reached=False)
+    with one_thread():
+        engine = _engine(tmp_path, dataclasses.replace(EngineSettings(), editor_scales=scales))
+        try:
+            weights = engine.runtime.fingerprint()
+            with pytest.raises(EditFailed) as failed:
+                engine.edit(EIFFEL, method="mend", audit="off")
+            message = str(failed.value)
+            assert "\n" not in message and "mend could not carry the edit" in message and "'Rome'" in message
+            assert "nothing was changed" in message and ("chat answer" in message) == bool(scales)
+            assert engine.edits() == [] and engine.runtime.deltas == ()
+            assert engine.runtime.fingerprint() == weights
+        finally:
+            engine.close()
+
+
+def test_an_edit_the_search_carries_is_kept_when_the_check_does_not(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(pipeline, "first_naming", lambda *args, **kwargs: None)
+    _searched(monkeypatch, reached=True)
+    with one_thread():
+        engine = _engine(tmp_path)
+        try:
+            record = engine.edit(EIFFEL, method="mend", audit="off")
+            stored = engine.book.ledger.get(record.id)
+            assert stored.status == "active" and "scale" not in stored.hparams  # as computed
+            assert len(engine.runtime.deltas) == 1
         finally:
             engine.close()

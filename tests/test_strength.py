@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from kbchat.engine.strength import check_prompt, strengthen
+from kbchat.engine.strength import check_prompt, first_naming, strengthen
 from methods import Delta, EditRequest, Update
 
 REQUEST = EditRequest("Jaidev", "{} died at", "Dresden", "Mumbai")
@@ -52,6 +52,13 @@ def test_a_patch_that_works_at_once_or_never_is_kept_as_computed():
     assert strengthen(runtime, computed, REQUEST, (1.0, 1.5, 2.0)) is computed
     assert len(runtime.asked) == 3 and runtime.patches == {}
     assert strengthen(Runtime(needed=1.0), computed, REQUEST, ()) is computed
+
+
+def test_first_naming_says_when_no_scale_names_the_target():
+    """What a learned editor's refusal rests on: None, not the computed delta, when no scale works."""
+    assert first_naming(Runtime(needed=None), delta(), REQUEST, (1.0, 1.5, 2.0)) is None
+    assert first_naming(Runtime(needed=1.0), delta(), REQUEST, ()) is None
+    assert first_naming(Runtime(needed=2.0), delta(), REQUEST, (1.0, 1.5, 2.0)).meta["scale"] == 2.0
 
 
 class Worded(Runtime):

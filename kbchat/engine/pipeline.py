@@ -15,7 +15,7 @@ from kbchat.audit.rivals import chat_rival, raw_rival
 from kbchat.config import COMMIT_METHOD, EXPERIMENTAL, MEMORY_METHODS, EngineSettings, method_kind
 from kbchat.engine.deltas import row_delta
 from kbchat.engine.planning import steer_for, weight_steer_for
-from kbchat.engine.strength import strengthen
+from kbchat.engine.strength import first_naming, strengthen
 from kbchat.errors import EditFailed, KbchatError, LedgerError
 from kbchat.ledger import NewEdit, StoredEdit
 from kbchat.memory.active import fact_sentence, facts_message_for
@@ -70,12 +70,22 @@ class EditPipeline:
     def _chat_checked(self, delta: Delta, request: EditRequest, progress: ProgressFn) -> Delta:
         """A learned editor's delta scaled by the first of `settings.editor_scales` whose chat answer to
         the relation's question (on top of the current weights, worded as weight edits are answered)
-        names the target; as computed when none does."""
-        if not self.settings.editor_scales:
-            return delta
-        progress(Progress("check", 0, 1, "checking the edit on the relation's question"))
-        return strengthen(self.runtime, delta, request, self.settings.editor_scales,
-                          steer=weight_steer_for(self.settings))
+        names the target; as computed when none does but the editor's step search reached the target on
+        the prompt. EditFailed (nothing changed) when neither carries the edit: applying it would leave
+        the model saying what it said, with an edit in the ledger claiming otherwise."""
+        named = None
+        if self.settings.editor_scales:
+            progress(Progress("check", 0, 1, "checking the edit on the relation's question"))
+            named = first_naming(self.runtime, delta, request, self.settings.editor_scales,
+                                 steer=weight_steer_for(self.settings))
+        if named is not None:
+            return named
+        if not all(delta.meta.get("reached", (True,))):
+            checked = (f", and its chat answer does not name it at any scale up to {max(self.settings.editor_scales):g}×"
+                       if self.settings.editor_scales else "")
+            raise EditFailed(f"{delta.method} could not carry the edit: within its drift bound the model does not "
+                             f"prefer {request.target!r} on {request.text!r}{checked}; nothing was changed")
+        return delta
 
     def _memory_edit(self, parsed: ParsedEdit, request: EditRequest, method: str, progress: ProgressFn,
                      hparams: Mapping[str, Any]) -> StoredEdit:

@@ -87,17 +87,26 @@ def _names_target(runtime: ModelRuntime, trial: Delta, request: EditRequest, pro
         runtime.remove_patch(key)
 
 
-def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
-               fact: str | None = None, wordings: int = 1, follow_up: bool = False,
-               steer: Steer | None = None, settle: bool = True) -> Delta:
+def first_naming(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
+                 fact: str | None = None, wordings: int = 1, follow_up: bool = False,
+                 steer: Steer | None = None, settle: bool = True) -> Delta | None:
     """`delta` scaled by the first of `scales` whose patched answers to the relation's first
     `wordings` questions (and, with `follow_up`, to its first question asked as a follow-up) all name
-    the request's target; `delta` itself (scale 1) when none does or `scales` is empty. `settle`
-    (a benchmark's switch): stop generating a judged answer once it names the target."""
+    the request's target; None when none does. `settle` (a benchmark's switch): stop generating a
+    judged answer once it names the target."""
     count = min(max(wordings, 1), len(questions(request)))
     prompts = [check_prompt(request, fact, i) for i in range(count)]
     for scale in scales:
         trial = delta if scale == 1.0 else delta.scaled(scale)
         if _names_target(runtime, trial, request, prompts, scale, fact, follow_up, steer, settle):
             return trial
-    return delta
+    return None
+
+
+def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
+               fact: str | None = None, wordings: int = 1, follow_up: bool = False,
+               steer: Steer | None = None, settle: bool = True) -> Delta:
+    """`first_naming`'s delta, else `delta` itself (scale 1) when no scale names the target or `scales`
+    is empty."""
+    named = first_naming(runtime, delta, request, scales, fact, wordings, follow_up, steer, settle)
+    return delta if named is None else named

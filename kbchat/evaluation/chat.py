@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 from kbchat.audit.probes import load_canaries
 from kbchat.audit.relations import questions, relation_of
+from kbchat.errors import EditFailed
 from kbchat.evaluation.datasets import EditCase
 from kbchat.evaluation.metrics import distinct_ngrams, keeps_fact, mentions, ngram_entropy, target_logprobs
 from kbchat.memory.active import fact_sentence, facts_message_for
@@ -225,6 +226,7 @@ def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any],
     req = case.request
     facts = [f for f in (req.target, req.target_true) if f]  # not charged by the fluency NLL
     before, after, follow = row["before"], row["after"], row["follow_up"][1]
+    tally.add("refused", "refused" in row)
     tally.add("reliability", mentions(after[qs.asks[0]], req.target))
     tally.add(f"reliability[{qs.relation}]", mentions(after[qs.asks[0]], req.target))
     for q in qs.asks[1:]:  # other wordings: the relation's other questions, then the question in lower case, with a typo
@@ -280,10 +282,13 @@ def told_facts(case: EditCase) -> dict[str, str]:
             "unedited": facts_message_for([fact_sentence(req.text, req.target_true)])["content"]}
 
 
-def _row(case: EditCase, record: EditRecord, qs: CaseQuestions, before: dict[str, str], after: dict[str, str],
-         follow: tuple[str, str]) -> dict[str, Any]:
-    return {"case": case.case_id, "edit": edit_text(case), "relation": qs.relation,
-            "parsed": [record.prompt, record.target], "before": before, "after": after, "follow_up": list(follow)}
+def _row(case: EditCase, record: EditRecord | None, qs: CaseQuestions, before: dict[str, str],
+         after: dict[str, str], follow: tuple[str, str], refused: str | None = None) -> dict[str, Any]:
+    """One case's answers; `refused`: the method's reason when it refused the edit (no record)."""
+    row = {"case": case.case_id, "edit": edit_text(case), "relation": qs.relation,
+           "parsed": [record.prompt, record.target] if record is not None else None,
+           "before": before, "after": after, "follow_up": list(follow)}
+    return row | {"refused": refused} if refused else row
 
 
 def _canary_questions(count: int) -> list[list[str]]:
@@ -313,13 +318,23 @@ def _single_case(engine: ChatBenchEngine, case: EditCase, qs: CaseQuestions, met
     """One case of single editing: unedited answers, the edit, the answers after it, the revert."""
     before = _unedited(engine, [*qs.asks, *qs.unchanged], answered)
     before_told = _told_unedited(engine, case, qs.asks)
-    record = engine.edit(edit_text(case), method=method, audit="off")
+    record, refused = _edit(engine, case, method)
     try:
         after = _ask_all(engine, qs.after)
         follow = _follow_up(engine, case, qs.asks[0])
     finally:
-        engine.revert(record.id)
-    return _row(case, record, qs, before, after, follow) | {"before_told": before_told}
+        if record is not None:
+            engine.revert(record.id)
+    return _row(case, record, qs, before, after, follow, refused) | {"before_told": before_told}
+
+
+def _edit(engine: ChatBenchEngine, case: EditCase, method: str) -> tuple[EditRecord | None, str | None]:
+    """(the edit made, None), or (None, why) when the method refused it (EditFailed: nothing changed).
+    A refused case is still asked and scored, as the unedited model answers: a refusal is a miss."""
+    try:
+        return engine.edit(edit_text(case), method=method, audit="off"), None
+    except EditFailed as exc:
+        return None, str(exc)
 
 
 def _sequential_rows(engine: ChatBenchEngine, cases: Sequence[EditCase], plans: Sequence[CaseQuestions],
@@ -327,19 +342,20 @@ def _sequential_rows(engine: ChatBenchEngine, cases: Sequence[EditCase], plans: 
     """All edits made, then every case asked; every edit reverted at the end."""
     befores = [_unedited(engine, [*qs.asks, *qs.unchanged], answered) for qs in plans]
     befores_told = [_told_unedited(engine, case, qs.asks) for case, qs in zip(cases, plans, strict=True)]
-    records: list[EditRecord] = []
+    made: list[tuple[EditRecord | None, str | None]] = []
     rows = []
     try:
         for i, case in enumerate(cases, 1):
-            records.append(engine.edit(edit_text(case), method=method, audit="off"))
-            log(f"edit {i}/{len(cases)} {case.request.subject}")
-        for case, qs, before, told, record in zip(cases, plans, befores, befores_told, records, strict=True):
+            made.append(_edit(engine, case, method))
+            log(f"edit {i}/{len(cases)} {case.request.subject}" + (" refused" if made[-1][1] else ""))
+        for case, qs, before, told, (record, refused) in zip(cases, plans, befores, befores_told, made, strict=True):
             after = _ask_all(engine, qs.after)
-            rows.append(_row(case, record, qs, before, after, _follow_up(engine, case, qs.asks[0]))
+            rows.append(_row(case, record, qs, before, after, _follow_up(engine, case, qs.asks[0]), refused)
                         | {"before_told": told})
     finally:
-        for record in reversed(records):
-            engine.revert(record.id)
+        for record, _ in reversed(made):
+            if record is not None:
+                engine.revert(record.id)
     return rows
 
 

@@ -188,7 +188,7 @@ def compute(
     with torch.no_grad():
         factors = editor_factors(editor, signals)
     progress("gradient", 1, 1)
-    factors, steps = reshaped(model, tokenizer, requests, factors, hparams, stats, model_id, editor.spec.whiten,
+    factors, found = reshaped(model, tokenizer, requests, factors, hparams, stats, model_id, editor.spec.whiten,
                               editor.spec.at_subject)
     keep = signals.mask.reshape(-1) > 0  # the sites' rows: one rank-one term each
     updates = [Update(name, (hparams.scale * _flat(left, keep)).cpu().contiguous(), _flat(right, keep).cpu().contiguous())
@@ -201,7 +201,8 @@ def compute(
         "nll_before": [float(v) for v in signals.nll],
         "whiten": editor.spec.whiten if editor.spec.whiten is not None else hparams.whiten,
         "at_subject": editor.spec.at_subject,
-        "steps": [float(v) for v in steps],
+        "steps": [float(v) for v in found.steps],
+        "reached": [bool(v) for v in found.reached],  # the target beats its rival on the prompt, at that step
     }
     return Delta(kind, tuple(updates), meta)
 

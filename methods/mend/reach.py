@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -120,16 +121,29 @@ def drift(model: nn.Module, tokenizer, factors: Factors, texts: Sequence[str],
     return per_text.reshape(rows, len(texts)).mean(-1).cpu()
 
 
+@dataclass(frozen=True)
+class StepSearch:
+    """What the step search chose, per request: its step, and whether its target beats its rival there."""
+
+    steps: torch.Tensor  # (B,) float64
+    reached: torch.Tensor  # (B,) bool
+
+
 def chosen_steps(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors,
                  steps: Sequence[float], max_drift: float | None = None,
-                 drift_texts: Sequence[str] = ()) -> torch.Tensor:
-    """(B,) for each request the first of `steps` at which its target beats its rival (`beats_rival`),
-    else the last; all ones when `steps` is empty. With `max_drift` (and `drift_texts`) no step whose
-    `drift` exceeds it is taken: a request's search stops at the step before (the first step is kept
-    even so), which may leave its edit short of its target rather than break unrelated text."""
-    chosen = torch.full((len(requests),), float(steps[-1]) if steps else 1.0, dtype=torch.float64)
+                 drift_texts: Sequence[str] = ()) -> StepSearch:
+    """For each request the first of `steps` at which its target beats its rival (`beats_rival`), else
+    the last; with no `steps`, step 1 (whether it beats its rival is still checked). With `max_drift`
+    (and `drift_texts`) no step whose `drift` exceeds it is taken: a request's search stops at the step
+    before (the first step is kept even so), which may leave its edit short of its target rather than
+    break unrelated text; `reached` then says so."""
+    if not steps:
+        return StepSearch(torch.ones(len(requests), dtype=torch.float64),
+                          beats_rival(model, tokenizer, requests, factors).cpu())
+    chosen = torch.full((len(requests),), float(steps[-1]), dtype=torch.float64)
     done = torch.zeros(len(requests), dtype=torch.bool)
-    bounded = max_drift is not None and bool(drift_texts) and bool(steps)
+    reached = torch.zeros(len(requests), dtype=torch.bool)
+    bounded = max_drift is not None and bool(drift_texts)
     reference = next_token_logprobs(model, tokenizer, drift_texts)[0] if bounded else None
     for i, step in enumerate(steps):
         scaled = scaled_rows(factors, torch.full_like(chosen, step))
@@ -137,12 +151,13 @@ def chosen_steps(model: nn.Module, tokenizer, requests: Sequence[EditRequest], f
             over = (drift(model, tokenizer, scaled, drift_texts, reference) > max_drift) & ~done
             chosen[over] = float(steps[i - 1])
             done |= over
-        reached = beats_rival(model, tokenizer, requests, scaled).cpu() & ~done
-        chosen[reached] = float(step)
-        done |= reached
+        beats = beats_rival(model, tokenizer, requests, scaled).cpu() & ~done
+        chosen[beats] = float(step)
+        reached |= beats
+        done |= beats
         if bool(done.all()):
             break
-    return chosen
+    return StepSearch(chosen, reached)
 
 
 def whitening(model: nn.Module, tokenizer, names: Sequence[str], ridge: float, spec: StatsHParams,
@@ -158,13 +173,13 @@ def whitening(model: nn.Module, tokenizer, names: Sequence[str], ridge: float, s
 
 def reshaped(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors, hparams: MendHParams,
              stats: StatsCache | None, model_id: str | None, ridge: float | None = None,
-             at_subject: bool = False) -> tuple[Factors, torch.Tensor]:
+             at_subject: bool = False) -> tuple[Factors, StepSearch]:
     """The editor's factors whitened (with `ridge`, else `hparams.whiten`, if either is set) and scaled
-    per request by its chosen step (see the module's docstring); returns them with the steps (B,).
+    per request by its chosen step (see the module's docstring); returns them with the search's result.
     The steps searched are `hparams.steps`, else `hparams.subject_steps` for an editor `at_subject`."""
     ridge = ridge if ridge is not None else hparams.whiten
     if ridge is not None:
         factors = whitened(factors, whitening(model, tokenizer, list(factors), ridge, hparams.stats, stats, model_id))
     search = hparams.steps or (hparams.subject_steps if at_subject else ())
-    steps = chosen_steps(model, tokenizer, requests, factors, search, hparams.max_drift, hparams.drift_texts)
-    return scaled_rows(factors, steps), steps
+    found = chosen_steps(model, tokenizer, requests, factors, search, hparams.max_drift, hparams.drift_texts)
+    return scaled_rows(factors, found.steps), found

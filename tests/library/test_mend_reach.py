@@ -49,15 +49,17 @@ def test_the_step_search_takes_the_first_step_that_beats_the_rival(family):
     with torch.no_grad():
         factors = editor_factors(editor, signals)
     steps = (0.0, 1.0, 10.0, 100.0, 1000.0)
-    chosen = chosen_steps(model, tok, requests, factors, steps).tolist()
+    found = chosen_steps(model, tok, requests, factors, steps)
     beats = {s: beats_rival(model, tok, requests, scaled_rows(factors, torch.full((2,), s))).tolist() for s in steps}
     assert not beats[0.0][1]  # a random model does not already say row 1's target: a search is needed
-    for b, step in enumerate(chosen):
+    for b, step in enumerate(found.steps.tolist()):
         assert step in steps
         assert beats[step][b] or step == steps[-1]
         assert not any(beats[s][b] for s in steps if s < step)
+        assert bool(found.reached[b]) == beats[step][b]  # reported, not assumed
     delta = methods.get("mend").compute(model, tok, requests, editor=editor)  # the defaults: as trained
     assert delta.meta["steps"] == [1.0, 1.0] and delta.meta["whiten"] is None
+    assert delta.meta["reached"] == beats_rival(model, tok, requests, factors).tolist()
 
 
 def test_the_search_never_takes_a_step_that_drifts_too_far(family):
@@ -74,12 +76,15 @@ def test_the_search_never_takes_a_step_that_drifts_too_far(family):
     drifts = {s: drift(model, tok, scaled_rows(factors, torch.full((2,), s)), texts) for s in (0.0, *steps)}
     assert torch.allclose(drifts[0.0], torch.zeros(2), atol=1e-6)
     assert all(bool((drifts[a] < drifts[b]).all()) for a, b in zip(steps[:-1], steps[1:], strict=True))
-    free = chosen_steps(model, tok, requests, factors, steps)
+    free = chosen_steps(model, tok, requests, factors, steps).steps
     bound = float(drifts[0.1].max()) * 1.01  # steps 0.01 and 0.1 allowed for both rows, 1 and 10 not
     assert bool((drifts[1.0] > bound).all())
-    bounded = chosen_steps(model, tok, requests, factors, steps, bound, texts)
+    bounded = chosen_steps(model, tok, requests, factors, steps, bound, texts).steps
     assert all(b <= 0.1 and (b == f or f > 0.1) for b, f in zip(bounded.tolist(), free.tolist(), strict=True))
-    assert chosen_steps(model, tok, requests, factors, steps, 0.0, texts).tolist() == [0.01, 0.01]
+    stopped = chosen_steps(model, tok, requests, factors, steps, 0.0, texts)
+    assert stopped.steps.tolist() == [0.01, 0.01]
+    at_first = beats_rival(model, tok, requests, scaled_rows(factors, torch.full((2,), 0.01))).tolist()
+    assert stopped.reached.tolist() == at_first  # stopped short: reached only if the first step already did
 
 
 def test_compute_records_its_steps_and_leaves_the_model_alone(family):
