@@ -203,6 +203,7 @@ def compute(
         "at_subject": editor.spec.at_subject,
         "steps": [float(v) for v in found.steps],
         "reached": [bool(v) for v in found.reached],  # the target beats its rival on the prompt, at that step
+        "module": list(found.module) or [None] * len(requests),  # the one module kept, when narrowed
     }
     return Delta(kind, tuple(updates), meta)
 

@@ -11,7 +11,17 @@ import torch
 import methods
 from methods.mend.batch import encode
 from methods.mend.compute import capture, editor_factors
-from methods.mend.reach import beats_rival, chosen_steps, drift, ridge_inverse, scaled_rows, whitened
+from methods.mend.reach import (
+    StepSearch,
+    beats_rival,
+    chosen_steps,
+    drift,
+    narrowed,
+    one_module_rows,
+    ridge_inverse,
+    scaled_rows,
+    whitened,
+)
 from tests.library.test_mend import fresh_editor
 from tests.tiny_models import edit_requests, tiny
 
@@ -99,3 +109,54 @@ def test_compute_records_its_steps_and_leaves_the_model_alone(family):
     again = methods.get("mend").compute(model, tok, edit_requests(1), hp, editor=fresh_editor(model), stats=stats)
     assert len(stats.computed) == len(set(stats.computed))
     assert all(torch.equal(a.right, b.right) for a, b in zip(delta.updates, again.updates, strict=True))
+
+
+def test_one_module_rows_keep_one_modules_update_each():
+    left, right = torch.arange(1.0, 3.0)[:, None, None].expand(2, 3, 1), torch.ones(2, 4, 1)  # rows 1 and 2
+    factors = {"a": (left, right), "b": (2 * left, right)}
+    trial, kept = one_module_rows(factors, [1])
+    assert kept == ["a", "b"]
+    assert torch.equal(trial["a"][0][0], left[1]) and not trial["a"][0][1].any()  # candidate (1, a): a only
+    assert torch.equal(trial["b"][0][1], 2 * left[1]) and not trial["b"][0][0].any()  # candidate (1, b): b only
+
+
+def test_a_narrowed_step_scales_its_module_alone():
+    factors = {"a": (torch.ones(2, 3, 1), torch.ones(2, 4, 1)), "b": (torch.ones(2, 3, 1), torch.ones(2, 4, 1))}
+    search = StepSearch(torch.tensor([2.0, 8.0], dtype=torch.float64), torch.tensor([True, True]), (None, "b"))
+    scaled = search.scaled(factors)
+    assert torch.equal(scaled["a"][0][0], 2 * torch.ones(3, 1)) and torch.equal(scaled["b"][0][0], 2 * torch.ones(3, 1))
+    assert not scaled["a"][0][1].any() and torch.equal(scaled["b"][0][1], 8 * torch.ones(3, 1))
+
+
+def test_requests_left_short_are_searched_again_one_module_at_a_time(family):
+    """A request the first search leaves short gets the smallest step at which one module's update alone
+    beats its rival; reached requests are left as they were, and a bound every step breaks narrows none."""
+    model, tok = tiny(family)
+    requests = [dataclasses.replace(r, target_true=None) for r in edit_requests(2)]
+    editor = fresh_editor(model, alpha=0.1)
+    signals = capture(model, encode(tok, [(r.text, r.target) for r in requests]), editor.spec.names)
+    with torch.no_grad():
+        factors = editor_factors(editor, signals)
+    assert len(factors) > 1
+    short = chosen_steps(model, tok, requests, factors, (0.0,))  # step 0: no update, nothing reached
+    assert not short.reached.any()
+    steps = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+    again = narrowed(model, tok, requests, factors, short, steps, None, ())
+    assert again.reached.any()  # a random model's target is reached by some module at some step
+    for b in range(2):
+        if not again.reached[b]:
+            assert again.module[b] is None and again.steps[b] == 0.0
+            continue
+        module, step = again.module[b], float(again.steps[b])
+        assert module in factors and step in steps
+        for name in factors:  # no module reaches it at a smaller step; the one kept does at this one
+            alone = {n: (left * float(n == name), right) for n, (left, right) in factors.items()}
+            for s in (s for s in steps if s <= step):
+                hit = bool(beats_rival(model, tok, requests, scaled_rows(alone, torch.full((2,), s)))[b])
+                assert not hit or (s == step and list(factors).index(name) >= list(factors).index(module))
+                assert hit or not (name == module and s == step)
+    bounded = narrowed(model, tok, requests, factors, short, steps, 0.0, ("The capital of France is",))
+    assert not bounded.reached.any() and set(bounded.module) == {None}
+    done = chosen_steps(model, tok, requests, factors, (1e4,))  # nothing short: nothing searched again
+    if bool(done.reached.all()):
+        assert narrowed(model, tok, requests, factors, done, steps, None, ()) is done
