@@ -170,9 +170,11 @@ class MendHParams:
     # 0.013 and 1.7. It leaves some edits short of their target: held-out zsRE efficacy 78.0 against 84.1
     # unbounded (bench/results/README.md, "at the subject"); on zsRE training rows 0.3 and 0.6 gain one point
     # (bench/results/mend-drift-sweep-zsre-train100.json): the rest needs steps that garble. None: no bound.
+    # `narrow_steps` carries part of the rest within the bound (78.0 -> 80.5).
     max_drift: float | None = 0.15
     # A request the bounded search leaves short is searched again with each module's update alone, over
-    # these steps, under the same bound (methods.mend.reach.narrowed); () leaves it short.
+    # these steps, under the same bound (methods.mend.reach.narrowed); () leaves it short. On the first
+    # 100 zsRE training rows, 75 -> 78 efficacy, neighbourhood 97 either way (mend-narrowed-zsre-train100.json).
     narrow_steps: tuple[float, ...] = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
     drift_texts: tuple[str, ...] = ("The capital of France is", "Water is made of hydrogen and",
                                     "The first president of the United States was", "My favourite food is",

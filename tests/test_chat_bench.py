@@ -70,8 +70,7 @@ class RefusingService(FakeChatService):
 def test_a_refused_edit_is_asked_unedited_and_scored_as_a_miss(tmp_path, sequential):
     fake = RefusingService()
     cases = load_cases(flat_file(tmp_path))
-    result = run_chat_bench(fake, cases, "mend", constant_fluency, sequential=sequential)
-    figures = result["figures"]
+    figures = (result := run_chat_bench(fake, cases, "mend", constant_fluency, sequential=sequential))["figures"]
     assert figures["refused"] == {"rate": 0.5, "n": 2}
     assert figures["reliability"] == {"rate": 0.5, "n": 2}  # the refused case counts, as a miss
     refused, made = result["per_case"]

@@ -72,15 +72,21 @@ def test_the_step_search_takes_the_first_step_that_beats_the_rival(family):
     assert delta.meta["reached"] == beats_rival(model, tok, requests, factors).tolist()
 
 
-def test_the_search_never_takes_a_step_that_drifts_too_far(family):
-    """`drift` is 0 for no update and grows with the step; with `max_drift` no step above the first whose
-    drift exceeds it is chosen, and a bound that every step breaks keeps the first step."""
+def _unnamed_edits(family: str):
+    """A tiny model, two requests with no old answer named (the target must become the top prediction)
+    and an untrained editor's factors for them: (model, tokenizer, requests, factors)."""
     model, tok = tiny(family)
     requests = [dataclasses.replace(r, target_true=None) for r in edit_requests(2)]
     editor = fresh_editor(model, alpha=0.1)
     signals = capture(model, encode(tok, [(r.text, r.target) for r in requests]), editor.spec.names)
     with torch.no_grad():
-        factors = editor_factors(editor, signals)
+        return model, tok, requests, editor_factors(editor, signals)
+
+
+def test_the_search_never_takes_a_step_that_drifts_too_far(family):
+    """`drift` is 0 for no update and grows with the step; with `max_drift` no step above the first whose
+    drift exceeds it is chosen, and a bound that every step breaks keeps the first step."""
+    model, tok, requests, factors = _unnamed_edits(family)
     texts = ("The capital of France is", "Water is made of")
     steps = (0.01, 0.1, 1.0, 10.0)  # a random tiny model's drift saturates beyond these
     drifts = {s: drift(model, tok, scaled_rows(factors, torch.full((2,), s)), texts) for s in (0.0, *steps)}
@@ -131,12 +137,7 @@ def test_a_narrowed_step_scales_its_module_alone():
 def test_requests_left_short_are_searched_again_one_module_at_a_time(family):
     """A request the first search leaves short gets the smallest step at which one module's update alone
     beats its rival; reached requests are left as they were, and a bound every step breaks narrows none."""
-    model, tok = tiny(family)
-    requests = [dataclasses.replace(r, target_true=None) for r in edit_requests(2)]
-    editor = fresh_editor(model, alpha=0.1)
-    signals = capture(model, encode(tok, [(r.text, r.target) for r in requests]), editor.spec.names)
-    with torch.no_grad():
-        factors = editor_factors(editor, signals)
+    model, tok, requests, factors = _unnamed_edits(family)
     assert len(factors) > 1
     short = chosen_steps(model, tok, requests, factors, (0.0,))  # step 0: no update, nothing reached
     assert not short.reached.any()
