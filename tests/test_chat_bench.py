@@ -43,6 +43,7 @@ def test_chat_bench_scores_and_reverts_every_edit(tmp_path, sequential):
     assert figures["canaries_unchanged"]["rate"] == 1.0 and figures["canaries_unchanged"]["n"] == 4
     assert figures["reliability[location]"]["n"] == 1 and figures["nll_edited"]["nll"] == 1.0
     assert figures["nll_told_edited"]["nll"] == 0.5  # the judge told the answer's fact
+    assert figures["nll_told_unquoted_unedited"]["nll"] == 0.5  # the plain unedited answers, judged told
     assert {"entropy_edited", "distinct3_unedited", "subject_intact_edited"} <= set(figures)
     assert [e.status for e in fake.edits()] == ["reverted", "reverted"]
     assert [row["relation"] for row in result["per_case"]] == ["location", "other"]  # a wording no relation lists
@@ -87,7 +88,8 @@ def test_targets_table_says_what_misses():
                "entropy_edited": {"mean": 2.0, "n": 10}, "entropy_unedited": {"mean": 4.0, "n": 10},
                "nll_edited": {"nll": 2.3, "n": 10}, "nll_unedited": {"nll": 2.0, "n": 10},
                "nll_whole_edited": {"nll": 4.0, "n": 10}, "nll_whole_unedited": {"nll": 2.0, "n": 10},
-               "nll_told_edited": {"nll": 2.1, "n": 10}, "nll_told_unedited": {"nll": 2.0, "n": 10}}
+               "nll_told_edited": {"nll": 2.1, "n": 10}, "nll_told_unedited": {"nll": 2.0, "n": 10},
+               "nll_told_unquoted_edited": {"nll": 2.5, "n": 10}, "nll_told_unquoted_unedited": {"nll": 2.0, "n": 10}}
     verdicts = {name: met for name, _, _, met in chat_verdicts(figures)}
     assert verdicts["reliability"] is False and verdicts["other_wordings"] is True
     assert verdicts["follow_up"] is None  # not measured: neither met nor missed
@@ -95,6 +97,7 @@ def test_targets_table_says_what_misses():
     assert verdicts["n-gram entropy"] is None  # shown, not judged
     assert verdicts["fluency (unedited model's NLL per token, same length, the fact's words not charged)"] is False  # 2.3 > 1.1 × 2.0
     assert verdicts["fluency (the same NLL, the judge told the fact each answer assumes)"] is True  # 2.1 ≤ 2.2
+    assert verdicts["fluency (the same, told; both sides' answers written without the quote)"] is False  # 2.5 > 2.2
     assert verdicts["NLL per token of the whole answers"] is None
     table = format_chat_table({"method": "serac", "cases": 10, "figures": figures})
     assert "| reliability | 90.0 | ≥ 95% | NO |" in table

@@ -20,7 +20,11 @@ editing reverts each edit before the next; sequential editing keeps every edit a
   long one's however fluent. Measured twice: plain, and told: the edited answer judged with the
   judge first told its fact in serac's system message, against the unedited model's answer generated
   and judged told the true fact the same way (words that merely follow from a counterfactual,
-  "located on Naples, Italy", then stop counting). NLLs are per token over all answers (the log of
+  "located on Naples, Italy", then stop counting); and told, both sides written unquoted: the same
+  judge, told each side's fact, of the answers as asked (the unedited model's plain answers). Each
+  figure favours answers written as it judges them: the first told figure suits answers worded while
+  reading the quoted fact, the second those worded without it, as serac's steered answers are (their
+  wording model does not read the quote). NLLs are per token over all answers (the log of
   the perplexity). Shown beside them, not targeted: ROME's n-gram entropy (which grows with the
   answer's length) and the NLL of the whole answers;
 - neighbours / canaries unchanged: answered exactly as before the edit.
@@ -252,6 +256,7 @@ def _score(tally: Tally, case: EditCase, qs: CaseQuestions, row: dict[str, Any],
     if "before_told" in row:  # the baseline told the true fact, as the edited answer was told the new one
         _score_nll(tally, "nll_told", qs.asks, {"unedited": row["before_told"], "edited": after}, fluency, facts,
                    told_facts(case))
+    _score_nll(tally, "nll_told_unquoted", qs.asks, dict(sides), fluency, facts, told_facts(case))
     truths = {c.question: c.answer for c in load_canaries().fixed}  # the canaries' answers; a neighbour's is target_true
     for q in qs.neighbours:
         tally.add("neighbours_unchanged", after[q] == before[q])

@@ -86,7 +86,8 @@ def chat_verdicts(figures: dict) -> list[tuple[str, str, str, bool | None]]:
     met = None if ent is None or not base else ent >= 0.9 * base
     rows.append(("fluency (distinct 3-grams)", f"{ent} (unedited {base})", "within 10%", met))
     for key, label in (("nll", "fluency (unedited model's NLL per token, same length, the fact's words not charged)"),
-                       ("nll_told", "fluency (the same NLL, the judge told the fact each answer assumes)")):
+                       ("nll_told", "fluency (the same NLL, the judge told the fact each answer assumes)"),
+                       ("nll_told_unquoted", "fluency (the same, told; both sides' answers written without the quote)")):
         nll, base = (figures.get(f"{key}_{w}", {}).get("nll") for w in ("edited", "unedited"))
         if key == "nll" or nll is not None:
             met = None if nll is None or base is None else nll <= 1.1 * base
