@@ -33,7 +33,8 @@ import torch
 
 from kbchat.config import EngineSettings, data_dir
 from kbchat.engine.local import LocalEngine
-from kbchat.evaluation.chat import answer_nll, run_chat_bench
+from kbchat.evaluation.answer_fluency import answer_nll
+from kbchat.evaluation.chat import run_chat_bench
 from kbchat.evaluation.datasets import load_cases
 from kbchat.evaluation.tables import format_chat_table
 

@@ -196,7 +196,8 @@ def _bench(chat: ChatService, args) -> int:
 
 
 def _chat_bench(engine, args) -> int:
-    from kbchat.evaluation.chat import answer_nll, run_chat_bench
+    from kbchat.evaluation.answer_fluency import answer_nll
+    from kbchat.evaluation.chat import run_chat_bench
     from kbchat.evaluation.datasets import load_cases
     from kbchat.evaluation.tables import format_chat_table
 

@@ -9,14 +9,8 @@ import pytest
 
 from kbchat import cli
 from kbchat.errors import EditFailed, KbchatError
-from kbchat.evaluation.chat import (
-    AnswerNLL,
-    CaseQuestions,
-    answer_nll,
-    fact_spans,
-    names_subject,
-    run_chat_bench,
-)
+from kbchat.evaluation.answer_fluency import AnswerNLL, answer_nll, fact_spans
+from kbchat.evaluation.chat import CaseQuestions, names_subject, run_chat_bench
 from kbchat.evaluation.datasets import load_cases
 from kbchat.evaluation.tables import chat_verdicts, format_chat_table
 from tests.fake_service import FakeChatService

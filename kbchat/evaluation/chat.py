@@ -33,7 +33,6 @@ editing reverts each edit before the next; sequential editing keeps every edit a
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -41,28 +40,15 @@ from typing import Any, Protocol
 from kbchat.audit.probes import load_canaries
 from kbchat.audit.relations import questions, relation_of
 from kbchat.errors import EditFailed
+from kbchat.evaluation.answer_fluency import Fluency
 from kbchat.evaluation.datasets import EditCase
-from kbchat.evaluation.metrics import distinct_ngrams, keeps_fact, mentions, ngram_entropy, target_logprobs
+from kbchat.evaluation.metrics import distinct_ngrams, keeps_fact, mentions, ngram_entropy
 from kbchat.memory.active import fact_sentence, facts_message_for
 from kbchat.records import Answer, EditRecord
 
 MAX_TOKENS = 48
 FOLLOW_UP = "Tell me about {}."
 CANARIES_PER_CASE = 2
-# (question, answer, facts, limit, context=None) -> the answer's NLL, its first `limit` tokens only
-# (None: all), the judge first told `context` when given
-Fluency = Callable[..., "AnswerNLL"]
-
-
-@dataclass(frozen=True)
-class AnswerNLL:
-    """An answer's summed NLL over the tokens scored (facts' tokens left out), and its full length."""
-
-    nll: float
-    tokens: int  # scored: within the limit, facts' tokens left out
-    length: int  # the whole answer's tokens
-
-
 class ChatBenchEngine(Protocol):
     def edit(self, text: str, *, method: str | None = ..., audit: str = ...) -> EditRecord: ...
 
@@ -161,55 +147,6 @@ def names_subject(answer: str, subject: str) -> bool | None:
     if subject[:4].casefold() not in answer.casefold():
         return None
     return subject.casefold() in answer.casefold()
-
-
-def fact_spans(answer: str, facts: Sequence[str]) -> list[tuple[int, int]]:
-    """(start, end) of every whole-word occurrence of each fact in `answer`, ignoring case, in order,
-    overlaps dropped (the earlier, then longer, span kept)."""
-    found = sorted({(m.start(), m.end()) for fact in facts if fact.strip()
-                    for m in re.finditer(rf"(?<!\w){re.escape(fact.strip())}(?!\w)", answer, re.IGNORECASE)},
-                   key=lambda span: (span[0], -span[1]))
-    spans: list[tuple[int, int]] = []
-    for start, end in found:
-        if not spans or start >= spans[-1][1]:
-            spans.append((start, end))
-    return spans
-
-
-def answer_nll(runtime) -> Fluency:
-    """fluency(question, answer, facts, limit) -> `AnswerNLL` of the answer (its first `limit` tokens
-    when given) under `runtime`'s unpatched model (a `kbchat.runtime.ModelRuntime`; in-scope patches
-    are not switched on), the tokens of `facts`' occurrences (`fact_spans`) left out: by the chain
-    rule, the answer's NLL minus each occurrence's NLL given the prompt and the answer before it. With
-    `context`, the judge reads it first as a system message (e.g. the fact the answer assumes)."""
-    from kbchat.runtime.decoding import chat_text
-
-    tokenizer = runtime.loaded.tokenizer
-
-    def ids(text: str) -> list[int]:
-        return tokenizer(" " + text.strip(), add_special_tokens=False)["input_ids"]
-
-    def fluency(question: str, answer: str, facts: Sequence[str] = (), limit: int | None = None,
-                context: str | None = None) -> AnswerNLL:
-        if not answer.strip():
-            return AnswerNLL(0.0, 0, 0)
-        answer_ids = ids(answer)
-        length = len(answer_ids)
-        if limit is not None and limit < length:
-            answer = tokenizer.decode(answer_ids[:limit]).strip() if limit > 0 else ""
-            if not answer:
-                return AnswerNLL(0.0, 0, length)
-            answer_ids = ids(answer)
-        told = [{"role": "system", "content": context}] if context else []
-        prompt = chat_text(tokenizer, [*told, {"role": "user", "content": question}])
-        spans = fact_spans(answer, facts)
-        pairs = [(prompt, answer)] + [((prompt + " " + answer[:start]).rstrip(), answer[start:end])
-                                      for start, end in spans]
-        whole, *parts = runtime.score(target_logprobs, pairs)
-        tokens = len(answer_ids) - sum(len(ids(answer[start:end])) for start, end in spans)
-        return AnswerNLL(-(whole - sum(parts)), tokens, length)
-
-    return fluency
 
 
 def _ask_all(engine: ChatBenchEngine, qs: Sequence[str]) -> dict[str, str]:
