@@ -212,20 +212,24 @@ def narrowed(model: nn.Module, tokenizer, requests: Sequence[EditRequest], facto
     per = len(factors)
     tried = chosen_steps(model, tokenizer, [requests[b] for b in short for _ in range(per)], trial, steps,
                          max_drift, drift_texts)
-    chosen, reached, module = found.steps.clone(), found.reached.clone(), [None] * len(requests)
+    picks: dict[int, tuple[float, str]] = {}  # request -> (step, module)
     for i, b in enumerate(short):
         hits = [(float(tried.steps[r]), r) for r in range(i * per, (i + 1) * per) if bool(tried.reached[r])]
         if hits:
             step, r = min(hits)
-            chosen[b], reached[b], module[b] = step, True, kept[r]
-    result = StepSearch(chosen, reached, tuple(module))
-    if max_drift is not None and drift_texts and any(m is not None for m in module):
-        # chosen_steps never checks its first step's drift; the narrowed choices are checked here
-        over = drift(model, tokenizer, result.scaled(factors), drift_texts) > max_drift
-        for b in (b for b in range(len(requests)) if module[b] is not None and bool(over[b])):
-            chosen[b], reached[b], module[b] = found.steps[b], False, None
-        result = StepSearch(chosen, reached, tuple(module))
-    return result
+            picks[b] = (step, kept[r])
+    if picks and max_drift is not None and drift_texts:
+        # chosen_steps never checks its first step's drift: each pick is checked here, on its own row
+        rows = list(picks)
+        alone = StepSearch(torch.tensor([picks[b][0] for b in rows], dtype=torch.float64),
+                           torch.ones(len(rows), dtype=torch.bool), tuple(picks[b][1] for b in rows))
+        over = drift(model, tokenizer, alone.scaled({n: (left[rows], right[rows]) for n, (left, right)
+                                                     in factors.items()}), drift_texts) > max_drift
+        picks = {b: picks[b] for b, too_far in zip(rows, over.tolist(), strict=True) if not too_far}
+    steps_out, reached = found.steps.clone(), found.reached.clone()
+    for b, (step, _) in picks.items():
+        steps_out[b], reached[b] = step, True
+    return StepSearch(steps_out, reached, tuple(picks[b][1] if b in picks else None for b in range(len(requests))))
 
 
 def reshaped(model: nn.Module, tokenizer, requests: Sequence[EditRequest], factors: Factors, hparams: MendHParams,
