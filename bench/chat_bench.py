@@ -15,6 +15,10 @@ serac's answers are steered by default (`kbchat.runtime.steering`: the unpatched
 patched one writes only the new object); `--no-serac-steer` gives the patched answers,
 `--no-serac-steer-unquoted` lets the unpatched model read the quoted facts.
 
+`--unedited FILE` (any method's run on the same data and model, e.g. `chat-rome-val200.json`) lends
+its unedited answers, so they are not asked again: greedy decoding with no edit active gives the
+same text in any process (the rome and serac 200-case runs agree on all 1,400 they share).
+
 A long run can be shared by processes, `--shard 0/2` and `--shard 1/2` each with its own --json,
 then merged with `--also` each shard's file (their cases are scored from their saved answers, not asked).
 """
@@ -34,7 +38,7 @@ import torch
 from kbchat.config import EngineSettings, data_dir
 from kbchat.engine.local import LocalEngine
 from kbchat.evaluation.answer_fluency import answer_nll
-from kbchat.evaluation.chat import run_chat_bench
+from kbchat.evaluation.chat import Unedited, run_chat_bench
 from kbchat.evaluation.datasets import load_cases
 from kbchat.evaluation.tables import format_chat_table
 
@@ -68,10 +72,24 @@ def earlier(path: Path | None, args: argparse.Namespace, method: str) -> tuple[l
     return rows, seconds
 
 
-def save(result: dict, path: Path | None, args: argparse.Namespace, seconds: float) -> None:
+def lent(args: argparse.Namespace, model: str) -> Unedited:
+    """The unedited answers of the `--unedited` files: runs on the same data (file name; case ids key
+    the told answers) and model (runs saved before the model was recorded ran the default one)."""
+    answered = Unedited()
+    for one in map(Path, args.unedited):
+        old = json.loads(one.read_text())
+        if Path(old.get("data", "")).name != Path(args.data).name or old.get("model", model) != model:
+            raise SystemExit(f"chat_bench: {one} is a run on other data or another model "
+                             f"({old.get('data')}, {old.get('model')}): its answers do not apply")
+        for row in old["per_case"]:
+            answered.learn(row)
+    return answered
+
+
+def save(result: dict, path: Path | None, args: argparse.Namespace, seconds: float, model: str) -> None:
     """Write `result` (the run so far, or all of it) to `path`, with the command and its Markdown table."""
     result.update(command="python -m bench.chat_bench " + " ".join(sys.argv[1:]), data=args.data,
-                  seconds=round(seconds, 1), threads=args.threads)
+                  seconds=round(seconds, 1), threads=args.threads, model=model)
     if path:
         path.write_text(json.dumps(result, indent=1, ensure_ascii=False))
         path.with_suffix(".md").write_text(f"`{result['command']}`\n\n{format_chat_table(result)}\n")
@@ -91,6 +109,8 @@ def arguments() -> argparse.ArgumentParser:
                         help="K/N: ask only the cases at positions K mod N (N processes share a run)")
     parser.add_argument("--also", action="append", default=[],
                         help="another shard's --json file: its cases are scored from it, not asked")
+    parser.add_argument("--unedited", action="append", default=[],
+                        help="an earlier run's --json file on the same data: its unedited answers are not asked again")
     parser.add_argument("--json", default=None, help="output file; '{method}' in it is the method's name")
     parser.add_argument("--no-quote-facts", action="store_true",
                         help="serac without its system message quoting the fact (the patch alone)")
@@ -125,7 +145,6 @@ def main() -> None:
         parser.error(f"--shard must be K/N with 0 <= K < N, not {'/'.join(map(str, args.shard))}")
     torch.set_num_threads(args.threads)
     cases = load_cases(args.data, limit=args.limit, skip_unusable=True)
-    answered: dict[str, str] = {}  # unedited answers, shared by the methods
     with tempfile.TemporaryDirectory() as tmp, \
             LocalEngine.open(db=f"sqlite:///{tmp}/ledger.db", home=data_dir(args.home),
                              settings=EngineSettings(quote_facts=not args.no_quote_facts,
@@ -137,6 +156,8 @@ def main() -> None:
                                                     serac_steer_unquoted=args.serac_steer_unquoted,
                                                     serac_steer_fallback=args.serac_steer_fallback,
                                                     weight_steer=args.weight_steer)) as engine:
+        model = engine.runtime.name
+        answered = lent(args, model)  # unedited answers, shared by the methods
         for method in args.methods:
             path = json_path(args, method)
             done, spent = earlier(path, args, method)
@@ -144,8 +165,8 @@ def main() -> None:
             log(f"{method}: {len(done)} cases from an earlier run, {len(cases)} in all")
             result = run_chat_bench(engine, cases, method, answer_nll(engine.runtime), log=log,
                                     sequential=args.sequential, done=done, answered=answered, shard=args.shard,
-                                    partial=lambda r, p=path, t=started: save(r, p, args, time.perf_counter() - t))
-            save(result, path, args, time.perf_counter() - started)
+                                    partial=lambda r, p=path, t=started: save(r, p, args, time.perf_counter() - t, model))
+            save(result, path, args, time.perf_counter() - started, model)
             print(format_chat_table(result))
 
 

@@ -10,7 +10,7 @@ import pytest
 from kbchat import cli
 from kbchat.errors import EditFailed, KbchatError
 from kbchat.evaluation.answer_fluency import AnswerNLL, answer_nll, fact_spans
-from kbchat.evaluation.chat import CaseQuestions, names_subject, run_chat_bench
+from kbchat.evaluation.chat import CaseQuestions, Unedited, names_subject, run_chat_bench
 from kbchat.evaluation.datasets import load_cases
 from kbchat.evaluation.tables import chat_verdicts, format_chat_table
 from tests.fake_service import FakeChatService
@@ -149,14 +149,41 @@ def test_shards_ask_their_own_cases_and_merge_into_the_whole_run(tmp_path):
 def test_methods_sharing_unedited_answers_ask_each_question_once(tmp_path):
     cases = load_cases(flat_file(tmp_path))
     fake = FakeChatService()
-    answered: dict[str, str] = {}
+    answered = Unedited()
     first = run_chat_bench(fake, cases, "serac", constant_fluency, answered=answered)
     asked = sum(c[0] == "ask" for c in fake.calls)
     second = run_chat_bench(fake, cases, "ike", constant_fluency, answered=answered)
     asked_again = sum(c[0] == "ask" for c in fake.calls) - asked
     unedited = {q for row in first["per_case"] for q in row["before"]}
-    assert asked_again == asked - len(unedited)  # only the answers after each edit were asked again
-    assert [row["before"] for row in second["per_case"]] == [row["before"] for row in first["per_case"]]
+    told = sum(len(row["before_told"]) for row in first["per_case"])
+    assert unedited and told
+    assert asked_again == asked - len(unedited) - told  # only the answers after each edit were asked again
+    for key in ("before", "before_told"):
+        assert [row[key] for row in second["per_case"]] == [row[key] for row in first["per_case"]]
+
+
+def test_an_earlier_runs_file_lends_its_unedited_answers(tmp_path, monkeypatch):
+    from bench import chat_bench
+
+    data = flat_file(tmp_path)
+    cases = load_cases(data)
+    run = run_chat_bench(FakeChatService(), cases, "rome", constant_fluency)
+    (earlier := tmp_path / "rome.json").write_text(json.dumps(run | {"data": f"/elsewhere/{data.name}"}))
+    args = chat_bench.arguments().parse_args(["--data", str(data), "--unedited", str(earlier)])
+    answered = chat_bench.lent(args, "SmolLM2")
+    fresh, lending = FakeChatService(), FakeChatService()
+    run_chat_bench(fresh, cases, "serac", constant_fluency)
+    again = run_chat_bench(lending, cases, "serac", constant_fluency, answered=answered)
+    unedited = len({q for row in run["per_case"] for q in row["before"]}) + \
+        sum(len(row["before_told"]) for row in run["per_case"])
+    assert sum(c[0] == "ask" for c in lending.calls) == sum(c[0] == "ask" for c in fresh.calls) - unedited
+    assert [row["before_told"] for row in again["per_case"]] == [row["before_told"] for row in run["per_case"]]
+    (other := tmp_path / "other.json").write_text(json.dumps(run | {"data": "zsre.json"}))
+    (gemma := tmp_path / "gemma.json").write_text(json.dumps(run | {"data": str(data), "model": "gemma"}))
+    for wrong in (other, gemma):
+        args = chat_bench.arguments().parse_args(["--data", str(data), "--unedited", str(wrong)])
+        with pytest.raises(SystemExit, match="other data or another model"):
+            chat_bench.lent(args, "SmolLM2")
 
 
 def test_with_typo_swaps_two_letters_of_the_longest_word_never_the_first():

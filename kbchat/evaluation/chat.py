@@ -233,6 +233,22 @@ def _row(case: EditCase, record: EditRecord | None, qs: CaseQuestions, before: d
     return row | {"refused": refused} if refused else row
 
 
+@dataclass
+class Unedited:
+    """The unedited model's answers, each asked once: `plain` by question, `told` (the told fluency
+    baseline, `_told_unedited`) by case id, then question. Shared by the runs on one model: several
+    methods in a process, or an earlier run's rows (`learn`). Greedy decoding with no edit active
+    gives the same text whichever case, method or process asks."""
+
+    plain: dict[str, str] = field(default_factory=dict)
+    told: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def learn(self, row: dict[str, Any]) -> None:
+        """Keep the unedited answers of a per-case row of a run (this one or an earlier one)."""
+        self.plain.update(row["before"])
+        self.told.setdefault(row["case"], {}).update(row.get("before_told", {}))
+
+
 def _canary_questions(count: int) -> list[list[str]]:
     """CANARIES_PER_CASE general canary questions per case, rotating through the shipped set."""
     fixed = [f.question for f in load_canaries().fixed]
@@ -240,26 +256,31 @@ def _canary_questions(count: int) -> list[list[str]]:
             for i in range(count)]
 
 
-def _unedited(engine: ChatBenchEngine, qs: Sequence[str], answered: dict[str, str]) -> dict[str, str]:
+def _unedited(engine: ChatBenchEngine, qs: Sequence[str], answered: Unedited) -> dict[str, str]:
     """The answers to `qs` with no edit active, asking only those `answered` does not hold yet (and
     adding them to it). Single editing reverts each edit exactly, so the unedited answer to a question
     is the same whichever case or method asks it."""
-    answered.update(_ask_all(engine, [q for q in dict.fromkeys(qs) if q not in answered]))
-    return {q: answered[q] for q in qs}
+    answered.plain.update(_ask_all(engine, [q for q in dict.fromkeys(qs) if q not in answered.plain]))
+    return {q: answered.plain[q] for q in qs}
 
 
-def _told_unedited(engine: ChatBenchEngine, case: EditCase, asks: Sequence[str]) -> dict[str, str]:
+def _told_unedited(engine: ChatBenchEngine, case: EditCase, asks: Sequence[str],
+                   answered: Unedited) -> dict[str, str]:
     """The unedited model's answers to `asks` told the true fact the way serac tells an edit's
-    (`told_facts`): the baseline of the told fluency figure. Asked with no edit active."""
+    (`told_facts`): the baseline of the told fluency figure. Asked with no edit active, only those
+    `answered` does not hold for this case yet (and added to it)."""
     system = {"role": "system", "content": told_facts(case)["unedited"]}
-    return {q: engine.ask(q, history=[system], max_new_tokens=MAX_TOKENS).text for q in asks}
+    known = answered.told.setdefault(case.case_id, {})
+    known.update({q: engine.ask(q, history=[system], max_new_tokens=MAX_TOKENS).text
+                  for q in dict.fromkeys(asks) if q not in known})
+    return {q: known[q] for q in asks}
 
 
 def _single_case(engine: ChatBenchEngine, case: EditCase, qs: CaseQuestions, method: str,
-                 answered: dict[str, str]) -> dict[str, Any]:
+                 answered: Unedited) -> dict[str, Any]:
     """One case of single editing: unedited answers, the edit, the answers after it, the revert."""
     before = _unedited(engine, [*qs.asks, *qs.unchanged], answered)
-    before_told = _told_unedited(engine, case, qs.asks)
+    before_told = _told_unedited(engine, case, qs.asks, answered)
     record, refused = _edit(engine, case, method)
     try:
         after = _ask_all(engine, qs.after)
@@ -280,10 +301,10 @@ def _edit(engine: ChatBenchEngine, case: EditCase, method: str) -> tuple[EditRec
 
 
 def _sequential_rows(engine: ChatBenchEngine, cases: Sequence[EditCase], plans: Sequence[CaseQuestions],
-                     method: str, answered: dict[str, str], log: Callable[[str], None]) -> list[dict[str, Any]]:
+                     method: str, answered: Unedited, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """All edits made, then every case asked; every edit reverted at the end."""
     befores = [_unedited(engine, [*qs.asks, *qs.unchanged], answered) for qs in plans]
-    befores_told = [_told_unedited(engine, case, qs.asks) for case, qs in zip(cases, plans, strict=True)]
+    befores_told = [_told_unedited(engine, case, qs.asks, answered) for case, qs in zip(cases, plans, strict=True)]
     made: list[tuple[EditRecord | None, str | None]] = []
     rows = []
     try:
@@ -304,7 +325,7 @@ def _sequential_rows(engine: ChatBenchEngine, cases: Sequence[EditCase], plans: 
 def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: str, fluency: Fluency,
                    log: Callable[[str], None] = lambda _: None, sequential: bool = False,
                    partial: Callable[[dict[str, Any]], None] = lambda _: None,
-                   done: Sequence[dict[str, Any]] = (), answered: dict[str, str] | None = None,
+                   done: Sequence[dict[str, Any]] = (), answered: Unedited | None = None,
                    shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Every case: single editing (each edit reverted before the next) or sequential (all edits made,
     then every case asked; reverted at the end). `partial(result so far)` is called after each case of
@@ -312,10 +333,10 @@ def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: s
 
     Resuming single editing: `done` holds per-case rows of an earlier run of the same cases and
     method; those cases are scored again from their rows, not asked again. `answered` holds unedited
-    answers by question, shared by runs on one engine (several methods) and filled here. With
+    answers, shared by runs on one model (several methods, earlier runs) and filled here. With
     `shard=(k, n)` only the cases whose 0-based position is k modulo n are asked (the others only if
     `done` holds them), so n processes can share a long run; their rows merge through `done`."""
-    answered = {} if answered is None else answered
+    answered = Unedited() if answered is None else answered
     plans = [CaseQuestions.of(c, canaries) for c, canaries in zip(cases, _canary_questions(len(cases)), strict=True)]
     tally = Tally()
     if sequential:
@@ -333,9 +354,9 @@ def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: s
             row = _single_case(engine, case, qs, method, answered)
             log(f"{i}/{len(cases)} {case.request.subject}: {row['after'][qs.asks[0]][:80]!r}")
         else:  # resumed: its unedited answers serve later cases and methods too
-            answered.update(row["before"])
+            answered.learn(row)
             if "before_told" not in row:  # a run from before the told figure: its baseline asked now
-                row = row | {"before_told": _told_unedited(engine, case, qs.asks)}
+                row = row | {"before_told": _told_unedited(engine, case, qs.asks, answered)}
         _score(tally, case, qs, row, fluency)
         rows.append(row)
         partial(_result(method, False, rows, tally))
