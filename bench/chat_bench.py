@@ -38,7 +38,7 @@ import torch
 from kbchat.config import EngineSettings, data_dir
 from kbchat.engine.local import LocalEngine
 from kbchat.evaluation.answer_fluency import answer_nll
-from kbchat.evaluation.chat import Unedited, run_chat_bench
+from kbchat.evaluation.chat import UneditedAnswers, run_chat_bench
 from kbchat.evaluation.datasets import load_cases
 from kbchat.evaluation.tables import format_chat_table
 
@@ -72,10 +72,10 @@ def earlier(path: Path | None, args: argparse.Namespace, method: str) -> tuple[l
     return rows, seconds
 
 
-def lent(args: argparse.Namespace, model: str) -> Unedited:
+def lent(args: argparse.Namespace, model: str) -> UneditedAnswers:
     """The unedited answers of the `--unedited` files: runs on the same data (file name; case ids key
     the told answers) and model (runs saved before the model was recorded ran the default one)."""
-    answered = Unedited()
+    answered = UneditedAnswers()
     for one in map(Path, args.unedited):
         old = json.loads(one.read_text())
         if Path(old.get("data", "")).name != Path(args.data).name or old.get("model", model) != model:

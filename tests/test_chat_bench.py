@@ -10,7 +10,7 @@ import pytest
 from kbchat import cli
 from kbchat.errors import EditFailed, KbchatError
 from kbchat.evaluation.answer_fluency import AnswerNLL, answer_nll, fact_spans
-from kbchat.evaluation.chat import CaseQuestions, Unedited, names_subject, run_chat_bench
+from kbchat.evaluation.chat import CaseQuestions, UneditedAnswers, names_subject, run_chat_bench
 from kbchat.evaluation.datasets import load_cases
 from kbchat.evaluation.tables import chat_verdicts, format_chat_table
 from tests.fake_service import FakeChatService
@@ -149,7 +149,7 @@ def test_shards_ask_their_own_cases_and_merge_into_the_whole_run(tmp_path):
 def test_methods_sharing_unedited_answers_ask_each_question_once(tmp_path):
     cases = load_cases(flat_file(tmp_path))
     fake = FakeChatService()
-    answered = Unedited()
+    answered = UneditedAnswers()
     first = run_chat_bench(fake, cases, "serac", constant_fluency, answered=answered)
     asked = sum(c[0] == "ask" for c in fake.calls)
     second = run_chat_bench(fake, cases, "ike", constant_fluency, answered=answered)

@@ -23,7 +23,7 @@ class ScriptedEngine:
         self.calls.append((text, memory))
         sum(range(20_000))  # some CPU time, so the ratios have a denominator
         hit = next((new for subject, new in self.edited.items() if subject in text), None) if memory else None
-        return Answer(f"It is {hit}." if hit else f"Unedited answer to {text}", used_edits=(1,) if hit else (),
+        return Answer(f"It is {hit}." if hit else f"UneditedAnswers answer to {text}", used_edits=(1,) if hit else (),
                       tokens=4)
 
 

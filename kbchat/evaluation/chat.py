@@ -234,7 +234,7 @@ def _row(case: EditCase, record: EditRecord | None, qs: CaseQuestions, before: d
 
 
 @dataclass
-class Unedited:
+class UneditedAnswers:
     """The unedited model's answers, each asked once: `plain` by question, `told` (the told fluency
     baseline, `_told_unedited`) by case id, then question. Shared by the runs on one model: several
     methods in a process, or an earlier run's rows (`learn`). Greedy decoding with no edit active
@@ -256,7 +256,7 @@ def _canary_questions(count: int) -> list[list[str]]:
             for i in range(count)]
 
 
-def _unedited(engine: ChatBenchEngine, qs: Sequence[str], answered: Unedited) -> dict[str, str]:
+def _unedited(engine: ChatBenchEngine, qs: Sequence[str], answered: UneditedAnswers) -> dict[str, str]:
     """The answers to `qs` with no edit active, asking only those `answered` does not hold yet (and
     adding them to it). Single editing reverts each edit exactly, so the unedited answer to a question
     is the same whichever case or method asks it."""
@@ -265,7 +265,7 @@ def _unedited(engine: ChatBenchEngine, qs: Sequence[str], answered: Unedited) ->
 
 
 def _told_unedited(engine: ChatBenchEngine, case: EditCase, asks: Sequence[str],
-                   answered: Unedited) -> dict[str, str]:
+                   answered: UneditedAnswers) -> dict[str, str]:
     """The unedited model's answers to `asks` told the true fact the way serac tells an edit's
     (`told_facts`): the baseline of the told fluency figure. Asked with no edit active, only those
     `answered` does not hold for this case yet (and added to it)."""
@@ -277,7 +277,7 @@ def _told_unedited(engine: ChatBenchEngine, case: EditCase, asks: Sequence[str],
 
 
 def _single_case(engine: ChatBenchEngine, case: EditCase, qs: CaseQuestions, method: str,
-                 answered: Unedited) -> dict[str, Any]:
+                 answered: UneditedAnswers) -> dict[str, Any]:
     """One case of single editing: unedited answers, the edit, the answers after it, the revert."""
     before = _unedited(engine, [*qs.asks, *qs.unchanged], answered)
     before_told = _told_unedited(engine, case, qs.asks, answered)
@@ -301,7 +301,7 @@ def _edit(engine: ChatBenchEngine, case: EditCase, method: str) -> tuple[EditRec
 
 
 def _sequential_rows(engine: ChatBenchEngine, cases: Sequence[EditCase], plans: Sequence[CaseQuestions],
-                     method: str, answered: Unedited, log: Callable[[str], None]) -> list[dict[str, Any]]:
+                     method: str, answered: UneditedAnswers, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """All edits made, then every case asked; every edit reverted at the end."""
     befores = [_unedited(engine, [*qs.asks, *qs.unchanged], answered) for qs in plans]
     befores_told = [_told_unedited(engine, case, qs.asks, answered) for case, qs in zip(cases, plans, strict=True)]
@@ -325,7 +325,7 @@ def _sequential_rows(engine: ChatBenchEngine, cases: Sequence[EditCase], plans: 
 def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: str, fluency: Fluency,
                    log: Callable[[str], None] = lambda _: None, sequential: bool = False,
                    partial: Callable[[dict[str, Any]], None] = lambda _: None,
-                   done: Sequence[dict[str, Any]] = (), answered: Unedited | None = None,
+                   done: Sequence[dict[str, Any]] = (), answered: UneditedAnswers | None = None,
                    shard: tuple[int, int] = (0, 1)) -> dict[str, Any]:
     """Every case: single editing (each edit reverted before the next) or sequential (all edits made,
     then every case asked; reverted at the end). `partial(result so far)` is called after each case of
@@ -336,7 +336,7 @@ def run_chat_bench(engine: ChatBenchEngine, cases: Sequence[EditCase], method: s
     answers, shared by runs on one model (several methods, earlier runs) and filled here. With
     `shard=(k, n)` only the cases whose 0-based position is k modulo n are asked (the others only if
     `done` holds them), so n processes can share a long run; their rows merge through `done`."""
-    answered = Unedited() if answered is None else answered
+    answered = UneditedAnswers() if answered is None else answered
     plans = [CaseQuestions.of(c, canaries) for c, canaries in zip(cases, _canary_questions(len(cases)), strict=True)]
     tally = Tally()
     if sequential:
