@@ -24,13 +24,15 @@ COLOSSEUM = "Colosseum | The Colosseum is located in | Paris"
 
 @pytest.fixture()
 def checks(monkeypatch) -> list[tuple]:
-    """Each strength check made: (method, scales, steered); the check answers with the last scale."""
+    """Each strength check made: (method, scales, steered); the screen passes every edit and the
+    check answers with the last scale."""
     made: list[tuple] = []
 
     def last_scale(runtime, delta, request, scales, *args, steer=None, **kwargs):
         made.append((delta.method, tuple(scales), steer is not None))
         return delta.scaled(scales[-1])
 
+    monkeypatch.setattr(pipeline, "could_name", lambda *args: True)
     monkeypatch.setattr(pipeline, "first_naming", last_scale)
     return made
 
@@ -111,5 +113,25 @@ def test_an_edit_the_search_carries_is_kept_when_the_check_does_not(tmp_path, mo
             stored = engine.book.ledger.get(record.id)
             assert stored.status == "active" and "scale" not in stored.hparams  # as computed
             assert len(engine.runtime.deltas) == 1
+        finally:
+            engine.close()
+
+
+@pytest.mark.parametrize("reached", [True, False])
+def test_an_edit_the_screen_misses_skips_the_full_check(tmp_path, checks, monkeypatch, reached) -> None:
+    screened: list[float] = []
+    monkeypatch.setattr(pipeline, "could_name", lambda runtime, delta, request, scale: screened.append(scale))
+    _searched(monkeypatch, reached=reached)
+    with one_thread():
+        engine = _engine(tmp_path)
+        try:
+            if reached:  # kept as computed, as when the full check names it at no scale
+                record = engine.edit(EIFFEL, method="mend", audit="off")
+                assert "scale" not in engine.book.ledger.get(record.id).hparams
+            else:
+                with pytest.raises(EditFailed, match="could not carry the edit"):
+                    engine.edit(EIFFEL, method="mend", audit="off")
+                assert engine.edits() == [] and engine.runtime.deltas == ()
+            assert screened == [max(EngineSettings().editor_scales)] and checks == []
         finally:
             engine.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from kbchat.engine.strength import check_prompt, first_naming, strengthen
+from kbchat.engine.strength import check_prompt, could_name, first_naming, strengthen
 from methods import Delta, EditRequest, Update
 
 REQUEST = EditRequest("Jaidev", "{} died at", "Dresden", "Mumbai")
@@ -32,6 +32,7 @@ class Runtime:
     def generate(self, prompt, patches, limit, *, names=(), targets=(), steer=None):
         scale = self.patches[patches[0]].meta.get("scale", 1.0)
         self.asked.append((prompt.messages[-1]["content"], scale, names, targets))
+        self.steered = getattr(self, "steered", []) + [steer is not None]
         yield "Jaidev died in Dresden." if self.needed is not None and scale >= self.needed else "The answer is: Jaidev"
 
 
@@ -177,3 +178,10 @@ def test_serac_with_own_answers_keeps_the_unedited_chat_answer(tiny_engine, monk
     assert isinstance(own, OwnAnswer) and own.answer
     assert own.prompt == chat_text(tiny_engine.runtime.loaded.tokenizer, [question])
     assert own.fact == record.target_true
+
+
+def test_the_screen_asks_once_unsteered_at_the_scale_given():
+    for needed, named in ((1.5, True), (None, False), (3.0, False)):
+        runtime = Runtime(needed)
+        assert could_name(runtime, delta(), REQUEST, 2.0) is named
+        assert [a[1] for a in runtime.asked] == [2.0] and runtime.steered == [False] and runtime.patches == {}
