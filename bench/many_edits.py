@@ -193,19 +193,16 @@ def table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"| {r['active_edits']} | {r['reliability']['rate']:.1%} (n={r['reliability']['n']}) | "
                      f"{r['neighbours_unchanged']['rate']:.1%} (n={r['neighbours_unchanged']['n']}) | "
-                     f"{_secs(r['seconds_per_edit'])} ({_secs(r['cpu_seconds_per_edit'])}) | {r['seconds_per_answer']:.2f} | {r['latency_ratio']:.2f} | "
-                     f"{_ratio(r.get('latency_ratio_paired'))} |")
+                     f"{_figure(r['seconds_per_edit'])} ({_figure(r['cpu_seconds_per_edit'])}) | {r['seconds_per_answer']:.2f} | {r['latency_ratio']:.2f} | "
+                     f"{_figure(r.get('latency_ratio_paired'))} |")
     lines.append(f"| target (1,000 edits) | ≥ {t['reliability']:.0%} | ≥ {t['neighbours_unchanged']:.0%} | | | "
                  f"≤ {t['latency_ratio']} | ≤ {t['latency_ratio']} |")
     return "\n".join(lines)
 
 
-def _ratio(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"  # None: a checkpoint from before paired timing
-
-
-def _secs(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"  # None: a checkpoint taken on resuming, no edit timed
+def _figure(value: float | None) -> str:
+    # None: a checkpoint taken on resuming (no edit timed), or from before paired timing
+    return "–" if value is None else f"{value:.2f}"
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:
