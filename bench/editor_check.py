@@ -24,7 +24,7 @@ import torch
 from kbchat.config import EngineSettings, data_dir
 from kbchat.engine.local import LocalEngine
 from kbchat.engine.planning import weight_steer_for
-from kbchat.engine.strength import could_name, first_naming
+from kbchat.engine.strength import first_naming, screened_naming
 from kbchat.evaluation.datasets import load_cases
 from kbchat.records import no_progress
 
@@ -34,11 +34,9 @@ DATA = Path(__file__).resolve().parents[2] / "shared/data/counterfact/counterfac
 def checked(engine: LocalEngine, delta, request, screened: bool) -> tuple[float | None, float]:
     """(the scale kept, None when none names the target; CPU seconds) of one check."""
     settings = engine.settings
+    check = screened_naming if screened else first_naming
     started = time.process_time()
-    named = None
-    if not screened or could_name(engine.runtime, delta, request, max(settings.editor_scales)):
-        named = first_naming(engine.runtime, delta, request, settings.editor_scales,
-                             steer=weight_steer_for(settings))
+    named = check(engine.runtime, delta, request, settings.editor_scales, steer=weight_steer_for(settings))
     seconds = time.process_time() - started
     return (None if named is None else float(named.meta.get("scale", 1.0))), seconds
 

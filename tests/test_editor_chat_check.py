@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 
 from kbchat.config import EngineSettings
-from kbchat.engine import pipeline
+from kbchat.engine import pipeline, strength
 from kbchat.errors import EditFailed
 from methods.mend.checkpoint import save_editor
 from tests.engines import WordEmbedder, local_engine, save_tiny_llama
@@ -32,8 +32,8 @@ def checks(monkeypatch) -> list[tuple]:
         made.append((delta.method, tuple(scales), steer is not None))
         return delta.scaled(scales[-1])
 
-    monkeypatch.setattr(pipeline, "could_name", lambda *args: True)
-    monkeypatch.setattr(pipeline, "first_naming", last_scale)
+    monkeypatch.setattr(strength, "could_name", lambda *args: True)
+    monkeypatch.setattr(strength, "first_naming", last_scale)
     return made
 
 
@@ -86,7 +86,7 @@ def test_no_scales_no_check(tmp_path, checks, monkeypatch) -> None:
 
 @pytest.mark.parametrize("scales", [EngineSettings().editor_scales, ()])
 def test_an_edit_neither_the_search_nor_the_check_carries_is_refused(tmp_path, monkeypatch, scales) -> None:
-    monkeypatch.setattr(pipeline, "first_naming", lambda *args, **kwargs: None)  # no scale names the target
+    monkeypatch.setattr(strength, "first_naming", lambda *args, **kwargs: None)  # no scale names the target
     _searched(monkeypatch, reached=False)
     with one_thread():
         engine = _engine(tmp_path, dataclasses.replace(EngineSettings(), editor_scales=scales))
@@ -104,7 +104,7 @@ def test_an_edit_neither_the_search_nor_the_check_carries_is_refused(tmp_path, m
 
 
 def test_an_edit_the_search_carries_is_kept_when_the_check_does_not(tmp_path, monkeypatch) -> None:
-    monkeypatch.setattr(pipeline, "first_naming", lambda *args, **kwargs: None)
+    monkeypatch.setattr(strength, "first_naming", lambda *args, **kwargs: None)
     _searched(monkeypatch, reached=True)
     with one_thread():
         engine = _engine(tmp_path)
@@ -120,7 +120,7 @@ def test_an_edit_the_search_carries_is_kept_when_the_check_does_not(tmp_path, mo
 @pytest.mark.parametrize("reached", [True, False])
 def test_an_edit_the_screen_misses_skips_the_full_check(tmp_path, checks, monkeypatch, reached) -> None:
     screened: list[float] = []
-    monkeypatch.setattr(pipeline, "could_name", lambda runtime, delta, request, scale: screened.append(scale))
+    monkeypatch.setattr(strength, "could_name", lambda runtime, delta, request, scale: screened.append(scale))
     _searched(monkeypatch, reached=reached)
     with one_thread():
         engine = _engine(tmp_path)

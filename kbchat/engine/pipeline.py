@@ -15,7 +15,7 @@ from kbchat.audit.rivals import chat_rival, raw_rival
 from kbchat.config import COMMIT_METHOD, EXPERIMENTAL, MEMORY_METHODS, EngineSettings, method_kind
 from kbchat.engine.deltas import row_delta
 from kbchat.engine.planning import steer_for, weight_steer_for
-from kbchat.engine.strength import could_name, first_naming, strengthen
+from kbchat.engine.strength import screened_naming, strengthen
 from kbchat.errors import EditFailed, KbchatError, LedgerError
 from kbchat.ledger import NewEdit, StoredEdit
 from kbchat.memory.active import fact_sentence, facts_message_for
@@ -73,11 +73,10 @@ class EditPipeline:
         names the target; as computed when none does but the editor's step search reached the target on
         the prompt. EditFailed (nothing changed) when neither carries the edit: applying it would leave
         the model saying what it said, with an edit in the ledger claiming otherwise."""
-        named, scales = None, self.settings.editor_scales
-        if scales:
+        if self.settings.editor_scales:
             progress(Progress("check", 0, 1, "checking the edit on the relation's question"))
-            if could_name(self.runtime, delta, request, max(scales)):  # the full check only where it can pass
-                named = first_naming(self.runtime, delta, request, scales, steer=weight_steer_for(self.settings))
+        named = screened_naming(self.runtime, delta, request, self.settings.editor_scales,
+                                weight_steer_for(self.settings))
         if named is not None:
             return named
         if not all(delta.meta.get("reached", (True,))):

@@ -115,6 +115,15 @@ def could_name(runtime: ModelRuntime, delta: Delta, request: EditRequest, scale:
     return _names_target(runtime, trial, request, [check_prompt(request, None)], scale)
 
 
+def screened_naming(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
+                    steer: Steer | None = None) -> Delta | None:
+    """`first_naming` over `scales` (steered, `steer`), run only when `could_name` at the largest
+    scale passes: a learned editor's chat check. None when no scale names the target."""
+    if not scales or not could_name(runtime, delta, request, max(scales)):
+        return None
+    return first_naming(runtime, delta, request, scales, steer=steer)
+
+
 def strengthen(runtime: ModelRuntime, delta: Delta, request: EditRequest, scales: Sequence[float],
                fact: str | None = None, wordings: int = 1, follow_up: bool = False,
                steer: Steer | None = None, settle: bool = True) -> Delta:
