@@ -225,7 +225,9 @@ def test_log_probabilities_and_accuracies_come_from_one_teacher_forced_pass(tiny
             assert len(calls) == passes  # the accuracies came with the log-probabilities
             fresh = LiveEditView(tiny_engine.runtime, tiny_engine.planner, view.row, view.undo_key)
             assert fresh.token_accuracies(pairs[:2], edited=edited) == accs  # asked first, the same
-            assert fresh.logprobs(pairs, edited=edited) == lps
+            # the third pair is scored alone here, in a batch of three above: a different batch
+            # shape changes the summation order, so the values agree to float rounding only
+            assert fresh.logprobs(pairs, edited=edited) == pytest.approx(lps, rel=1e-5, abs=1e-6)
 
 
 def test_the_audit_answers_a_weight_edit_as_the_chat_does(tiny_engine) -> None:
