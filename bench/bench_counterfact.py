@@ -155,7 +155,9 @@ def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int 
         state.save()
     before, curve = state.progress["before"], state.progress["curve"]
     deltas = state.deltas()
-    handles = [d.apply(model) for d in deltas]
+    originals: dict[str, torch.Tensor] = {}  # each module's weight before the first delta: one copy, not one per edit
+    for d in deltas:
+        apply_keeping_first(model, d, originals)
     for i, case in enumerate(cases[len(deltas):], len(deltas) + 1):
         started = time.perf_counter()
         kwargs = method_options(impl, model, stats, model_id, editors, search, overrides)
@@ -164,7 +166,7 @@ def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int 
         delta = impl.compute(model, tokenizer, [case.request], **kwargs)
         seconds = time.perf_counter() - started
         deltas.append(delta)
-        handles.append(delta.apply(model))
+        apply_keeping_first(model, delta, originals)
         r = case.request
         if i % every == 0 and i < len(cases):
             curve[str(i)] = summarise(_sequential_rows(model, tokenizer, cases[:i], before[:i]),
@@ -172,11 +174,17 @@ def run_sequential(model, tokenizer, cases, method, stats, model_id, every: int 
             print(f"  {method} after {i} edits: {json.dumps(curve[str(i)])}", flush=True)
         state.add(delta, seconds, preferences(model, tokenizer, [r.text], r.target, r.target_true)[0])
     out = summarise(_sequential_rows(model, tokenizer, cases, before), state.progress["seconds"])
-    for handle in reversed(handles):
-        handle.undo()
+    methods.Applied(model, originals).undo()
     out["immediate_efficacy"] = round(100 * mean(state.progress["immediate"]), 1)
     out["curve"] = {k: {m: v[m] for m in ("efficacy", "paraphrase", "neighbourhood")} for k, v in curve.items()}
     return out
+
+
+def apply_keeping_first(model, delta: methods.Delta, originals: dict[str, torch.Tensor]) -> None:
+    """Apply `delta`, adding to `originals` the weights of modules no earlier delta touched. A handle
+    per edit would hold a copy of the edited layers per edit: 1,000 AlphaEdit edits outgrew 24 GiB."""
+    for name, weight in delta.apply(model).saved.items():
+        originals.setdefault(name, weight)
 
 
 def _sequential_rows(model, tokenizer, cases, before) -> list[dict]:
