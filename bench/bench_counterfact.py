@@ -243,6 +243,7 @@ def main() -> None:
     parser.add_argument("--hparams", type=json.loads, default={},
                         help='hyperparameter overrides per method, JSON: \'{"mend": {"whiten": 0.01}}\'')
     parser.add_argument("--torch-threads", type=int, default=None, help="e.g. 1 when two benchmarks share 2 cores")
+    parser.add_argument("--plot", default=None, help="sequential: draw the curve to this PNG (bench.plot_sequential)")
     args = parser.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
@@ -277,6 +278,10 @@ def main() -> None:
         print(name, json.dumps(results["methods"][name]), flush=True)
         if args.json:  # after each method: a long run that is stopped keeps what it measured
             Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    if args.plot and args.sequential:
+        from bench.plot_sequential import plot
+
+        plot(results, args.plot)
     print(json.dumps(results, indent=1))
 
 

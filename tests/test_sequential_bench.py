@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from bench.bench_counterfact import apply_keeping_first
+from bench.plot_sequential import plot, points
 from methods import Applied, Delta, Update
 from tests.tiny_models import tiny
 
@@ -33,3 +34,12 @@ def test_many_deltas_keep_one_copy_per_module_and_undo_exactly():
     assert not torch.equal(model.get_submodule(MODULES[0]).weight, before[MODULES[0]])
     Applied(model, originals).undo()
     assert all(torch.equal(model.get_submodule(m).weight, before[m]) for m in MODULES)
+
+
+def test_the_plotted_curve_ends_with_the_figures_after_the_last_edit(tmp_path):
+    last = {"efficacy": 90.0, "paraphrase": 80.0, "neighbourhood": 75.0, "cases": 1000}
+    figures = {**last, "curve": {"500": {**last, "efficacy": 95.0}, "250": {**last, "efficacy": 97.0}}}
+    assert [(n, row["efficacy"]) for n, row in points(figures)] == [(250, 97.0), (500, 95.0), (1000, 90.0)]
+    plot({"data": "x/counterfact-val.json", "mode": "sequential 1000", "methods": {"alphaedit": figures}},
+         str(tmp_path / "curve.png"))
+    assert (tmp_path / "curve.png").read_bytes().startswith(b"\x89PNG")
