@@ -5,9 +5,10 @@ smaller ones from the heap, which returns memory only from its top. The threshol
 mapped block is freed it rises to that block's size (up to 32 MiB), so later tensors of a few MiB land
 on the heap, and tensors that grow a little each time (AlphaEdit's K_p, one row more per sequential
 edit) leave holes no later one fits: a process making 1,000 sequential AlphaEdit edits grew by ~40 MB
-per edit, its heap 3.8 GiB after 100 edits (the bench's run, killed for memory at edit 618). Setting the threshold also stops the adaptation: the same solves then
-stay flat, and greedy answers take the same CPU time within a few percent
-(`bench/alphaedit_memory.py`, `bench/results/alphaedit-prior-memory.json`).
+per edit, its heap 3.8 GiB after 100 edits (the benchmark's run, killed for memory at edit 618).
+Setting the threshold also stops the adaptation: the same solves then stay flat, and greedy answers
+take the same CPU time within a few percent (`bench/alphaedit_memory.py`,
+`bench/results/alphaedit-prior-memory.json`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import ctypes
 import ctypes.util
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
-THRESHOLD = 4 << 20  # bytes: a 1,536-wide float64 row block of 342 rows, an (in, in) solve is ~18 MiB
+THRESHOLD = 4 << 20  # bytes: above a small model's per-token tensors, below an (in, in) float64 solve (18 MiB)
 
 
 def return_large_blocks(threshold: int = THRESHOLD) -> bool:
