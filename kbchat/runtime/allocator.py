@@ -14,7 +14,6 @@ take the same CPU time within a few percent (`bench/alphaedit_memory.py`,
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_MMAP_THRESHOLD = -3  # mallopt's parameter number (glibc malloc.h)
 THRESHOLD = 4 << 20  # bytes: above a small model's per-token tensors, below an (in, in) float64 solve (18 MiB)
@@ -23,10 +22,8 @@ THRESHOLD = 4 << 20  # bytes: above a small model's per-token tensors, below an 
 def return_large_blocks(threshold: int = THRESHOLD) -> bool:
     """Fix glibc's mmap threshold for this process (idempotent). False where there is no glibc
     (macOS, musl), where the allocator is left as it is."""
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+    try:  # the process's own symbols: find_library("c") would run ldconfig on every model load
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(M_MMAP_THRESHOLD, threshold))
