@@ -2,7 +2,8 @@
 
 Hooks are installed once per touched module; which deltas they add is read from a context variable,
 so concurrent generations on different threads can each select their own in-scope edits while the
-weights stay untouched. A selection holds the deltas themselves, not their keys: removing a delta
+weights stay untouched; `select_rows` gives each row of a batch its own selection (a patched and an
+unpatched answer decoded side by side in one pass). A selection holds the deltas themselves, not their keys: removing a delta
 while a generation that selected it is running leaves that generation as it began (it keeps the
 delta to its end), and hooks stay installed until `close`, so no forward pass finds one missing.
 
@@ -18,7 +19,7 @@ Where a selected delta acts is its *positions* policy:
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -40,7 +41,9 @@ class ScopedDeltas:
         self.positions = positions  # the policy of deltas added without one
         self._deltas: dict[Hashable, tuple[Delta, str]] = {}
         self._handles: dict[str, object] = {}
-        self._selected: ContextVar[tuple[tuple[Delta, str], ...]] = ContextVar(f"scoped-{id(self)}", default=())
+        # (delta, policy, rows): rows None for every batch row, else a 0/1 weight per row
+        self._selected: ContextVar[tuple[tuple[Delta, str, tuple[float, ...] | None], ...]] = ContextVar(
+            f"scoped-{id(self)}", default=())
         self._offset: ContextVar[int] = ContextVar(f"scoped-offset-{id(self)}", default=0)
         self._pass_hook = model.register_forward_pre_hook(self._offset_hook(), with_kwargs=True)
 
@@ -67,7 +70,23 @@ class ScopedDeltas:
     def select(self, keys: Iterable[Hashable]) -> Iterator[None]:
         """Inside, the selected deltas (unknown keys ignored) act on this thread's forward passes."""
         deltas = self._deltas  # one read of the table: a concurrent add/remove swaps entries, not this
-        token = self._selected.set(tuple(d for k in keys if (d := deltas.get(k)) is not None))
+        token = self._selected.set(tuple((*d, None) for k in keys if (d := deltas.get(k)) is not None))
+        try:
+            yield
+        finally:
+            self._selected.reset(token)
+
+    @contextmanager
+    def select_rows(self, rows: Sequence[Iterable[Hashable]]) -> Iterator[None]:
+        """Inside, batch row i of this thread's forward passes gets the deltas of `rows[i]` (unknown keys
+        ignored); every pass must then have len(rows) rows."""
+        deltas = self._deltas
+        chosen: dict[Hashable, list[float]] = {}
+        for i, keys in enumerate(rows):
+            for k in keys:
+                if k in deltas:
+                    chosen.setdefault(k, [0.0] * len(rows))[i] = 1.0
+        token = self._selected.set(tuple((*deltas[k], tuple(w)) for k, w in chosen.items()))
         try:
             yield
         finally:
@@ -99,7 +118,7 @@ class ScopedDeltas:
             x = args[0]  # (..., T, in)
             w = weight_of(module)
             extra = 0
-            for delta, policy in selected:
+            for delta, policy, rows in selected:
                 if policy == "prompt" and not on_input:
                     continue
                 for u in delta.updates:
@@ -107,12 +126,20 @@ class ScopedDeltas:
                         continue
                     left = u.left.to(w.device, x.dtype)
                     if u.right is None:
-                        extra = extra + x @ left.T
+                        term = x @ left.T
                     else:
-                        extra = extra + (x @ u.right.to(w.device, x.dtype)) @ left.T  # (..., r) -> (..., out)
+                        term = (x @ u.right.to(w.device, x.dtype)) @ left.T  # (..., r) -> (..., out)
+                    extra = extra + (term if rows is None else term * _row_weights(rows, term))
             return output + extra if isinstance(extra, torch.Tensor) else output
 
         return hook
+
+
+def _row_weights(rows: tuple[float, ...], term: torch.Tensor) -> torch.Tensor:
+    """`rows` as a (B, 1, ..., 1) tensor that scales `term` ((B, ..., out)) row by row."""
+    if term.dim() < 2 or term.shape[0] != len(rows):
+        raise ValueError(f"select_rows chose deltas for {len(rows)} rows; the pass has shape {tuple(term.shape)}")
+    return torch.tensor(rows, dtype=term.dtype, device=term.device).view(-1, *([1] * (term.dim() - 1)))
 
 
 def _check_policy(policy: str) -> None:

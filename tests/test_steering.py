@@ -57,9 +57,9 @@ def test_the_patched_model_writes_only_the_target(llama):
     first = _first_token_text(model, tok, ids, scoped)
     clean_first = "".join(stream_tokens(model, tok, ids, 1))
     assert first.strip() and first != clean_first  # the patch changes the first token
-    unpatched = lambda: scoped.select(())  # noqa: E731
+    steered = "".join(steered_tokens(model, tok, ids, 10, lambda: scoped.select_rows([["e"], []]),
+                                     lambda: scoped.select(()), [first.strip()]))
     with scoped.select(["e"]):
-        steered = "".join(steered_tokens(model, tok, ids, 10, unpatched, [first.strip()]))
         patched = "".join(stream_tokens(model, tok, ids, 10))
     first_ids = tok(first, add_special_tokens=False)["input_ids"]
     rest = "".join(stream_tokens(model, tok, torch.cat([ids, torch.tensor([first_ids])], 1), 9))
@@ -74,9 +74,31 @@ def test_a_target_never_led_into_leaves_the_unedited_answer(llama):
     scoped = ScopedDeltas(model, positions="prompt")
     scoped.add("e", big_delta(model))
     clean = "".join(stream_tokens(model, tok, ids, 10))
-    with scoped.select(["e"]):
-        steered = "".join(steered_tokens(model, tok, ids, 10, lambda: scoped.select(()), ["Zq#never"]))
+    steered = "".join(steered_tokens(model, tok, ids, 10, lambda: scoped.select_rows([["e"], []]),
+                                     lambda: scoped.select(()), ["Zq#never"]))
     assert steered == clean
+    scoped.close()
+
+
+def test_the_unpatched_side_reads_its_own_shorter_prompt(llama):
+    """`clean_ids` shorter than the patched prompt (its row left-padded in the batch): with no target
+    led into, the answer is the unpatched model's own answer to `clean_ids`, token for token; with one,
+    the patched model's first token and then the unpatched continuation of `clean_ids`."""
+    model, tok = llama
+    scoped = ScopedDeltas(model, positions="all")
+    scoped.add("e", big_delta(model))
+    ids = chat_input_ids(tok, [{"role": "system", "content": "The Eiffel Tower is in Rome. " * 12}, *MESSAGES], "cpu")
+    clean_ids = chat_input_ids(tok, MESSAGES, "cpu")
+    assert ids.shape[1] > clean_ids.shape[1] + 10
+    side_by_side, unpatched = (lambda: scoped.select_rows([["e"], []])), (lambda: scoped.select(()))
+    clean = "".join(stream_tokens(model, tok, clean_ids, 10))
+    steered = "".join(steered_tokens(model, tok, ids, 10, side_by_side, unpatched, ["Zq#never"], clean_ids=clean_ids))
+    assert steered == clean
+    first = _first_token_text(model, tok, ids, scoped)
+    steered = "".join(steered_tokens(model, tok, ids, 10, side_by_side, unpatched, [first.strip()], clean_ids=clean_ids))
+    first_ids = tok(first, add_special_tokens=False)["input_ids"]
+    rest = "".join(stream_tokens(model, tok, torch.cat([clean_ids, torch.tensor([first_ids])], 1), 9))
+    assert steered == first + rest
     scoped.close()
 
 

@@ -184,7 +184,7 @@ def batch_greedy(model: nn.Module, tokenizer, inputs: Sequence[torch.Tensor], ma
     return out
 
 
-def _left_pad(inputs: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(inputs: Sequence[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, mask), both (B, T_max): each (1, T_i) input right-aligned after `pad` tokens (mask 0)."""
     width = max(int(x.shape[-1]) for x in inputs)
     device = inputs[0].device
@@ -211,7 +211,7 @@ def _decode_batch(model: nn.Module, tokenizer, inputs: Sequence[torch.Tensor], m
     if shared:  # e.g. the chat template's system turn: computed once, its KV cache copied to every row
         past = model(input_ids=inputs[0][:, :shared], use_cache=True, **last).past_key_values
         past.batch_repeat_interleave(len(inputs))
-    step_ids, mask = _left_pad([x[:, shared:] for x in inputs], pad)  # (B, T), (B, T): the rest of each
+    step_ids, mask = left_pad([x[:, shared:] for x in inputs], pad)  # (B, T), (B, T): the rest of each
     positions = shared + (mask.cumsum(-1) - 1).clamp(min=0)  # (B, T): counted from each row's first real token
     mask = torch.cat([mask.new_ones((len(inputs), shared)), mask], dim=-1)  # (B, shared + T): pads mid-row
     answers = [AnswerText(tokenizer, stops) for _ in inputs]

@@ -157,8 +157,9 @@ class ModelRuntime:
         clean_ids = None
         if prompt.messages is not None and steer.without:
             clean_ids, _ = self._input(Prompt(messages=tuple(m for m in prompt.messages if m not in steer.without)))
-        with self._lock.read(), self._patches.select(edited):
+        with self._lock.read():
             yield from steered_tokens(self.loaded.model, self.loaded.tokenizer, ids, limit,
+                                      lambda: self._patches.select_rows((edited, clean)),
                                       lambda: self._patches.select(clean), tuple(targets), cancel, stops, clean_ids,
                                       tuple(names))
 

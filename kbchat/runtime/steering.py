@@ -2,8 +2,8 @@
 
 A patched model words the whole answer, and the patch bends more than the fact: the framing ("The
 original text refers to Singapore…"), names, the words after the object. Here the unpatched model
-words the answer and the patched one writes only the new object. Both run side by side, each with
-its own cache, both fed every chosen token. Before the answer states one of the `targets`, each step
+words the answer and the patched one writes only the new object. Both run side by side, as the two
+rows of one batch, both fed every chosen token. Before the answer states one of the `targets`, each step
 takes the patched model's token when it leads into a target (the answer then ends with a word-initial
 start of one, or states it) and the unpatched model's otherwise; once a target is stated, only the
 unpatched model runs. The names of the edited subjects are the unpatched model's, so they stay whole.
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from kbchat.runtime.decoding import AnswerText, eos_ids, last_logits_only
+from kbchat.runtime.decoding import AnswerText, eos_ids, last_logits_only, left_pad
 from kbchat.runtime.guard import partway, states
 
 
@@ -69,6 +69,7 @@ def steered_tokens(
     tokenizer,
     input_ids: torch.Tensor,
     max_new_tokens: int,
+    side_by_side: Callable[[], AbstractContextManager],
     unpatched: Callable[[], AbstractContextManager],
     targets: Sequence[str],
     cancel: threading.Event | None = None,
@@ -76,34 +77,43 @@ def steered_tokens(
     clean_ids: torch.Tensor | None = None,
     names: Sequence[str] = (),
 ) -> Iterator[str]:
-    """Greedy answer pieces for `input_ids` ((1, T)), run inside the patches' selection, `unpatched()`
-    a context without them, the unpatched model reading `clean_ids` ((1, T'); default `input_ids`);
+    """Greedy answer pieces for `input_ids` ((1, T)), the unpatched model reading `clean_ids` ((1, T');
+    default `input_ids`). Both run as the two rows of one batch (on CPU a step of two rows costs little
+    more than one): `side_by_side()` is a context in which row 0 is patched and row 1 not,
+    `unpatched()` one without the patches, used once a target is stated and only row 1 goes on.
     `names`: the edited subjects, which the unpatched model writes (`takes_lead`); stops as
     `decoding.stream_tokens` does."""
     eos, last = eos_ids(model, tokenizer), last_logits_only(model)
     answer = AnswerText(tokenizer, stop_strings)
-    clean_past = patched_past = None
-    step, clean_step = input_ids, (input_ids if clean_ids is None else clean_ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    step, mask = left_pad([input_ids, input_ids if clean_ids is None else clean_ids], pad)  # (2, T), (2, T)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (2, T): counted from each row's first real token
+    past, both = None, True
     for _ in range(max_new_tokens):
         if cancel is not None and cancel.is_set():
             return
-        with unpatched():
-            out = model(input_ids=clean_step, past_key_values=clean_past, use_cache=True, **last)
-        clean_past, token = out.past_key_values, int(out.logits[0, -1].argmax())
-        if not states(answer.text, targets):  # the patched model still runs beside it
-            out = model(input_ids=step, past_key_values=patched_past, use_cache=True, **last)
-            patched_past, lead = out.past_key_values, int(out.logits[0, -1].argmax())
+        with side_by_side() if both else unpatched():
+            out = model(input_ids=step, attention_mask=mask, position_ids=positions, past_key_values=past,
+                        use_cache=True, **last)
+        past, token = out.past_key_values, int(out.logits[-1, -1].argmax())  # the unpatched row's
+        if both:
+            lead = int(out.logits[0, -1].argmax())
             if lead != token and lead not in eos and takes_lead(answer.text, _with(tokenizer, answer, lead),
                                                                  targets, names):
                 token = lead
         if token in eos:
             break
-        step = clean_step = torch.tensor([[token]], device=input_ids.device)
         piece = answer.push(token)
         if piece:
             yield piece
         if answer.done:
             return
+        if both and states(answer.text, targets):  # stated: only the unpatched model runs from here
+            past.batch_select_indices(torch.tensor([1], device=mask.device))
+            mask, positions, both = mask[1:], positions[1:], False
+        step = torch.tensor([[token]] * len(mask), device=mask.device)  # (rows, 1)
+        mask = torch.cat([mask, mask.new_ones((len(mask), 1))], dim=-1)  # (rows, T + 1)
+        positions = positions[:, -1:] + 1  # (rows, 1)
 
 
 def held_until_stated(steered: Iterator[str], fallback: Callable[[], Iterator[str]],

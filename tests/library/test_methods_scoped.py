@@ -145,3 +145,23 @@ def test_unknown_policy_and_close(llama):
     copy.deepcopy(model)  # hooks hold no reference that cannot be copied (mixed precision copies the model)
     scoped.close()
     assert not model._forward_pre_hooks and not any(m._forward_hooks for m in model.modules())
+
+
+@torch.no_grad()
+def test_select_rows_gives_each_batch_row_its_own_deltas(llama):
+    """Two copies of one input in a batch: row 0 with the delta, row 1 without, each as if alone; a
+    pass whose batch does not match the rows is refused rather than patched wrongly."""
+    model, tok = llama
+    scoped = ScopedDeltas(model, positions="all")
+    scoped.add("e", big_delta(model))
+    ids = ids_of(tok)
+    with scoped.select(["e"]):
+        patched = model(input_ids=ids).logits[0]
+    plain = model(input_ids=ids).logits[0]
+    with scoped.select_rows([["e", "unknown"], []]):
+        both = model(input_ids=ids.repeat(2, 1)).logits
+    assert torch.allclose(both[0], patched, atol=1e-4) and torch.allclose(both[1], plain, atol=1e-4)
+    assert not torch.allclose(patched, plain, atol=1e-3)
+    with scoped.select_rows([["e"], [], ["e"]]), pytest.raises(ValueError, match="3 rows"):
+        model(input_ids=ids.repeat(2, 1))
+    scoped.close()
