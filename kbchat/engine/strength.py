@@ -106,7 +106,7 @@ def first_naming(runtime: ModelRuntime, delta: Delta, request: EditRequest, scal
 def could_name(runtime: ModelRuntime, delta: Delta, request: EditRequest, scale: float) -> bool:
     """A quick screen before `first_naming` over scales up to `scale`: whether the plain patched
     answer to the relation's first question, `delta` at `scale`, names the request's target (cut once
-    it does). Unsteered, it runs the model once per token where a steered check runs it twice and, on
+    it does). Unsteered, it runs the model on one row per token where a steered check runs two and, on
     a miss, again for the fallback; an edit that even this misses is almost never named at a smaller
     scale (a steered answer that misses falls back to this same patched answer). On 16 CounterFact
     training records the screened check kept the full check's scale on all 16, in 2.9 CPU s against
