@@ -31,6 +31,7 @@ from kbchat.audit.relations import questions
 from kbchat.config import data_dir
 from kbchat.engine.local import LocalEngine
 from kbchat.evaluation.datasets import load_cases
+from kbchat.evaluation.metrics import mentions
 
 
 def snapshot(ledger: Path, folder: Path) -> str:
@@ -53,14 +54,20 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     edits = distinct_subjects(cases, args.edits)
     neighbours = neighbour_questions(cases, edits, args.neighbours)
     order = random.Random(args.seed).sample(range(len(edits)), len(edits))
-    asks = [questions(edits[i].request)[0] for i in sampled(order, args.at, args.sample)]
+    picked = {questions(edits[i].request)[0]: edits[i].request.target for i in sampled(order, args.at, args.sample)}
+    asks = list(picked)
     with tempfile.TemporaryDirectory() as tmp:
         db = snapshot(Path(args.state) / "ledger.db", Path(tmp))
         with LocalEngine.open(db=db, home=data_dir(args.home)) as engine:
             active = engine.info().active_memory_edits
             now, off = ask_paired(engine, [*asks, *neighbours])
+    progress = Path(args.state) / "progress.json"  # the run's empty-ledger answers, when at hand
+    base = json.loads(progress.read_text())["base"] if progress.is_file() else {}
     return {"command": "python -m bench.ledger_answers " + " ".join(sys.argv[1:]), "commit": _commit(),
             "active_memory_edits": active, "threads": torch.get_num_threads(),
+            "reliability": round(sum(mentions(now[q].text, t) for q, t in picked.items()) / len(picked), 3),
+            "neighbours_unchanged": round(sum(now[q].text == base[q][0] for q in neighbours) / len(neighbours), 3)
+            if all(q in base for q in neighbours) else None,
             "latency_ratio_paired": cpu_ratio(now, off, [*asks, *neighbours]),
             "latency_ratio_paired_edited": cpu_ratio(now, off, asks),
             "latency_ratio_paired_neighbours": cpu_ratio(now, off, neighbours),
@@ -73,10 +80,11 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """How many answers two runs share word for word, and their paired ratios side by side."""
     differ = [{"question": q, "old": a, "new": new["answers"].get(q)} for q, a in old["answers"].items()
               if new["answers"].get(q) != a]
-    keys = ("latency_ratio_paired", "latency_ratio_paired_edited", "latency_ratio_paired_neighbours")
+    keys = ("reliability", "neighbours_unchanged", "latency_ratio_paired", "latency_ratio_paired_edited",
+            "latency_ratio_paired_neighbours")
     return {"commits": [old["commit"], new["commit"]], "answers": len(old["answers"]),
             "identical": len(old["answers"]) - len(differ), "differ": differ,
-            **{k: [old[k], new[k]] for k in keys}}
+            **{k: [old.get(k), new.get(k)] for k in keys}}
 
 
 def _commit() -> str:
