@@ -26,7 +26,15 @@ from typing import Any
 
 import torch
 
-from bench.many_edits import DATA, Asked, ask_paired, distinct_subjects, neighbour_questions, sampled
+from bench.many_edits import (
+    DATA,
+    Progress,
+    ask_paired,
+    distinct_subjects,
+    neighbour_questions,
+    ratio,
+    sampled,
+)
 from kbchat.audit.relations import questions
 from kbchat.config import data_dir
 from kbchat.engine.local import LocalEngine
@@ -45,10 +53,6 @@ def snapshot(ledger: Path, folder: Path) -> str:
     return f"sqlite:///{folder / 'ledger.db'}"
 
 
-def cpu_ratio(now: Asked, off: Asked, qs: list[str]) -> float:
-    return round(sum(now[q].cpu for q in qs) / sum(off[q].cpu for q in qs), 3)
-
-
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     cases = load_cases(args.data, skip_unusable=True)
     edits = distinct_subjects(cases, args.edits)
@@ -61,16 +65,15 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         with LocalEngine.open(db=db, home=data_dir(args.home)) as engine:
             active = engine.info().active_memory_edits
             now, off = ask_paired(engine, [*asks, *neighbours])
-    progress = Path(args.state) / "progress.json"  # the run's empty-ledger answers, when at hand
-    base = json.loads(progress.read_text())["base"] if progress.is_file() else {}
+    base = Progress(Path(args.state)).base  # the run's empty-ledger answers, when at hand
     return {"command": "python -m bench.ledger_answers " + " ".join(sys.argv[1:]), "commit": _commit(),
             "active_memory_edits": active, "threads": torch.get_num_threads(),
             "reliability": round(sum(mentions(now[q].text, t) for q, t in picked.items()) / len(picked), 3),
-            "neighbours_unchanged": round(sum(now[q].text == base[q][0] for q in neighbours) / len(neighbours), 3)
+            "neighbours_unchanged": round(sum(now[q].text == base[q].text for q in neighbours) / len(neighbours), 3)
             if all(q in base for q in neighbours) else None,
-            "latency_ratio_paired": cpu_ratio(now, off, [*asks, *neighbours]),
-            "latency_ratio_paired_edited": cpu_ratio(now, off, asks),
-            "latency_ratio_paired_neighbours": cpu_ratio(now, off, neighbours),
+            "latency_ratio_paired": ratio(now, off, [*asks, *neighbours]),
+            "latency_ratio_paired_edited": ratio(now, off, asks),
+            "latency_ratio_paired_neighbours": ratio(now, off, neighbours),
             "edited": asks, "neighbours": neighbours,
             "answers": {q: now[q].text for q in now}, "memory_off_answers": {q: off[q].text for q in off},
             "cpu_seconds": {q: [round(now[q].cpu, 3), round(off[q].cpu, 3)] for q in now}}
