@@ -146,3 +146,38 @@ def _first_logits(model, tokenizer, pairs):
     ids = tokenizer(pairs[0][0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         return [model(input_ids=ids).logits[0, -1, :8].tolist()]
+
+
+@pytest.mark.parametrize("change", ["edit", "revert"])
+def test_an_answer_waiting_through_a_weight_change_is_planned_on_the_weights_it_reads(tiny_engine, change) -> None:
+    """An answer is planned (which weight edits it names, their negation patches) when it is asked and
+    generated when the weights are free; a weight edit or revert landing in between must not leave it
+    reading the new weights with the old plan: it is answered as a fresh question would be then."""
+    if change == "revert":
+        record = tiny_engine.edit(EIFFEL, method="rome", audit="off")
+        stream = tiny_engine.stream(QUESTION, max_new_tokens=16)  # planned with the edit (and its negation)
+        tiny_engine.revert(record.id)
+    else:
+        stream = tiny_engine.stream(QUESTION, max_new_tokens=16)  # planned with no weight edit
+        record = tiny_engine.edit(EIFFEL, method="rome", audit="off")
+    text = "".join(stream).strip()
+    fresh = tiny_engine.ask(QUESTION, max_new_tokens=16)
+    got = stream.answer
+    assert (text, got.weight_edits, got.weights) == (fresh.text, fresh.weight_edits, fresh.weights)
+    assert got.weight_edits == ((record.id,) if change == "edit" else ())
+
+
+def test_an_answer_whose_weights_keep_changing_gives_up_with_a_clear_error(tiny_engine, monkeypatch) -> None:
+    """Every plan is stale by the time it reads the weights: after a bounded number of plans the answer
+    ends with an error saying so, not a loop and not an answer read on the wrong plan."""
+    import itertools
+
+    from kbchat.errors import KbchatError
+    from kbchat.runtime import ModelRuntime
+
+    ahead = itertools.count(10**6)  # never the runtime's own count
+    monkeypatch.setattr(ModelRuntime, "version", property(lambda self: next(ahead)))
+    stream = tiny_engine.stream(QUESTION, max_new_tokens=4)
+    with pytest.raises(KbchatError, match="the weights changed 8 times while this answer waited"):
+        "".join(stream)
+    assert stream.answer is not None and stream.answer.text == "" and stream.answer.tokens == 0

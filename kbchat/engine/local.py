@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from kbchat.editors import editor_dirs
 from kbchat.engine.auditing import AuditRunner
 from kbchat.engine.deltas import negated, row_delta
 from kbchat.engine.pipeline import EditPipeline
-from kbchat.engine.planning import Planner
+from kbchat.engine.planning import Plan, Planner
 from kbchat.engine.restore import add_patches, replay_weights, restore
 from kbchat.engine.unedited import UneditedPatches
 from kbchat.errors import KbchatError
@@ -34,7 +34,7 @@ from kbchat.memory import Embedder
 from kbchat.memory.book import MemoryBook
 from kbchat.parsing import follow_model, parse_edit
 from kbchat.records import Answer, EditRecord, EngineInfo, ParsedEdit, Progress, ProgressFn, no_progress
-from kbchat.runtime import ModelRuntime, load_model
+from kbchat.runtime import ModelRuntime, StaleWeights, load_model
 from kbchat.service import (
     AnswerStream,
     AskByStreaming,
@@ -46,6 +46,19 @@ from kbchat.service import (
 from methods import EditRequest, StatsCache
 
 CONTEXT_MARGIN = 64  # tokens kept free for the system message stating in-scope facts
+REPLANS = 8  # an answer planned again this often (the weights changed while it waited) gives up
+
+
+@dataclass(frozen=True)
+class Planned:
+    """An answer's plan with the state it was made on: the weights' `version`, the active weight edits
+    and the fingerprint the ledger records for them."""
+
+    plan: Plan
+    unedited: tuple[Hashable, ...]
+    weight_edits: tuple[int, ...]
+    fingerprint: str | None
+    version: int
 
 
 class LocalEngine(AskByStreaming, ConversationCalls):
@@ -116,29 +129,44 @@ class LocalEngine(AskByStreaming, ConversationCalls):
 
     def stream(self, text: str, *, history: Sequence[Message] = (), memory: bool = True,
                max_new_tokens: int | None = None, cancel: threading.Event | None = None) -> AnswerStream:
-        """Stream the answer to `text`; in-scope memory edits act on it unless `memory` is False."""
+        """Stream the answer to `text`; in-scope memory edits act on it unless `memory` is False.
+
+        The answer is planned now and generated when the weights are free; a weight edit or revert
+        landing in between makes it planned again on the weights it reads (`ModelRuntime.version`)."""
         question = question_text(text)
         self._catch_up()
-        active = self.book.ledger.active(kind="weight")
-        plan = self.planner.plan(question, history=history, memory=memory, weights=active)
-        unedited = self.unedited.keys(plan.weights, active)
         limit = max_new_tokens or self.settings.max_new_tokens
-        counter = {"tokens": 0}
+        state = {"planned": self._planned(question, history, memory), "tokens": 0}
         started = time.perf_counter()
-        weights = tuple(e.id for e in active)
-        fingerprint = self.book.ledger.get_meta(self.runtime.state_key)
 
         def pieces():
-            for piece in self.runtime.generate(plan.prompt, plan.patches, limit, cancel, names=plan.names,
-                                             targets=plan.targets, steer=plan.steer, unedited=unedited):
-                counter["tokens"] += 1
-                yield piece
+            for _ in range(REPLANS):
+                planned = state["planned"]
+                plan = planned.plan
+                try:
+                    for piece in self.runtime.generate(plan.prompt, plan.patches, limit, cancel, names=plan.names,
+                                                       targets=plan.targets, steer=plan.steer,
+                                                       unedited=planned.unedited, version=planned.version):
+                        state["tokens"] += 1
+                        yield piece
+                    return
+                except StaleWeights:  # raised before the first piece: nothing of this answer is out yet
+                    state["planned"] = self._planned(question, history, memory)
+            raise KbchatError(f"the weights changed {REPLANS} times while this answer waited; ask again")
 
         def finish(answer: str) -> Answer:
-            return Answer(answer.strip(), plan.used, counter["tokens"], time.perf_counter() - started,
-                          weight_edits=weights, weights=fingerprint)
+            planned = state["planned"]
+            return Answer(answer.strip(), planned.plan.used, state["tokens"], time.perf_counter() - started,
+                          weight_edits=planned.weight_edits, weights=planned.fingerprint)
 
         return AnswerStream(pieces(), finish, cancel)
+
+    def _planned(self, question: str, history: Sequence[Message], memory: bool) -> Planned:
+        version = self.runtime.version  # first: the ledger read after it is at least that new
+        active = self.book.ledger.active(kind="weight")
+        plan = self.planner.plan(question, history=history, memory=memory, weights=active)
+        return Planned(plan, self.unedited.keys(plan.weights, active), tuple(e.id for e in active),
+                          self.book.ledger.get_meta(self.runtime.state_key), version)
 
     def _catch_up(self) -> None:
         """`_sync` before a question; skipped while an edit of ours runs (it holds the lock, and syncs

@@ -39,6 +39,10 @@ from methods.scoped import ScopedDeltas
 T = TypeVar("T")
 
 
+class StaleWeights(KbchatError):
+    """The weights changed between an answer's plan (made at `ModelRuntime.version`) and its generation."""
+
+
 @dataclass(frozen=True)
 class Prompt:
     """What the model is given: chat messages (answered in the assistant's turn) or raw text to continue."""
@@ -64,6 +68,7 @@ class ModelRuntime:
         self._deltas: tuple[Delta, ...] = ()  # the active deltas, in the order they were applied
         self._last_fingerprint: str | None = None
         self._fingerprint_lock = threading.Lock()
+        self._version = 0  # weight changes so far: what an answer's plan was made against
 
     # -- what the model is --------------------------------------------------------------------------
 
@@ -126,9 +131,13 @@ class ModelRuntime:
     def generate(self, prompt: Prompt, patches: Sequence[Hashable], limit: int,
                  cancel: threading.Event | None = None, *, names: Sequence[str] = (),
                  targets: Sequence[str] = (), fixed: Sequence[Hashable] = (),
-                 steer: Steer | None = None, unedited: Sequence[Hashable] = ()) -> Iterator[str]:
+                 steer: Steer | None = None, unedited: Sequence[Hashable] = (),
+                 version: int | None = None) -> Iterator[str]:
         """Greedy answer pieces for `prompt` with `patches` and `fixed` switched on; a generator that
         holds the read lock while it runs (close it, or exhaust it, on the thread that iterates it).
+        With `version` (the `version` the answer was planned at), StaleWeights is raised before any
+        piece when the weights have changed since: the plan (which weight edits the question names,
+        their `unedited` patches) would not match the weights read.
 
         The edits being answered are `patches` and the weight edits that the patches `unedited` cancel
         (switched on, they give the model without those edits); "unedited" below is the model with
@@ -141,30 +150,32 @@ class ModelRuntime:
         """
         edited, clean = (*patches, *fixed), (*fixed, *unedited)
         if steer is None or not (patches or unedited) or not any(t.strip() for t in targets):
-            yield from self._patched(prompt, edited, clean, limit, cancel, names, targets)
+            yield from self._patched(prompt, edited, clean, limit, cancel, names, targets, version)
             return
-        steered = self._steered(prompt, edited, clean, limit, cancel, names, targets, steer)
+        steered = self._steered(prompt, edited, clean, limit, cancel, names, targets, steer, version)
         if not steer.fallback:
             yield from steered
             return
+        # the fallback reads the weights under a second hold of the lock: checked against the same version
         yield from held_until_stated(steered, lambda: self._patched(prompt, edited, clean, limit, cancel, names,
-                                                                    targets), targets)
+                                                                    targets, version), targets)
 
     def _steered(self, prompt: Prompt, edited: Sequence[Hashable], clean: Sequence[Hashable], limit: int,
                  cancel: threading.Event | None, names: Sequence[str], targets: Sequence[str],
-                 steer: Steer) -> Iterator[str]:
+                 steer: Steer, version: int | None) -> Iterator[str]:
         ids, stops = self._input(prompt)
         clean_ids = None
         if prompt.messages is not None and steer.without:
             clean_ids, _ = self._input(Prompt(messages=tuple(m for m in prompt.messages if m not in steer.without)))
-        with self._lock.read():
+        with self._reading(version):
             yield from steered_tokens(self.loaded.model, self.loaded.tokenizer, ids, limit,
                                       lambda: self._patches.select_rows((edited, clean)),
                                       lambda: self._patches.select(clean), tuple(targets), cancel, stops, clean_ids,
                                       tuple(names))
 
     def _patched(self, prompt: Prompt, edited: Sequence[Hashable], clean: Sequence[Hashable], limit: int,
-                 cancel: threading.Event | None, names: Sequence[str], targets: Sequence[str]) -> Iterator[str]:
+                 cancel: threading.Event | None, names: Sequence[str], targets: Sequence[str],
+                 version: int | None = None) -> Iterator[str]:
         """The edited model's answer, `names` and the steps after a target guarded by the `clean` selection."""
         tokenizer = self.loaded.tokenizer
         ids, stops = self._input(prompt)
@@ -173,8 +184,17 @@ class ModelRuntime:
             text = (prompt.text or "") if prompt.messages is None else chat_text(tokenizer, prompt.messages)
             guard = NameGuard(tuple(names), name_positions(tokenizer, text, ids, names),
                               lambda: self._patches.select(clean), tuple(targets))
-        with self._lock.read(), self._patches.select(edited):
+        with self._reading(version), self._patches.select(edited):
             yield from stream_tokens(self.loaded.model, tokenizer, ids, limit, cancel, stops, guard)
+
+    @contextmanager
+    def _reading(self, version: int | None) -> Iterator[None]:
+        """The read lock, refused (StaleWeights) when the weights are no longer at `version`."""
+        with self._lock.read():
+            if version is not None and version != self._version:
+                raise StaleWeights(f"the weights changed since this answer was planned (at {version}, "
+                                   f"now {self._version})")
+            yield
 
     def _input(self, prompt: Prompt) -> tuple[Any, tuple[str, ...]]:
         """The (1, T) input ids of `prompt` and the stop strings its answer ends at."""
@@ -242,6 +262,13 @@ class ModelRuntime:
         with self._lock.read():
             return self._weights.fingerprint()
 
+    @property
+    def version(self) -> int:
+        """How many times the weights have changed here (replay, apply, rebuild). Read it before what
+        an answer is planned on (the ledger's active weight edits): the change is counted after its
+        ledger write, so a plan made after reading `version` sees at least that state."""
+        return self._version
+
     def last_fingerprint(self) -> str | None:
         """The weights' fingerprint as of the last replay, apply or rebuild (None before any): what the
         ledger records for them, without hashing the model again."""
@@ -266,6 +293,7 @@ class ModelRuntime:
             self._weights.rebuild(deltas)
             self._deltas = tuple(deltas)
             self._last_fingerprint = self._weights.fingerprint()
+            self._version += 1
             return self._last_fingerprint
 
     def apply(self, delta: Delta, record: Callable[[str, str], T]) -> T:
@@ -282,6 +310,7 @@ class ModelRuntime:
                 raise
             self._deltas = (*self._deltas, delta)
             self._last_fingerprint = after
+            self._version += 1
             return result
 
     def trial(self, delta: Delta, prompts: Sequence[str], limit: int) -> list[str]:
@@ -310,6 +339,7 @@ class ModelRuntime:
                 raise
             self._deltas = tuple(deltas)
             self._last_fingerprint = after
+            self._version += 1
             return result
 
     # -- the patch table ----------------------------------------------------------------------------
