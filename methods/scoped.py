@@ -3,9 +3,10 @@
 Hooks are installed once per touched module; which deltas they add is read from a context variable,
 so concurrent generations on different threads can each select their own in-scope edits while the
 weights stay untouched; `select_rows` gives each row of a batch its own selection (a patched and an
-unpatched answer decoded side by side in one pass). A selection holds the deltas themselves, not their keys: removing a delta
-while a generation that selected it is running leaves that generation as it began (it keeps the
-delta to its end), and hooks stay installed until `close`, so no forward pass finds one missing.
+unpatched answer decoded side by side in one pass). A selection holds the deltas themselves, not their
+keys: removing a delta while a generation that selected it is running leaves that generation as it
+began (it keeps the delta to its end), and hooks stay installed until `close`, so no forward pass
+finds one missing.
 
 Where a selected delta acts is its *positions* policy:
 

@@ -150,7 +150,9 @@ class LocalEngine(AskByStreaming, ConversationCalls):
                         state["tokens"] += 1
                         yield piece
                     return
-                except StaleWeights:  # raised before the first piece: nothing of this answer is out yet
+                except StaleWeights:  # raised before the first piece (a fallback's too: nothing is out yet)
+                    if state["tokens"]:
+                        raise
                     state["planned"] = self._planned(question, history, memory)
             raise KbchatError(f"the weights changed {REPLANS} times while this answer waited; ask again")
 
@@ -166,7 +168,7 @@ class LocalEngine(AskByStreaming, ConversationCalls):
         active = self.book.ledger.active(kind="weight")
         plan = self.planner.plan(question, history=history, memory=memory, weights=active)
         return Planned(plan, self.unedited.keys(plan.weights, active), tuple(e.id for e in active),
-                          self.book.ledger.get_meta(self.runtime.state_key), version)
+                       self.book.ledger.get_meta(self.runtime.state_key), version)
 
     def _catch_up(self) -> None:
         """`_sync` before a question; skipped while an edit of ours runs (it holds the lock, and syncs
