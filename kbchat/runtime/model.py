@@ -175,7 +175,7 @@ class ModelRuntime:
 
     def _patched(self, prompt: Prompt, edited: Sequence[Hashable], clean: Sequence[Hashable], limit: int,
                  cancel: threading.Event | None, names: Sequence[str], targets: Sequence[str],
-                 version: int | None = None) -> Iterator[str]:
+                 version: int | None) -> Iterator[str]:
         """The edited model's answer, `names` and the steps after a target guarded by the `clean` selection."""
         tokenizer = self.loaded.tokenizer
         ids, stops = self._input(prompt)
